@@ -1,0 +1,21 @@
+"""SepViT model library: backbones, task heads, checkpoints and export (pure PyTorch)."""
+
+from .backbones.sepvit import SEPVIT_VARIANTS, SepViT, checkpoint_filter_fn
+from .checkpoint import CheckpointError, LoadReport, read_metadata, save_checkpoint
+from .registry import TASKS, UnknownModelError, create_model, list_models
+
+__all__ = [
+    "SEPVIT_VARIANTS",
+    "TASKS",
+    "CheckpointError",
+    "LoadReport",
+    "SepViT",
+    "UnknownModelError",
+    "checkpoint_filter_fn",
+    "create_model",
+    "list_models",
+    "read_metadata",
+    "save_checkpoint",
+]
+
+__version__ = "0.1.0"

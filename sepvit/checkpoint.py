@@ -1,0 +1,206 @@
+"""Checkpoint formats.
+
+* **Native**: one ``.safetensors`` file. The tensors are the model's ``state_dict()`` (optionally
+  stored as fp16); the header metadata key ``"sepvit"`` holds a JSON document with the variant,
+  task, class names, input size, mean/std, constructor arguments and training provenance. Nothing
+  is ever unpickled.
+* **Official**: the ``.pth`` files of the official SepViT code (a bare state dict, or one under
+  ``model``/``state_dict``, with or without a ``module.`` prefix; mmdet/mmseg checkpoints keep the
+  backbone under ``backbone.``). Read with ``torch.load(weights_only=True)`` and converted by the
+  backbone's ``checkpoint_filter_fn``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import Tensor, nn
+
+__all__ = [
+    "CheckpointError",
+    "LoadReport",
+    "is_native_checkpoint",
+    "load_native",
+    "load_official_into",
+    "read_metadata",
+    "read_official",
+    "save_checkpoint",
+]
+
+log = logging.getLogger(__name__)
+
+METADATA_KEY = "sepvit"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, unreadable, or does not fit the model."""
+
+
+@dataclass
+class LoadReport:
+    """What happened when foreign weights were loaded into a model."""
+
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    dropped: int = 0  # tensors of the source that the filter discarded (e.g. a detector's neck)
+    target: str = "model"
+
+    @property
+    def exact(self) -> bool:
+        return not self.missing and not self.unexpected
+
+    def __str__(self) -> str:
+        def short(keys: list[str]) -> str:
+            return ", ".join(keys[:8]) + (f", ... ({len(keys)} in all)" if len(keys) > 8 else "")
+
+        parts = [f"loaded into {self.target}"]
+        parts.append(
+            f"missing {len(self.missing)}" + (f" [{short(self.missing)}]" if self.missing else "")
+        )
+        parts.append(
+            f"unexpected {len(self.unexpected)}"
+            + (f" [{short(self.unexpected)}]" if self.unexpected else "")
+        )
+        if self.dropped:
+            parts.append(f"dropped {self.dropped} tensors not used by this architecture")
+        return "; ".join(parts)
+
+
+def is_native_checkpoint(path: str | Path) -> bool:
+    """True for a safetensors file carrying SepViT metadata."""
+    p = Path(path)
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception:
+        return False
+    return METADATA_KEY in meta
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The JSON metadata of a native checkpoint."""
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"checkpoint not found: {p}")
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception as exc:
+        raise CheckpointError(f"{p} is not a readable safetensors file: {exc}") from exc
+    if METADATA_KEY not in meta:
+        raise CheckpointError(
+            f"{p} has no '{METADATA_KEY}' metadata; not a native SepViT checkpoint"
+        )
+    doc = json.loads(meta[METADATA_KEY])
+    if not isinstance(doc, dict) or doc.get("format_version", 0) > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{p}: unsupported checkpoint metadata version {doc.get('format_version')}"
+        )
+    return doc
+
+
+def load_native(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Tensors and metadata of a native checkpoint."""
+    meta = read_metadata(path)
+    tensors: dict[str, Tensor] = {}
+    with safe_open(str(path), framework="pt") as f:
+        for k in f.keys():  # noqa: SIM118 - safe_open is not a mapping
+            tensors[k] = f.get_tensor(k)
+    return tensors, meta
+
+
+def save_checkpoint(
+    model: nn.Module,
+    path: str | Path,
+    *,
+    provenance: Mapping[str, Any] | None = None,
+    half: bool = False,
+) -> Path:
+    """Write ``model`` as a native checkpoint.
+
+    The model must come from :func:`sepvit.create_model` (it carries ``pretrained_cfg`` and
+    ``model_args``). ``provenance`` (dataset seed, steps, metrics, ...) is stored verbatim;
+    ``half`` stores floating tensors as fp16 (they are cast back to the model dtype on load).
+    """
+    cfg = getattr(model, "pretrained_cfg", None)
+    args = getattr(model, "model_args", None)
+    if not isinstance(cfg, dict) or not isinstance(args, dict):
+        raise CheckpointError("only models built by sepvit.create_model can be saved natively")
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "variant": cfg["variant"],
+        "task": cfg["task"],
+        "num_classes": cfg["num_classes"],
+        "model_args": args,
+        "pretrained_cfg": cfg,
+        "provenance": dict(provenance or {}),
+    }
+    tensors = {}
+    for k, v in model.state_dict().items():
+        v = v.detach().cpu()
+        if half and v.is_floating_point():
+            v = v.half()
+        tensors[k] = v.contiguous()
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_suffix(p.suffix + ".tmp")
+    save_file(tensors, str(tmp), metadata={METADATA_KEY: json.dumps(meta, sort_keys=True)})
+    tmp.replace(p)  # atomic: a reader never sees a half-written checkpoint
+    return p
+
+
+def read_official(path: str | Path) -> dict[str, Any]:
+    """Read an official ``.pth`` checkpoint without unpickling arbitrary objects."""
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"checkpoint not found: {p}")
+    try:
+        obj = torch.load(str(p), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"cannot read {p} as a weights-only torch checkpoint: {exc}") from exc
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{p} does not hold a state dict (got {type(obj).__name__})")
+    return dict(obj)
+
+
+def load_official_into(
+    model: nn.Module, state_dict: Mapping[str, Any], *, strict: bool | None = None
+) -> LoadReport:
+    """Load an official SepViT checkpoint into a classifier or a detector/segmenter backbone.
+
+    Classifiers take the weights directly; detectors and segmenters load them into ``.backbone``
+    (their necks and heads keep their initialisation). ``strict=None`` means strict for a
+    classifier whose class count matches and non-strict otherwise. Returns a :class:`LoadReport`,
+    which is also logged.
+    """
+    from .backbones.sepvit import SepViT, _unwrap, checkpoint_filter_fn
+
+    target_name = "model"
+    target = model
+    if not isinstance(model, SepViT):
+        backbone = getattr(model, "backbone", None)
+        if not isinstance(backbone, SepViT):
+            raise CheckpointError("official SepViT weights need a SepViT model or backbone")
+        target, target_name = backbone, "backbone"
+    source = _unwrap(state_dict)
+    filtered = checkpoint_filter_fn(state_dict, target)
+    if strict is None:
+        strict = target is model and not target.dense and len(filtered) == len(source)
+    result = target.load_state_dict(filtered, strict=strict)
+    report = LoadReport(
+        missing=list(result.missing_keys),
+        unexpected=list(result.unexpected_keys),
+        dropped=len(source) - len(filtered),
+        target=target_name,
+    )
+    log.info("official checkpoint: %s", report)
+    return report

@@ -1,0 +1,29 @@
+"""Detection primitives in plain torch: boxes, anchors, NMS, matching, losses."""
+
+from .anchors import AnchorGenerator
+from .boxes import (
+    BoxCoder,
+    batched_nms,
+    box_area,
+    box_iou,
+    clip_boxes,
+    generalized_box_iou,
+    match_anchors,
+    nms,
+)
+from .losses import giou_loss, sigmoid_focal_loss, smooth_l1_loss
+
+__all__ = [
+    "AnchorGenerator",
+    "BoxCoder",
+    "batched_nms",
+    "box_area",
+    "box_iou",
+    "clip_boxes",
+    "generalized_box_iou",
+    "giou_loss",
+    "match_anchors",
+    "nms",
+    "sigmoid_focal_loss",
+    "smooth_l1_loss",
+]

@@ -1,0 +1,177 @@
+"""Box operations in plain torch (no torchvision): IoU, GIoU, box coding, NMS, matching.
+
+Boxes are ``[x1, y1, x2, y2]`` in pixels, ``x2 > x1`` for a non-empty box.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "BoxCoder",
+    "batched_nms",
+    "box_area",
+    "box_iou",
+    "clip_boxes",
+    "generalized_box_iou",
+    "match_anchors",
+    "nms",
+]
+
+
+def box_area(boxes: Tensor) -> Tensor:
+    """Area of ``[N, 4]`` boxes (zero for degenerate ones)."""
+    return (boxes[:, 2] - boxes[:, 0]).clamp(min=0) * (boxes[:, 3] - boxes[:, 1]).clamp(min=0)
+
+
+def _inter_union(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+    lt = torch.max(a[:, None, :2], b[None, :, :2])  # [N, M, 2]
+    rb = torch.min(a[:, None, 2:], b[None, :, 2:])
+    wh = (rb - lt).clamp(min=0)
+    inter = wh[..., 0] * wh[..., 1]
+    union = box_area(a)[:, None] + box_area(b)[None, :] - inter
+    return inter, union
+
+
+def box_iou(a: Tensor, b: Tensor) -> Tensor:
+    """Pairwise IoU ``[N, M]``; 0 where the union is empty."""
+    inter, union = _inter_union(a, b)
+    return torch.where(union > 0, inter / union.clamp(min=1e-12), torch.zeros_like(inter))
+
+
+def generalized_box_iou(a: Tensor, b: Tensor) -> Tensor:
+    """Pairwise generalised IoU ``[N, M]`` (Rezatofighi et al., 2019), in ``[-1, 1]``."""
+    inter, union = _inter_union(a, b)
+    iou = inter / union.clamp(min=1e-12)
+    lt = torch.min(a[:, None, :2], b[None, :, :2])
+    rb = torch.max(a[:, None, 2:], b[None, :, 2:])
+    wh = (rb - lt).clamp(min=0)
+    hull = wh[..., 0] * wh[..., 1]
+    return iou - (hull - union) / hull.clamp(min=1e-12)
+
+
+def clip_boxes(boxes: Tensor, size: tuple[int, int]) -> Tensor:
+    """Clip ``[..., 4]`` boxes to an image of ``size = (height, width)``."""
+    h, w = size
+    x = boxes[..., 0::2].clamp(0, w)
+    y = boxes[..., 1::2].clamp(0, h)
+    return torch.stack((x[..., 0], y[..., 0], x[..., 1], y[..., 1]), dim=-1)
+
+
+class BoxCoder:
+    """The R-CNN ``(dx, dy, dw, dh)`` box parameterisation relative to anchors.
+
+    ``encode(anchors, boxes)`` gives the regression targets, ``decode(deltas, anchors)`` inverts
+    it. ``dw``/``dh`` are clamped at ``log(1000 / 16)`` before ``exp`` so a wild prediction cannot
+    overflow.
+    """
+
+    def __init__(
+        self,
+        weights: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0),
+        clamp: float = math.log(1000.0 / 16),
+    ) -> None:
+        self.weights = weights
+        self.clamp = clamp
+
+    def encode(self, anchors: Tensor, boxes: Tensor) -> Tensor:
+        wx, wy, ww, wh = self.weights
+        aw = anchors[..., 2] - anchors[..., 0]
+        ah = anchors[..., 3] - anchors[..., 1]
+        ax = anchors[..., 0] + 0.5 * aw
+        ay = anchors[..., 1] + 0.5 * ah
+        bw = boxes[..., 2] - boxes[..., 0]
+        bh = boxes[..., 3] - boxes[..., 1]
+        bx = boxes[..., 0] + 0.5 * bw
+        by = boxes[..., 1] + 0.5 * bh
+        return torch.stack(
+            (
+                wx * (bx - ax) / aw,
+                wy * (by - ay) / ah,
+                ww * torch.log(bw / aw),
+                wh * torch.log(bh / ah),
+            ),
+            dim=-1,
+        )
+
+    def decode(self, deltas: Tensor, anchors: Tensor) -> Tensor:
+        wx, wy, ww, wh = self.weights
+        aw = anchors[..., 2] - anchors[..., 0]
+        ah = anchors[..., 3] - anchors[..., 1]
+        ax = anchors[..., 0] + 0.5 * aw
+        ay = anchors[..., 1] + 0.5 * ah
+        dx = deltas[..., 0] / wx
+        dy = deltas[..., 1] / wy
+        dw = (deltas[..., 2] / ww).clamp(max=self.clamp)
+        dh = (deltas[..., 3] / wh).clamp(max=self.clamp)
+        cx = dx * aw + ax
+        cy = dy * ah + ay
+        w = torch.exp(dw) * aw
+        h = torch.exp(dh) * ah
+        return torch.stack((cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h), dim=-1)
+
+
+def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
+    """Greedy non-maximum suppression.
+
+    Same contract as ``torchvision.ops.nms``: returns the indices of kept boxes in decreasing score
+    order; a box is suppressed when its IoU with a higher-scoring kept box is ``> iou_threshold``.
+    The IoU matrix is computed once; the greedy pass only walks over survivors.
+    """
+    if boxes.numel() == 0:
+        return torch.empty(0, dtype=torch.long, device=boxes.device)
+    order = torch.argsort(scores, descending=True, stable=True)
+    b = boxes[order].float()
+    over = (box_iou(b, b) > iou_threshold).cpu()
+    n = b.shape[0]
+    removed = torch.zeros(n, dtype=torch.bool)
+    keep: list[int] = []
+    for i in range(n):
+        if removed[i]:
+            continue
+        keep.append(i)
+        removed |= over[i]
+    return order[torch.tensor(keep, dtype=torch.long, device=boxes.device)]
+
+
+def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
+    """NMS independently per category ``idxs`` (boxes of different classes never suppress).
+
+    Offsets each class's boxes by a distinct amount larger than any coordinate, then runs one NMS.
+    """
+    if boxes.numel() == 0:
+        return torch.empty(0, dtype=torch.long, device=boxes.device)
+    span = boxes.max() - boxes.min() + 1
+    shifted = boxes - boxes.min() + (idxs.to(boxes) * span)[:, None]
+    return nms(shifted, scores, iou_threshold)
+
+
+def match_anchors(
+    anchors: Tensor,
+    gt_boxes: Tensor,
+    fg_iou: float = 0.5,
+    bg_iou: float = 0.4,
+    allow_low_quality: bool = True,
+) -> Tensor:
+    """Assign each anchor to a ground-truth box (RetinaNet rule).
+
+    Returns ``[A]`` long: the matched gt index for IoU ``>= fg_iou``, ``-1`` for background
+    (IoU ``< bg_iou``), ``-2`` for ignored anchors in between. With ``allow_low_quality`` each gt's
+    best-overlapping anchors are foreground even below ``fg_iou`` (so small objects get anchors).
+    """
+    num_anchors = anchors.shape[0]
+    if gt_boxes.numel() == 0:
+        return torch.full((num_anchors,), -1, dtype=torch.long, device=anchors.device)
+    iou = box_iou(gt_boxes, anchors)  # [G, A]
+    best_iou, best_gt = iou.max(dim=0)
+    matches = best_gt.clone()
+    matches[best_iou < fg_iou] = -2
+    matches[best_iou < bg_iou] = -1
+    if allow_low_quality:
+        best_for_gt = iou.max(dim=1, keepdim=True).values  # [G, 1]
+        gt_idx, anchor_idx = torch.nonzero((iou == best_for_gt) & (best_for_gt > 0), as_tuple=True)
+        matches[anchor_idx] = gt_idx
+    return matches
