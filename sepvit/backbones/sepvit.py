@@ -308,7 +308,8 @@ class SepViTBlock(nn.Module):
         tokens = self.win_tokens
         if grid != self.token_grid:
             tokens = resample_window_tokens(tokens, grid)
-        return self.norm1(tokens[:, :, 0])
+        n = self.norm1  # functional call: the module itself runs once per forward
+        return F.layer_norm(tokens[:, :, 0], n.normalized_shape, n.weight, n.bias, n.eps)
 
     def forward(self, x: Tensor) -> Tensor:
         # x: [B, H, W, C]
