@@ -158,13 +158,36 @@ def save_checkpoint(
     return p
 
 
+def _safe_globals() -> list[Any]:
+    """Plain containers that training scripts store beside the weights.
+
+    DeiT-style scripts (the official code's) save ``{"model": ..., "args": argparse.Namespace}``
+    and sometimes numpy scalars (best accuracy). These only hold data; allowing them keeps
+    ``weights_only=True`` loading able to read such files while any other class is refused.
+    """
+    import argparse
+
+    import numpy as np
+
+    allowed: list[Any] = [argparse.Namespace, np.dtype]
+    scalar = getattr(getattr(np, "_core", np), "multiarray", None)
+    if scalar is not None and hasattr(scalar, "scalar"):
+        allowed.append(scalar.scalar)
+    allowed.extend(type(np.dtype(t)) for t in ("float32", "float64", "int64", "int32"))
+    return allowed
+
+
+_SAFE_GLOBALS = _safe_globals()
+
+
 def read_official(path: str | Path) -> dict[str, Any]:
     """Read an official ``.pth`` checkpoint without unpickling arbitrary objects."""
     p = Path(path)
     if not p.is_file():
         raise CheckpointError(f"checkpoint not found: {p}")
     try:
-        obj = torch.load(str(p), map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(_SAFE_GLOBALS):
+            obj = torch.load(str(p), map_location="cpu", weights_only=True)
     except Exception as exc:
         raise CheckpointError(f"cannot read {p} as a weights-only torch checkpoint: {exc}") from exc
     if not isinstance(obj, Mapping):
@@ -185,12 +208,13 @@ def load_official_into(
     from .backbones.sepvit import SepViT, _unwrap, checkpoint_filter_fn
 
     target_name = "model"
-    target = model
+    target: nn.Module = model
     if not isinstance(model, SepViT):
         backbone = getattr(model, "backbone", None)
         if not isinstance(backbone, SepViT):
             raise CheckpointError("official SepViT weights need a SepViT model or backbone")
         target, target_name = backbone, "backbone"
+    assert isinstance(target, SepViT)
     source = _unwrap(state_dict)
     filtered = checkpoint_filter_fn(state_dict, target)
     if strict is None:

@@ -63,7 +63,7 @@ class _DetectRaw(nn.Module):
         self.model = model
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        return self.model.forward_raw(images)  # type: ignore[operator, no-any-return]
+        return self.model.forward_raw(images)  # type: ignore[operator]
 
 
 def _task(model: nn.Module) -> str:
@@ -183,7 +183,8 @@ def export_onnx(
         result.max_abs_diff = onnx_parity(model, path, example)
         if not result.ok:
             raise ParityError(
-                f"ONNX export of {path.name} differs from eager: {result.max_abs_diff} > {tolerance}"
+                f"ONNX export of {path.name} differs from eager: "
+                f"{result.max_abs_diff} > {tolerance}"
             )
     return result
 
@@ -231,7 +232,8 @@ def tensorrt_cache_key(
     }
     raw = json.dumps(parts, sort_keys=True)
     slug = "".join(c if c.isalnum() else "-" for c in gpu_name.lower()).strip("-")
-    return f"{Path(onnx_path).stem}.{slug}.sm{parts['sm']}.{precision}.b{parts['batch']}.{hashlib.sha256(raw.encode()).hexdigest()[:12]}"
+    tag = hashlib.sha256(raw.encode()).hexdigest()[:12]
+    return f"{Path(onnx_path).stem}.{slug}.sm{parts['sm']}.{precision}.b{parts['batch']}.{tag}"
 
 
 def build_tensorrt_engine(

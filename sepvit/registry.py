@@ -108,6 +108,8 @@ def _build(
             raise TypeError(f"unexpected arguments for a classifier: {sorted(head_kwargs)}")
         return cls(**{**defaults, **bb_kwargs, "num_classes": num_classes, "img_size": img_size})
     backbone = cls(**{**defaults, **bb_kwargs, "dense": True})
+    if not isinstance(backbone, SepViT):
+        raise TypeError(f"{name} has no dense layout for task {task!r}")
     if task == "detect":
         return RetinaNet(backbone, num_classes, **head_kwargs)
     return SemanticFPN(backbone, num_classes, **head_kwargs)
@@ -192,5 +194,5 @@ def create_model(
         "interpolation": interpolation,
         "label_names": list(label_names) if label_names is not None else None,
     }
-    model.model_args = _jsonable(dict(kwargs))  # type: ignore[assignment]
+    model.model_args = _jsonable(dict(kwargs))
     return model

@@ -305,7 +305,7 @@ class SepViTBlock(nn.Module):
         grid = (-(-height // ws), -(-width // ws))
         if self.win_tokens is None:  # dense layout: zero tokens, which norm1 maps to its bias
             return self.norm1.bias.view(1, 1, -1).expand(1, grid[0] * grid[1], -1)
-        tokens = self.win_tokens
+        tokens: Tensor = self.win_tokens
         if grid != self.token_grid:
             tokens = resample_window_tokens(tokens, grid)
         n = self.norm1  # functional call: the module itself runs once per forward
@@ -363,9 +363,9 @@ class SepViT(nn.Module):
                 raise ValueError(f"{name} has {len(seq)} entries, expected {n_stages} (depths)")
         if len(window_sizes) != n_stages:
             raise ValueError(f"window_sizes has {len(window_sizes)} stages, expected {n_stages}")
-        for s, (d, ws) in enumerate(zip(depths, window_sizes, strict=True)):
-            if len(ws) < d:
-                raise ValueError(f"stage {s}: {d} blocks but only {len(ws)} window sizes")
+        for s, (d, stage_ws) in enumerate(zip(depths, window_sizes, strict=True)):
+            if len(stage_ws) < d:
+                raise ValueError(f"stage {s}: {d} blocks but only {len(stage_ws)} window sizes")
         img_hw = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
         if len(img_hw) != 2 or min(img_hw) < 1:
             raise ValueError(f"img_size must be an int or (H, W), got {img_size!r}")
@@ -458,7 +458,8 @@ class SepViT(nn.Module):
     def _stage(self, i: int, x: Tensor) -> Tensor:
         """Run stage ``i``: ``[B, C_in, H, W] -> [B, H', W', C]``."""
         x = self.pos_drops[i](self.patch_embeds[i](x))
-        for j, blk in enumerate(self.blocks[i]):
+        stage: nn.ModuleList = self.blocks[i]  # type: ignore[assignment]
+        for j, blk in enumerate(stage):
             x = blk(x)
             if j == 0:
                 x = self.pos_block[i](x)
@@ -502,7 +503,7 @@ class SepViT(nn.Module):
         x = x.mean(dim=(1, 2))  # global average pooling
         return x if pre_logits else self.head(x)
 
-    def forward(self, x: Tensor) -> Tensor | list[Tensor]:  # type: ignore[override]
+    def forward(self, x: Tensor) -> Tensor | list[Tensor]:
         if self.dense:
             return self.forward_intermediates(x)
         return self.forward_head(self.forward_features(x))

@@ -74,7 +74,9 @@ class RetinaHead(nn.Module):
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.normal_(m.weight, std=0.01)
-                nn.init.zeros_(m.bias)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        assert self.cls_logits.bias is not None
         nn.init.constant_(self.cls_logits.bias, -math.log((1 - prior_prob) / prior_prob))
 
     def forward(self, feats: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
@@ -169,7 +171,7 @@ class RetinaNet(nn.Module):
         """``images [B, 3, H, W]`` -> ``cls_logits [B, N, K]``, ``box_deltas [B, N, 4]``."""
         return self.head(self.neck(self.backbone.forward_intermediates(images)))
 
-    def forward(  # type: ignore[override]
+    def forward(
         self, images: Tensor, targets: Sequence[dict[str, Tensor]] | None = None
     ) -> list[Detections] | dict[str, Tensor]:
         """Detections per image, or the loss dict when ``targets`` are given.

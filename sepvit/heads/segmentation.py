@@ -74,8 +74,9 @@ class SemanticFPN(nn.Module):
         feats = self.neck(self.backbone.forward_intermediates(images))
         sizes = [f.shape[-2:] for f in feats]
         out: Tensor | None = None
-        for level, (f, convs) in enumerate(zip(feats, self.scale_heads, strict=True)):
+        for level, f in enumerate(feats):
             x = f
+            convs: nn.ModuleList = self.scale_heads[level]  # type: ignore[assignment]
             for k, conv in enumerate(convs):
                 x = conv(x)
                 if level > 0:  # upsample one level down per conv, ending at stride 4
@@ -86,9 +87,7 @@ class SemanticFPN(nn.Module):
         assert out is not None  # at least one level, checked by FPN
         return out
 
-    def forward(  # type: ignore[override]
-        self, images: Tensor, targets: Tensor | None = None
-    ) -> Tensor | dict[str, Tensor]:
+    def forward(self, images: Tensor, targets: Tensor | None = None) -> Tensor | dict[str, Tensor]:
         """Logits at input resolution, or ``{"loss": ...}`` given ``targets [B, H, W]`` labels."""
         logits = self.classifier(self.dropout(self.forward_features(images)))
         logits = F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
