@@ -2,7 +2,7 @@
 
 from .backbones.sepvit import SEPVIT_VARIANTS, SepViT, checkpoint_filter_fn
 from .checkpoint import CheckpointError, LoadReport, read_metadata, save_checkpoint
-from .registry import TASKS, UnknownModelError, create_model, list_models
+from .registry import TASKS, UnknownModelError, create_model, list_models, model_config
 
 __all__ = [
     "SEPVIT_VARIANTS",
@@ -14,6 +14,7 @@ __all__ = [
     "checkpoint_filter_fn",
     "create_model",
     "list_models",
+    "model_config",
     "read_metadata",
     "save_checkpoint",
 ]

@@ -32,7 +32,14 @@ from .checkpoint import (
 )
 from .heads import RetinaNet, SemanticFPN
 
-__all__ = ["TASKS", "UnknownModelError", "create_model", "list_models", "register_backbone"]
+__all__ = [
+    "TASKS",
+    "UnknownModelError",
+    "create_model",
+    "list_models",
+    "model_config",
+    "register_backbone",
+]
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +68,14 @@ def register_backbone(name: str, cls: Callable[..., nn.Module], defaults: dict[s
 
 for _name, _cfg in SEPVIT_VARIANTS.items():
     register_backbone(_name, SepViT, {k: v for k, v in _cfg.items() if k != "official_name"})
+
+
+def model_config(model: nn.Module) -> dict[str, Any]:
+    """The ``pretrained_cfg`` metadata of a model built by :func:`create_model`."""
+    cfg = getattr(model, "pretrained_cfg", None)
+    if not isinstance(cfg, dict):
+        raise TypeError("model has no pretrained_cfg; build it with sepvit.create_model")
+    return cfg
 
 
 def list_models(task: str | None = None) -> list[str]:

@@ -1,0 +1,193 @@
+"""Model throughput: variant x runtime x batch x CPU threads, images/s at 224x224 (fp32).
+
+Runtimes: ``eager`` (inference_mode), ``compile`` (torch.compile, inductor), ``onnxruntime``
+(CPU provider, graph optimisations on). Each cell is timed ``--repeats`` times after warm-up;
+the JSON keeps every repeat and the median, plus the machine, versions and settings, in
+``bench/results/model_throughput.json``. Run with ``OMP_WAIT_POLICY=PASSIVE`` (the Makefile sets
+it): spinning OpenMP threads distort CPU timings on small machines.
+
+    python bench/model_throughput.py                      # everything
+    python bench/model_throughput.py --variants sepvit_lite --runtimes eager onnxruntime
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from sepvit import create_model, list_models  # noqa: E402
+from sepvit.export import export_onnx  # noqa: E402
+
+RUNTIMES = ("eager", "compile", "onnxruntime")
+
+
+def machine_info() -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
+    }
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu_model"] = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        import onnxruntime as ort
+
+        info["onnxruntime"] = ort.__version__
+    except ImportError:
+        pass
+    return info
+
+
+def time_fn(fn: Callable[[], object], batch: int, repeats: int, min_seconds: float) -> list[float]:
+    """Images/s of ``fn`` per repeat; each repeat loops until ``min_seconds`` have passed."""
+    fn()
+    fn()  # warm-up (allocations, lazy init, compilation)
+    rates = []
+    for _ in range(repeats):
+        n = 0
+        t0 = time.perf_counter()
+        while True:
+            fn()
+            n += 1
+            elapsed = time.perf_counter() - t0
+            if elapsed >= min_seconds:
+                break
+        rates.append(n * batch / elapsed)
+    return rates
+
+
+def make_runner(
+    runtime: str, model: torch.nn.Module, x: torch.Tensor, threads: int, onnx_path: Path | None
+) -> Callable[[], object]:
+    if runtime == "eager":
+
+        def run() -> object:
+            with torch.inference_mode():
+                return model(x)
+
+        return run
+    if runtime == "compile":
+        compiled = torch.compile(model, dynamic=False)
+
+        def run_c() -> object:
+            with torch.inference_mode():
+                return compiled(x)
+
+        return run_c
+    if runtime == "onnxruntime":
+        import onnxruntime as ort
+
+        assert onnx_path is not None
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+        feed = {sess.get_inputs()[0].name: x.numpy()}
+        return lambda: sess.run(None, feed)
+    raise ValueError(runtime)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--variants", nargs="+", default=[m for m in list_models() if m.startswith("sepvit")]
+    )
+    p.add_argument("--runtimes", nargs="+", choices=RUNTIMES, default=list(RUNTIMES))
+    p.add_argument("--batches", nargs="+", type=int, default=[1, 8])
+    p.add_argument("--threads", nargs="+", type=int, default=[1, 2])
+    p.add_argument("--img-size", type=int, default=224)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--min-seconds", type=float, default=1.0, help="minimum time per repeat")
+    p.add_argument(
+        "--output", type=Path, default=ROOT / "bench" / "results" / "model_throughput.json"
+    )
+    args = p.parse_args(argv)
+    warnings.filterwarnings("ignore")
+
+    results: list[dict[str, Any]] = []
+    started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    with tempfile.TemporaryDirectory() as tmp:
+        for variant in args.variants:
+            model = create_model(variant, num_classes=1000, img_size=args.img_size).eval()
+            onnx_path = None
+            if "onnxruntime" in args.runtimes:
+                onnx_path = Path(tmp) / f"{variant}.onnx"
+                export_onnx(model, onnx_path, check=True)
+            for threads in args.threads:
+                torch.set_num_threads(threads)
+                for runtime in args.runtimes:
+                    for batch in args.batches:
+                        x = torch.randn(batch, 3, args.img_size, args.img_size)
+                        t0 = time.perf_counter()
+                        run = make_runner(runtime, model, x, threads, onnx_path)
+                        rates = time_fn(run, batch, args.repeats, args.min_seconds)
+                        row = {
+                            "variant": variant,
+                            "runtime": runtime,
+                            "batch": batch,
+                            "threads": threads,
+                            "img_per_s_median": round(statistics.median(rates), 2),
+                            "img_per_s_repeats": [round(r, 2) for r in rates],
+                            "wall_s": round(time.perf_counter() - t0, 1),
+                        }
+                        results.append(row)
+                        print(
+                            f"{variant:13s} {runtime:12s} threads={threads} batch={batch:2d} "
+                            f"{row['img_per_s_median']:8.2f} img/s",
+                            flush=True,
+                        )
+                        torch._dynamo.reset()
+
+    best: dict[str, dict[str, Any]] = {}
+    for r in results:
+        key = f"{r['variant']}/batch{r['batch']}/threads{r['threads']}"
+        if key not in best or r["img_per_s_median"] > best[key]["img_per_s_median"]:
+            best[key] = {"runtime": r["runtime"], "img_per_s_median": r["img_per_s_median"]}
+    doc = {
+        "benchmark": "model_throughput",
+        "started": started,
+        "machine": machine_info(),
+        "settings": {
+            "img_size": args.img_size,
+            "dtype": "float32",
+            "repeats": args.repeats,
+            "min_seconds_per_repeat": args.min_seconds,
+            "statistic": "median of repeats",
+        },
+        "results": results,
+        "best_runtime": best,
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(doc, indent=2) + "\n")
+    print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,58 @@
+"""``sepvit-eval``: evaluate a native checkpoint on a SepViT-Shapes split."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ..checkpoint import CheckpointError, read_metadata
+from ..data.shapes import ShapesDataset
+from ..evaluate import evaluate
+from ..registry import create_model, model_config
+
+
+def _table(metrics: dict) -> str:
+    rows = [(k, v) for k, v in metrics.items() if not isinstance(v, list)]
+    width = max(len(k) for k, _ in rows)
+    lines = [f"{'metric':<{width}}  value", f"{'-' * width}  -----"]
+    for k, v in rows:
+        lines.append(f"{k:<{width}}  {v:.4f}" if isinstance(v, float) else f"{k:<{width}}  {v}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="sepvit-eval", description="Evaluate on SepViT-Shapes.")
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--split", choices=("train", "val", "test"), default="test")
+    p.add_argument("--num-images", type=int, default=500)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--json", type=Path, default=None, help="write the metrics here")
+    a = p.parse_args(argv)
+    try:
+        meta = read_metadata(a.checkpoint)
+        model = create_model(meta["variant"], task=meta["task"], checkpoint=a.checkpoint)
+    except CheckpointError as exc:
+        print(f"sepvit-eval: {exc}", file=sys.stderr)
+        return 2
+    size = int(model_config(model)["input_size"][1])
+    ds = ShapesDataset(a.split, meta["task"], size, length=a.num_images)
+    metrics = evaluate(model, ds, batch_size=a.batch_size)
+    metrics.update(
+        {
+            "split": a.split,
+            "checkpoint": a.checkpoint.name,
+            "dataset_seed": ds.seed,
+            "input_size": size,
+        }
+    )
+    print(_table(metrics))
+    if a.json:
+        a.json.parent.mkdir(parents=True, exist_ok=True)
+        a.json.write_text(json.dumps(metrics, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,325 @@
+"""SepViT-Shapes: a seeded synthetic dataset of shapes for classification, detection and
+segmentation. Nothing is read from disk; every image is a pure function of (split seed, index).
+
+Scene recipe:
+
+* **background**: a linear gradient between two random colours at a random angle, optional
+  low-frequency colour blotches, Gaussian pixel noise, and clutter (random line segments, arcs and
+  specks) that never forms one of the classes;
+* **objects**: one of :data:`CLASSES`, random colour (independent of the class; resampled until it
+  contrasts with the background under it), size 10-50 % of the image side (the diameter of the
+  shape's circumscribed circle), random rotation, filled or outlined (outline width ~12 % of the
+  size), slight per-object brightness noise;
+* **classification split**: one dominant object (20-50 % of the side); label = its class;
+* **detection / segmentation split**: 1-6 objects; overlaps are allowed but every object keeps at
+  least 60 % of its pixels visible. Boxes are the bounding boxes of the *visible* masks
+  (``[x1, y1, x2, y2]``, pixel edges), the segmentation map holds ``class + 1`` per pixel (0 is
+  background), and both come from the same masks, so they always agree.
+
+Splits use fixed seeds (:data:`SPLIT_SEEDS`); the test split is never used for training or model
+selection.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+__all__ = [
+    "CLASSES",
+    "SPLIT_SEEDS",
+    "Scene",
+    "ShapesDataset",
+    "coco_ground_truth",
+    "render_scene",
+    "shape_polygon",
+]
+
+CLASSES: tuple[str, ...] = (
+    "circle",
+    "square",
+    "triangle",
+    "star",
+    "hexagon",
+    "cross",
+    "ellipse",
+    "pentagon",
+)
+SPLIT_SEEDS = {"train": 1_000, "val": 2_000, "test": 3_000}
+TASKS = ("classify", "detect", "segment")
+
+
+@dataclass
+class Scene:
+    """One rendered image and its annotations."""
+
+    image: np.ndarray  # [H, W, 3] uint8
+    labels: list[int] = field(default_factory=list)  # class index per object
+    boxes: list[tuple[float, float, float, float]] = field(default_factory=list)  # xyxy, pixels
+    masks: list[np.ndarray] = field(default_factory=list)  # visible mask per object, [H, W] bool
+    segmentation: np.ndarray | None = None  # [H, W] uint8: 0 background, class + 1
+
+    @property
+    def label(self) -> int:
+        """Classification label: the class of the largest visible object."""
+        if not self.labels:
+            raise ValueError("scene has no objects")
+        areas = [int(m.sum()) for m in self.masks]
+        return self.labels[int(np.argmax(areas))]
+
+
+def shape_polygon(
+    cls: int, center: tuple[float, float], radius: float, angle: float, aspect: float = 0.55
+) -> list[tuple[float, float]]:
+    """Vertices of class ``cls`` inscribed in a circle of ``radius`` around ``center``.
+
+    ``aspect`` is the minor/major axis ratio used by ellipses.
+    """
+    name = CLASSES[cls]
+    if name in ("circle", "ellipse"):
+        t = np.linspace(0, 2 * math.pi, 72, endpoint=False)
+        pts = np.stack([np.cos(t), (aspect if name == "ellipse" else 1.0) * np.sin(t)], 1)
+    elif name in ("square", "triangle", "pentagon", "hexagon"):
+        n = {"square": 4, "triangle": 3, "pentagon": 5, "hexagon": 6}[name]
+        t = np.arange(n) * 2 * math.pi / n + math.pi / 2
+        pts = np.stack([np.cos(t), np.sin(t)], 1)
+    elif name == "star":
+        t = np.arange(10) * math.pi / 5 + math.pi / 2
+        r = np.where(np.arange(10) % 2 == 0, 1.0, 0.42)
+        pts = np.stack([r * np.cos(t), r * np.sin(t)], 1)
+    elif name == "cross":
+        a, b = 0.32, 1.0 / math.sqrt(1 + 0.32**2)  # arm half-width, arm length (tips on circle)
+        a *= b
+        pts = np.array(
+            [
+                (a, b),
+                (a, a),
+                (b, a),
+                (b, -a),
+                (a, -a),
+                (a, -b),
+                (-a, -b),
+                (-a, -a),
+                (-b, -a),
+                (-b, a),
+                (-a, a),
+                (-a, b),
+            ]
+        )
+    else:  # pragma: no cover - CLASSES and this table change together
+        raise ValueError(name)
+    c, s = math.cos(angle), math.sin(angle)
+    rot = pts @ np.array([[c, s], [-s, c]])
+    return [(center[0] + radius * x, center[1] + radius * y) for x, y in rot]
+
+
+def _background(rng: np.random.Generator, size: int) -> np.ndarray:
+    c0, c1 = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
+    theta = rng.uniform(0, 2 * math.pi)
+    yy, xx = np.mgrid[0:size, 0:size] / max(size - 1, 1)
+    t = np.cos(theta) * xx + np.sin(theta) * yy
+    t = (t - t.min()) / max(t.max() - t.min(), 1e-6)
+    img = c0[None, None] * (1 - t[..., None]) + c1[None, None] * t[..., None]
+    if rng.random() < 0.6:  # low-frequency colour blotches
+        coarse = rng.normal(0, 25, (4, 4, 3)).astype(np.float32)
+        blot = np.asarray(
+            Image.fromarray(np.uint8(np.clip(coarse + 128, 0, 255))).resize(
+                (size, size), Image.Resampling.BICUBIC
+            )
+        )
+        img = img + (blot.astype(np.float64) - 128)
+    img = img + rng.normal(0, rng.uniform(2, 14), img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def _clutter(rng: np.random.Generator, draw: ImageDraw.ImageDraw, size: int) -> None:
+    for _ in range(int(rng.integers(3, 12))):
+        kind = rng.random()
+        color = tuple(int(v) for v in rng.integers(0, 256, 3))
+        if kind < 0.5:  # line segment
+            x0, y0 = rng.uniform(0, size, 2)
+            length = rng.uniform(0.1, 0.5) * size
+            ang = rng.uniform(0, 2 * math.pi)
+            w = int(rng.integers(1, max(2, size // 80) + 1))
+            draw.line(
+                [(x0, y0), (x0 + length * math.cos(ang), y0 + length * math.sin(ang))],
+                fill=color,
+                width=w,
+            )
+        elif kind < 0.75:  # open arc
+            r = rng.uniform(0.05, 0.25) * size
+            cx, cy = rng.uniform(0, size, 2)
+            start = rng.uniform(0, 360)
+            draw.arc(
+                [cx - r, cy - r, cx + r, cy + r],
+                start,
+                start + rng.uniform(40, 200),
+                fill=color,
+                width=2,
+            )
+        else:  # specks
+            for _ in range(int(rng.integers(5, 30))):
+                x, y = rng.uniform(0, size, 2)
+                r = rng.uniform(0.5, 2.5)
+                draw.ellipse([x - r, y - r, x + r, y + r], fill=color)
+
+
+def _contrasting_color(rng: np.random.Generator, under: np.ndarray) -> tuple[int, int, int]:
+    """A random colour at least ~80 (RGB distance) away from the mean colour ``under`` it."""
+    ref = under.reshape(-1, 3).mean(0) if under.size else np.array([128.0, 128, 128])
+    for _ in range(50):
+        c = rng.integers(0, 256, 3)
+        if np.linalg.norm(c - ref) > 80:
+            break
+    return (int(c[0]), int(c[1]), int(c[2]))
+
+
+def render_scene(
+    rng: np.random.Generator,
+    size: int,
+    num_objects: int,
+    size_range: tuple[float, float] = (0.10, 0.50),
+    min_visible: float = 0.6,
+    outline_prob: float = 0.25,
+) -> Scene:
+    """Render one scene with up to ``num_objects`` shapes (placements violating the visibility
+    constraint are retried, then skipped; at least one object is always placed)."""
+    bg = _background(rng, size)
+    canvas = Image.fromarray(bg)
+    _clutter(rng, ImageDraw.Draw(canvas), size)
+    canvas = canvas.filter(ImageFilter.GaussianBlur(radius=float(rng.uniform(0, 0.8))))
+    img = np.asarray(canvas).copy()
+
+    labels: list[int] = []
+    full_masks: list[np.ndarray] = []  # each object's own pixels
+    visible: list[np.ndarray] = []
+    for k in range(num_objects):
+        for _attempt in range(20):
+            cls = int(rng.integers(len(CLASSES)))
+            diameter = rng.uniform(*size_range) * size
+            radius = diameter / 2
+            cx, cy = rng.uniform(radius * 0.6, size - radius * 0.6, 2)
+            poly = shape_polygon(
+                cls, (cx, cy), radius, rng.uniform(0, 2 * math.pi), rng.uniform(0.45, 0.65)
+            )
+            mimg = Image.new("L", (size, size), 0)
+            d = ImageDraw.Draw(mimg)
+            if rng.random() < outline_prob:
+                width = max(3, round(0.12 * diameter))
+                d.line([*poly, poly[0]], fill=255, width=width, joint="curve")
+            else:
+                d.polygon(poly, fill=255)
+            mask = np.asarray(mimg) > 127
+            area = int(mask.sum())
+            if area < 20:
+                continue
+            # every existing object must keep >= min_visible of its own pixels
+            ok = all(
+                (v & ~mask).sum() >= min_visible * f.sum()
+                for v, f in zip(visible, full_masks, strict=True)
+            )
+            if ok:
+                break
+        else:
+            if k > 0:
+                continue  # give up on this object; the scene keeps the others
+        color = np.array(_contrasting_color(rng, img[mask]), dtype=np.float64)
+        shade = rng.normal(0, 6, (size, size, 1))
+        obj = np.clip(color[None, None] + shade, 0, 255)
+        img[mask] = obj[mask].astype(np.uint8)
+        visible = [v & ~mask for v in visible]
+        visible.append(mask.copy())
+        full_masks.append(mask)
+        labels.append(cls)
+
+    seg = np.zeros((size, size), np.uint8)
+    boxes = []
+    for cls, v in zip(labels, visible, strict=True):
+        seg[v] = cls + 1
+        ys, xs = np.nonzero(v)
+        boxes.append((float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)))
+    return Scene(image=img, labels=labels, boxes=boxes, masks=visible, segmentation=seg)
+
+
+class ShapesDataset:
+    """Indexable, deterministic SepViT-Shapes split.
+
+    ``dataset[i]`` is a :class:`Scene`; the same (split, task, size, i) always gives the same
+    scene, in any order and in any process.
+    """
+
+    def __init__(
+        self,
+        split: str = "train",
+        task: str = "classify",
+        size: int = 224,
+        length: int = 10_000,
+        seed: int | None = None,
+    ) -> None:
+        if split not in SPLIT_SEEDS:
+            raise ValueError(f"unknown split {split!r}; expected one of {sorted(SPLIT_SEEDS)}")
+        if task not in TASKS:
+            raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
+        self.split = split
+        self.task = task
+        self.size = int(size)
+        self.length = int(length)
+        self.seed = SPLIT_SEEDS[split] if seed is None else int(seed)
+        self.classes = CLASSES
+
+    def __len__(self) -> int:
+        return self.length
+
+    def rng(self, index: int) -> np.random.Generator:
+        task_id = TASKS.index(self.task) if self.task == "classify" else 1  # det/seg share scenes
+        return np.random.default_rng([self.seed, task_id, self.size, int(index)])
+
+    def __getitem__(self, index: int) -> Scene:
+        if not 0 <= index < self.length:
+            raise IndexError(index)
+        rng = self.rng(index)
+        if self.task == "classify":
+            return render_scene(rng, self.size, 1, size_range=(0.20, 0.50))
+        return render_scene(rng, self.size, int(rng.integers(1, 7)), size_range=(0.10, 0.45))
+
+    def __iter__(self) -> Iterator[Scene]:
+        for i in range(self.length):
+            yield self[i]
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "name": "SepViT-Shapes",
+            "split": self.split,
+            "task": self.task,
+            "size": self.size,
+            "length": self.length,
+            "seed": self.seed,
+            "classes": list(self.classes),
+        }
+
+
+def coco_ground_truth(scenes: Sequence[Scene], size: int) -> dict[str, Any]:
+    """COCO-format ground truth (``images``, ``annotations``, ``categories``) for scenes."""
+    images: list[dict[str, Any]] = []
+    anns: list[dict[str, Any]] = []
+    for i, sc in enumerate(scenes):
+        images.append({"id": i, "width": size, "height": size})
+        for cls, box, mask in zip(sc.labels, sc.boxes, sc.masks, strict=True):
+            x1, y1, x2, y2 = box
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": i,
+                    "category_id": cls,
+                    "bbox": [x1, y1, x2 - x1, y2 - y1],
+                    "area": float(mask.sum()),
+                    "iscrowd": 0,
+                }
+            )
+    cats = [{"id": i, "name": n} for i, n in enumerate(CLASSES)]
+    return {"images": images, "annotations": anns, "categories": cats}

@@ -1,0 +1,303 @@
+"""Training on SepViT-Shapes: AdamW, linear warm-up then cosine decay, resumable checkpoints.
+
+Determinism: the model is initialised from ``seed``; batch ``k`` holds train-split scenes
+``k*B .. k*B + B - 1`` (every scene is a pure function of its index), and the torch RNG state
+(dropout, drop-path) is saved with each checkpoint, so an interrupted run resumed from its state
+file continues exactly where it stopped.
+
+Files in ``output``: ``state.pt`` (model, optimiser, schedule, step, RNG; weights-only loadable),
+``model.safetensors`` (native checkpoint with metadata and validation metrics, written at the end)
+and ``log.jsonl`` (one line per logged step).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from queue import Queue
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .checkpoint import load_native, save_checkpoint
+from .data.shapes import CLASSES, Scene, ShapesDataset
+from .evaluate import evaluate
+from .registry import create_model, model_config
+
+__all__ = ["TrainConfig", "train"]
+
+
+@dataclass
+class TrainConfig:
+    task: str = "classify"
+    model: str = "sepvit_lite"
+    img_size: int = 224
+    batch_size: int = 32
+    steps: int = 1000
+    lr: float = 1e-3
+    min_lr: float = 1e-5
+    weight_decay: float = 0.05
+    warmup_steps: int = 100
+    grad_clip: float = 1.0
+    drop_path_rate: float = 0.0
+    seed: int = 0
+    threads: int = 0  # 0: leave torch's default
+    device: str = "cpu"
+    init_from: str | None = None  # native checkpoint whose backbone initialises this model
+    val_images: int = 200
+    log_every: int = 10
+    save_every: int = 50
+    half_output: bool = True
+    model_args: dict[str, Any] = field(default_factory=dict)
+
+
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if p.ndim <= 1 or name.endswith("win_tokens"):
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Learning rate for ``step`` (0-based): linear warm-up, then cosine to ``min_lr``."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+def collate(
+    scenes: list[Scene], task: str, mean: list[float], std: list[float]
+) -> tuple[Tensor, Any]:
+    x = (
+        torch.from_numpy(np.stack([s.image for s in scenes]))
+        .permute(0, 3, 1, 2)
+        .float()
+        .div_(255.0)
+    )
+    x = (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    if task == "classify":
+        return x, torch.tensor([s.label for s in scenes])
+    if task == "detect":
+        return x, [
+            {
+                "boxes": torch.tensor(s.boxes, dtype=torch.float32).reshape(-1, 4),
+                "labels": torch.tensor(s.labels, dtype=torch.long),
+            }
+            for s in scenes
+        ]
+    maps = [s.segmentation for s in scenes if s.segmentation is not None]
+    return x, torch.from_numpy(np.stack(maps)).long()
+
+
+def _batches(
+    ds: ShapesDataset, cfg: TrainConfig, start: int, mean: list[float], std: list[float]
+) -> Iterator[tuple[Tensor, Any]]:
+    """Render batches ``start..steps-1`` in a background thread (one batch ahead)."""
+    q: Queue[tuple[Tensor, Any] | None] = Queue(maxsize=2)
+    stop = threading.Event()
+
+    def produce() -> None:
+        for k in range(start, cfg.steps):
+            if stop.is_set():
+                return
+            idx = range(k * cfg.batch_size, (k + 1) * cfg.batch_size)
+            q.put(collate([ds[i] for i in idx], cfg.task, mean, std))
+        q.put(None)
+
+    worker = threading.Thread(target=produce, daemon=True)
+    worker.start()
+    try:
+        while (item := q.get()) is not None:
+            yield item
+    finally:
+        stop.set()
+
+
+def _build(cfg: TrainConfig) -> nn.Module:
+    num_classes = len(CLASSES) + (1 if cfg.task == "segment" else 0)
+    labels = list(CLASSES) if cfg.task != "segment" else ["background", *CLASSES]
+    kwargs = dict(cfg.model_args)
+    if cfg.drop_path_rate:
+        kwargs["drop_path_rate"] = cfg.drop_path_rate
+    return create_model(
+        cfg.model,
+        task=cfg.task,
+        num_classes=num_classes,
+        img_size=cfg.img_size,
+        label_names=labels,
+        **kwargs,
+    )
+
+
+def _init_backbone(model: nn.Module, path: str) -> str:
+    """Initialise ``model``'s backbone from a native checkpoint (e.g. the Shapes classifier)."""
+    from .backbones.sepvit import checkpoint_filter_fn
+
+    state, meta = load_native(path)
+    backbone = getattr(model, "backbone", None)
+    target = backbone if isinstance(backbone, nn.Module) else model
+    if meta["task"] != "classify":  # a dense model: keep its backbone
+        state = {
+            k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")
+        }
+    filtered = checkpoint_filter_fn(state, target)  # type: ignore[arg-type]
+    own = target.state_dict()
+    filtered = {k: v for k, v in filtered.items() if k in own and own[k].shape == v.shape}
+    res = target.load_state_dict(filtered, strict=False)
+    return f"init from {path}: {len(filtered)} tensors loaded, {len(res.missing_keys)} missing"
+
+
+def train(cfg: TrainConfig, output: str | Path, log: Any = sys.stderr) -> dict[str, Any]:
+    """Train (or resume) into ``output``; returns the final validation metrics."""
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = torch.device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    model = _build(cfg)
+    mcfg = model_config(model)
+    if cfg.init_from:
+        print(_init_backbone(model, cfg.init_from), file=log)
+    model.to(device).train()
+    opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999))
+
+    state_path = out / "state.pt"
+    start, elapsed_before = 0, 0.0
+    if state_path.is_file():
+        st = torch.load(state_path, map_location="cpu", weights_only=True)
+        if st["config"] != _comparable(cfg):
+            raise ValueError(
+                f"{state_path} was written with another configuration; use a new output"
+            )
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["optimizer"])
+        torch.set_rng_state(st["rng"])
+        start, elapsed_before = int(st["step"]), float(st["elapsed"])
+        print(f"resuming from step {start}/{cfg.steps}", file=log)
+
+    ds = ShapesDataset(
+        "train", cfg.task, cfg.img_size, length=cfg.steps * cfg.batch_size, seed=None
+    )
+    t_start = time.perf_counter()
+    ema: float | None = None
+    seen = 0
+    logf = (out / "log.jsonl").open("a")
+    step = start
+    for step, (x, target) in enumerate(_batches(ds, cfg, start, mcfg["mean"], mcfg["std"]), start):
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, cfg)
+        x = x.to(device)
+        if cfg.task == "classify":
+            loss = nn.functional.cross_entropy(model(x), target.to(device))
+        elif cfg.task == "detect":
+            tgt = [{k: v.to(device) for k, v in t.items()} for t in target]
+            loss = model(x, tgt)["loss"]
+        else:
+            loss = model(x, target.to(device))["loss"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip:
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        value = float(loss.detach())
+        ema = value if ema is None else 0.95 * ema + 0.05 * value
+        seen += x.shape[0]
+        done = step + 1
+        if done % cfg.log_every == 0 or done == cfg.steps:
+            dt = time.perf_counter() - t_start
+            ips = seen / max(dt, 1e-9)
+            eta = (cfg.steps - done) * cfg.batch_size / max(ips, 1e-9)
+            rec = {
+                "step": done,
+                "loss": round(value, 5),
+                "loss_ema": round(ema, 5),
+                "lr": lr_at(step, cfg),
+                "img_per_s": round(ips, 2),
+            }
+            logf.write(json.dumps(rec) + "\n")
+            logf.flush()
+            bar = "#" * int(30 * done / cfg.steps)
+            print(
+                f"[{bar:<30}] {done}/{cfg.steps} loss {ema:.4f} lr {rec['lr']:.2e} "
+                f"{ips:.1f} img/s eta {eta / 60:.1f} min",
+                file=log,
+                flush=True,
+            )
+        if done % cfg.save_every == 0 or done == cfg.steps:
+            _save_state(
+                state_path, model, opt, done, cfg, elapsed_before + time.perf_counter() - t_start
+            )
+    logf.close()
+    elapsed = elapsed_before + time.perf_counter() - t_start
+
+    model.eval()
+    val = ShapesDataset("val", cfg.task, cfg.img_size, length=cfg.val_images)
+    metrics = evaluate(model.cpu(), val)
+    provenance = {
+        "dataset": {
+            "name": "SepViT-Shapes",
+            "train_seed": ds.seed,
+            "val_seed": val.seed,
+            "classes": list(CLASSES),
+        },
+        "train_config": asdict(cfg),
+        "steps": cfg.steps,
+        "images_seen": cfg.steps * cfg.batch_size,
+        "train_seconds": round(elapsed, 1),
+        "torch": torch.__version__,
+        "val_metrics": {
+            k: v for k, v in metrics.items() if k not in ("per_class", "per_class_iou")
+        },
+    }
+    save_checkpoint(model, out / "model.safetensors", provenance=provenance, half=cfg.half_output)
+    print(f"validation ({cfg.val_images} images): {provenance['val_metrics']}", file=log)
+    return metrics
+
+
+def _comparable(cfg: TrainConfig) -> dict[str, Any]:
+    """Config fields that must match for a resume (logging/saving cadence may change)."""
+    d = asdict(cfg)
+    for k in ("log_every", "save_every", "threads", "val_images", "device"):
+        d.pop(k)
+    return json.loads(json.dumps(d))
+
+
+def _save_state(
+    path: Path,
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    step: int,
+    cfg: TrainConfig,
+    elapsed: float,
+) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "optimizer": opt.state_dict(),
+            "step": step,
+            "elapsed": elapsed,
+            "rng": torch.get_rng_state(),
+            "config": _comparable(cfg),
+        },
+        tmp,
+    )
+    tmp.replace(path)

@@ -1,0 +1,95 @@
+"""SepViT-Shapes: determinism, annotation consistency, class balance, colour independence."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sepvit.data import CLASSES, SPLIT_SEEDS, ShapesDataset, coco_ground_truth
+
+
+@pytest.mark.parametrize(("task", "size"), [("classify", 224), ("detect", 256), ("segment", 128)])
+def test_deterministic_in_any_order(task: str, size: int) -> None:
+    a = ShapesDataset("train", task, size, length=20)
+    b = ShapesDataset("train", task, size, length=20)
+    forward = [a[i] for i in range(5)]
+    backward = [b[i] for i in reversed(range(5))][::-1]
+    for x, y in zip(forward, backward, strict=True):
+        assert np.array_equal(x.image, y.image)
+        assert x.labels == y.labels and x.boxes == y.boxes
+    assert not np.array_equal(a[0].image, a[1].image)
+
+
+def test_splits_use_distinct_fixed_seeds() -> None:
+    assert len(set(SPLIT_SEEDS.values())) == 3
+    train, test = ShapesDataset("train", "detect", 64), ShapesDataset("test", "detect", 64)
+    assert train.seed == 1000 and test.seed == 3000
+    assert not np.array_equal(train[0].image, test[0].image)
+
+
+def test_detection_and_segmentation_share_scenes() -> None:
+    det, seg = ShapesDataset("val", "detect", 96), ShapesDataset("val", "segment", 96)
+    for i in range(3):
+        assert np.array_equal(det[i].image, seg[i].image)
+        assert det[i].boxes == seg[i].boxes
+
+
+@pytest.mark.parametrize("task", ["classify", "detect"])
+def test_boxes_masks_and_segmentation_agree(task: str) -> None:
+    ds = ShapesDataset("val", task, 128, length=30)
+    for sc in ds:
+        assert sc.image.shape == (128, 128, 3) and sc.image.dtype == np.uint8
+        assert 1 <= len(sc.labels) <= (1 if task == "classify" else 6)
+        covered = np.zeros((128, 128), bool)
+        for cls, box, mask in zip(sc.labels, sc.boxes, sc.masks, strict=True):
+            ys, xs = np.nonzero(mask)
+            assert box == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+            assert (sc.segmentation[mask] == cls + 1).all()
+            assert not (covered & mask).any()  # visible masks are disjoint
+            covered |= mask
+        assert (sc.segmentation[~covered] == 0).all()
+
+
+def test_objects_stay_mostly_visible_and_sizes_in_range() -> None:
+    ds = ShapesDataset("val", "detect", 256, length=40)
+    counts = []
+    for sc in ds:
+        counts.append(len(sc.labels))
+        for box in sc.boxes:
+            extent = max(box[2] - box[0], box[3] - box[1])
+            assert extent <= 0.5 * 256 + 2
+    assert min(counts) >= 1 and max(counts) <= 6 and len(set(counts)) >= 4
+
+
+def test_classes_balanced_and_colour_does_not_predict_class() -> None:
+    ds = ShapesDataset("train", "classify", 96, length=400)
+    labels, hues = [], []
+    for sc in ds:
+        labels.append(sc.label)
+        hues.append(sc.image[sc.masks[0]].mean(0))
+    counts = np.bincount(labels, minlength=len(CLASSES))
+    assert counts.min() >= 25  # 400 / 8 = 50 expected each
+    # mean object colour per class is near the global mean: colour carries no label signal
+    hues_a = np.array(hues)
+    per_class = np.array([hues_a[np.array(labels) == c].mean(0) for c in range(len(CLASSES))])
+    assert np.abs(per_class - hues_a.mean(0)).max() < 40
+
+
+def test_coco_ground_truth_format() -> None:
+    ds = ShapesDataset("test", "detect", 64, length=3)
+    scenes = list(ds)
+    gt = coco_ground_truth(scenes, 64)
+    assert len(gt["images"]) == 3 and len(gt["categories"]) == len(CLASSES)
+    assert len(gt["annotations"]) == sum(len(s.labels) for s in scenes)
+    ann = gt["annotations"][0]
+    x, y, w, h = ann["bbox"]
+    assert (x, y, x + w, y + h) == scenes[0].boxes[0]
+
+
+def test_invalid_split_or_task() -> None:
+    with pytest.raises(ValueError):
+        ShapesDataset("holdout")
+    with pytest.raises(ValueError):
+        ShapesDataset("train", "caption")
+    with pytest.raises(IndexError):
+        ShapesDataset("train", length=2)[2]
