@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export OMP_WAIT_POLICY ?= PASSIVE
 PYTEST_ARGS ?=
 
-.PHONY: venv test lint typecheck unit bench clean
+.PHONY: venv test lint typecheck unit bench models clean
 
 venv: $(STAMP)
 
@@ -31,6 +31,28 @@ test: lint typecheck unit
 
 bench: $(STAMP)
 	$(PY) bench/model_throughput.py
+
+# Demo models on SepViT-Shapes (sepvit_lite). Each step resumes from runs/<name>/state.pt, so an
+# interrupted `make models` continues where it stopped. Recipes: docs/shapes.md.
+RUNS := runs
+TRAIN := $(VENV)/bin/sepvit-train --threads $(or $(THREADS),2) --log-every 20 --save-every 50
+CLS_PRE := --task classify --img-size 112 --batch-size 32 --steps 8000 --lr 5e-4 --warmup-steps 300
+CLS_FT := --task classify --img-size 224 --batch-size 32 --steps 600 --lr 1e-4 --warmup-steps 50
+DET := --task detect --img-size 256 --batch-size 16 --steps 2500 --lr 2e-4 --warmup-steps 100 \
+	--model-args '{"fpn_channels": 96, "head_channels": 96, "head_convs": 2, "head_norm": "gn"}'
+SEG := --task segment --img-size 256 --batch-size 16 --steps 2000 --lr 2e-4 --warmup-steps 100 \
+	--model-args '{"fpn_channels": 64, "head_channels": 64}'
+
+models: $(STAMP)
+	$(TRAIN) $(CLS_PRE) --output $(RUNS)/classifier_112
+	$(TRAIN) $(CLS_FT) --init-from $(RUNS)/classifier_112/model.safetensors --output $(RUNS)/shapes_classifier
+	$(TRAIN) $(DET) --init-from $(RUNS)/shapes_classifier/model.safetensors --output $(RUNS)/shapes_detector
+	$(TRAIN) $(SEG) --init-from $(RUNS)/shapes_classifier/model.safetensors --output $(RUNS)/shapes_segmenter
+	for m in shapes_classifier shapes_detector shapes_segmenter; do \
+	  mkdir -p model_store/$$m && cp $(RUNS)/$$m/model.safetensors model_store/$$m/model.safetensors && \
+	  $(VENV)/bin/sepvit-eval --checkpoint model_store/$$m/model.safetensors --split test \
+	    --num-images 500 --json model_store/$$m/eval_test.json || exit 1; \
+	done
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -17,7 +17,7 @@ import math
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from queue import Queue
@@ -53,6 +53,7 @@ class TrainConfig:
     device: str = "cpu"
     init_from: str | None = None  # native checkpoint whose backbone initialises this model
     val_images: int = 200
+    train_images: int = 0  # 0: a fresh scene for every sample; N: cycle over N scenes
     log_every: int = 10
     save_every: int = 50
     half_output: bool = True
@@ -117,7 +118,9 @@ def _batches(
         for k in range(start, cfg.steps):
             if stop.is_set():
                 return
-            idx = range(k * cfg.batch_size, (k + 1) * cfg.batch_size)
+            idx: Sequence[int] = range(k * cfg.batch_size, (k + 1) * cfg.batch_size)
+            if cfg.train_images:
+                idx = [i % cfg.train_images for i in idx]
             q.put(collate([ds[i] for i in idx], cfg.task, mean, std))
         q.put(None)
 

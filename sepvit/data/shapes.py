@@ -3,9 +3,9 @@ segmentation. Nothing is read from disk; every image is a pure function of (spli
 
 Scene recipe:
 
-* **background**: a linear gradient between two random colours at a random angle, optional
-  low-frequency colour blotches, Gaussian pixel noise, and clutter (random line segments, arcs and
-  specks) that never forms one of the classes;
+* **background**: a linear gradient between a random colour and a nearby one at a random angle,
+  Gaussian pixel noise, and clutter (1-5 thin line segments, open arcs or groups of specks) that
+  never forms one of the classes;
 * **objects**: one of :data:`CLASSES`, random colour (independent of the class; resampled until it
   contrasts with the background under it), size 10-50 % of the image side (the diameter of the
   shape's circumscribed circle), random rotation, filled or outlined (outline width ~12 % of the
@@ -119,33 +119,26 @@ def shape_polygon(
 
 
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
-    c0, c1 = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
+    c0 = rng.integers(0, 256, 3)
+    c1 = np.clip(c0 + rng.normal(0, 45, 3), 0, 255)  # gentle gradient
     theta = rng.uniform(0, 2 * math.pi)
     yy, xx = np.mgrid[0:size, 0:size] / max(size - 1, 1)
     t = np.cos(theta) * xx + np.sin(theta) * yy
     t = (t - t.min()) / max(t.max() - t.min(), 1e-6)
     img = c0[None, None] * (1 - t[..., None]) + c1[None, None] * t[..., None]
-    if rng.random() < 0.6:  # low-frequency colour blotches
-        coarse = rng.normal(0, 25, (4, 4, 3)).astype(np.float32)
-        blot = np.asarray(
-            Image.fromarray(np.uint8(np.clip(coarse + 128, 0, 255))).resize(
-                (size, size), Image.Resampling.BICUBIC
-            )
-        )
-        img = img + (blot.astype(np.float64) - 128)
-    img = img + rng.normal(0, rng.uniform(2, 14), img.shape)
+    img = img + rng.normal(0, rng.uniform(2, 6), img.shape)
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
 def _clutter(rng: np.random.Generator, draw: ImageDraw.ImageDraw, size: int) -> None:
-    for _ in range(int(rng.integers(3, 12))):
+    for _ in range(int(rng.integers(1, 6))):
         kind = rng.random()
         color = tuple(int(v) for v in rng.integers(0, 256, 3))
         if kind < 0.5:  # line segment
             x0, y0 = rng.uniform(0, size, 2)
             length = rng.uniform(0.1, 0.5) * size
             ang = rng.uniform(0, 2 * math.pi)
-            w = int(rng.integers(1, max(2, size // 80) + 1))
+            w = int(rng.integers(1, max(2, size // 110) + 1))
             draw.line(
                 [(x0, y0), (x0 + length * math.cos(ang), y0 + length * math.sin(ang))],
                 fill=color,
@@ -163,18 +156,18 @@ def _clutter(rng: np.random.Generator, draw: ImageDraw.ImageDraw, size: int) -> 
                 width=2,
             )
         else:  # specks
-            for _ in range(int(rng.integers(5, 30))):
+            for _ in range(int(rng.integers(3, 12))):
                 x, y = rng.uniform(0, size, 2)
-                r = rng.uniform(0.5, 2.5)
+                r = rng.uniform(0.5, 1.8)
                 draw.ellipse([x - r, y - r, x + r, y + r], fill=color)
 
 
 def _contrasting_color(rng: np.random.Generator, under: np.ndarray) -> tuple[int, int, int]:
-    """A random colour at least ~80 (RGB distance) away from the mean colour ``under`` it."""
+    """A random colour at least ~110 (RGB distance) away from the mean colour ``under`` it."""
     ref = under.reshape(-1, 3).mean(0) if under.size else np.array([128.0, 128, 128])
     for _ in range(50):
         c = rng.integers(0, 256, 3)
-        if np.linalg.norm(c - ref) > 80:
+        if np.linalg.norm(c - ref) > 110:
             break
     return (int(c[0]), int(c[1]), int(c[2]))
 
@@ -185,7 +178,7 @@ def render_scene(
     num_objects: int,
     size_range: tuple[float, float] = (0.10, 0.50),
     min_visible: float = 0.6,
-    outline_prob: float = 0.25,
+    outline_prob: float = 0.2,
 ) -> Scene:
     """Render one scene with up to ``num_objects`` shapes (placements violating the visibility
     constraint are retried, then skipped; at least one object is always placed)."""
