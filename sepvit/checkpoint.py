@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +41,7 @@ log = logging.getLogger(__name__)
 
 METADATA_KEY = "sepvit"
 FORMAT_VERSION = 1
+_REQUIRED_META = ("variant", "task", "num_classes", "model_args", "pretrained_cfg")
 
 
 class CheckpointError(ValueError):
@@ -100,11 +103,17 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(
             f"{p} has no '{METADATA_KEY}' metadata; not a native SepViT checkpoint"
         )
-    doc = json.loads(meta[METADATA_KEY])
-    if not isinstance(doc, dict) or doc.get("format_version", 0) > FORMAT_VERSION:
-        raise CheckpointError(
-            f"{p}: unsupported checkpoint metadata version {doc.get('format_version')}"
-        )
+    try:
+        doc = json.loads(meta[METADATA_KEY])
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{p}: metadata is not valid JSON: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise CheckpointError(f"{p}: metadata is not a JSON object")
+    if doc.get("format_version", 0) > FORMAT_VERSION:
+        raise CheckpointError(f"{p}: unsupported metadata version {doc.get('format_version')}")
+    missing = [k for k in _REQUIRED_META if k not in doc]
+    if missing or not isinstance(doc.get("pretrained_cfg"), dict):
+        raise CheckpointError(f"{p}: metadata lacks {missing or ['pretrained_cfg']}")
     return doc
 
 
@@ -152,10 +161,20 @@ def save_checkpoint(
         tensors[k] = v.contiguous()
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_suffix(p.suffix + ".tmp")
-    save_file(tensors, str(tmp), metadata={METADATA_KEY: json.dumps(meta, sort_keys=True)})
-    tmp.replace(p)  # atomic: a reader never sees a half-written checkpoint
+    tmp = unique_tmp(p)
+    try:
+        save_file(tensors, str(tmp), metadata={METADATA_KEY: json.dumps(meta, sort_keys=True)})
+        tmp.replace(p)  # atomic: a reader never sees a half-written checkpoint
+    finally:
+        tmp.unlink(missing_ok=True)
     return p
+
+
+def unique_tmp(path: Path) -> Path:
+    """A fresh temporary path beside ``path`` (same filesystem, so a rename is atomic)."""
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    return Path(name)
 
 
 def _safe_globals() -> list[Any]:

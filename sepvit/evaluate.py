@@ -179,6 +179,7 @@ def evaluate(
     mean, std = cfg["mean"], cfg["std"]
     n = len(dataset) if num_images is None else min(num_images, len(dataset))
     model.eval()
+    device = next(model.parameters()).device
     logits_all: list[Tensor] = []
     labels_all: list[int] = []
     preds: list[BoxPrediction] = []
@@ -187,21 +188,23 @@ def evaluate(
     seg_targets: list[np.ndarray] = []
     for start in range(0, n, batch_size):
         scenes = [dataset[i] for i in range(start, min(n, start + batch_size))]
-        x = _to_tensor([s.image for s in scenes], mean, std)
+        x = _to_tensor([s.image for s in scenes], mean, std).to(device)
         if task == "classify":
-            logits_all.append(model(x))
+            logits_all.append(model(x).cpu())
             labels_all.extend(s.label for s in scenes)
         elif task == "detect":
             for s, det in zip(scenes, model(x), strict=True):
                 preds.append(
                     BoxPrediction(
-                        det["boxes"].numpy(), det["scores"].numpy(), det["labels"].numpy()
+                        det["boxes"].cpu().numpy(),
+                        det["scores"].cpu().numpy(),
+                        det["labels"].cpu().numpy(),
                     )
                 )
                 gt_boxes.append(np.asarray(s.boxes, dtype=np.float64).reshape(-1, 4))
                 gt_labels.append(np.asarray(s.labels, dtype=np.int64))
         else:
-            out = model(x).argmax(1).numpy().astype(np.uint8)
+            out = model(x).argmax(1).cpu().numpy().astype(np.uint8)
             seg_preds.extend(out)
             seg_targets.extend(s.segmentation for s in scenes if s.segmentation is not None)
     result: dict[str, Any] = {"task": task, "num_images": n}

@@ -21,6 +21,7 @@ imported lazily; on a machine without CUDA or TensorRT the build fails with
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -146,7 +147,9 @@ def export_onnx(
     ``check_batch`` images and compared with eager; :class:`ParityError` is raised when any output
     differs by more than ``tolerance``.
     """
-    model = model.eval().float()
+    if check_batch < 2:
+        raise ValueError("check_batch must be >= 2 (a batch of 1 would pin the batch axis)")
+    model = copy.deepcopy(model).cpu().float().eval()  # never touch the caller's model
     if img_size is None:
         cfg = getattr(model, "pretrained_cfg", None) or {}
         size = cfg.get("input_size", [3, 224, 224])
@@ -297,7 +300,9 @@ def build_tensorrt_engine(
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise RuntimeError(f"TensorRT failed to build an engine for {onnx_path}")
-    tmp = engine_path.with_suffix(".tmp")
+    from .checkpoint import unique_tmp
+
+    tmp = unique_tmp(engine_path)
     tmp.write_bytes(bytes(serialized))
     tmp.replace(engine_path)
     log.info("built TensorRT engine %s in %.1fs", engine_path, time.perf_counter() - t0)

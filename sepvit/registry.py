@@ -22,7 +22,7 @@ from typing import Any
 
 from torch import nn
 
-from .backbones.sepvit import SEPVIT_VARIANTS, SepViT
+from .backbones.sepvit import SEPVIT_VARIANTS, SepViT, checkpoint_filter_fn
 from .checkpoint import (
     CheckpointError,
     is_native_checkpoint,
@@ -138,9 +138,9 @@ def create_model(
     img_size: int | Sequence[int] | None = None,
     checkpoint: str | Path | None = None,
     label_names: Sequence[str] | None = None,
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
-    interpolation: str = "bicubic",
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    interpolation: str | None = None,
     **kwargs: Any,
 ) -> nn.Module:
     """Build a SepViT classifier, detector or segmenter, optionally loading weights.
@@ -155,7 +155,8 @@ def create_model(
             an official ``.pth`` (classification weights, or a detection/segmentation checkpoint
             whose backbone sits under ``backbone.``).
         label_names: class names stored in ``pretrained_cfg`` (length ``num_classes``).
-        mean, std, interpolation: preprocessing metadata stored in ``pretrained_cfg``.
+        mean, std, interpolation: preprocessing metadata stored in ``pretrained_cfg`` (default:
+            the checkpoint's, else ImageNet mean/std and bicubic).
         **kwargs: backbone arguments (e.g. ``window_sizes``, ``drop_path_rate``) or task-head
             arguments (e.g. ``fpn_channels``, ``head_convs``, ``score_thresh``).
     """
@@ -164,7 +165,10 @@ def create_model(
     if task not in TASKS:
         raise UnknownModelError(f"unknown task {task!r}; expected one of {TASKS}")
 
+    if "dense" in kwargs:
+        raise TypeError("'dense' is chosen by the task; use task='detect' or task='segment'")
     meta: dict[str, Any] | None = None
+    saved_hw: tuple[int, int] | None = None
     native = checkpoint is not None and is_native_checkpoint(checkpoint)
     if native:
         assert checkpoint is not None
@@ -180,10 +184,15 @@ def create_model(
         num_classes = meta["num_classes"]
         saved_cfg = meta["pretrained_cfg"]
         kwargs = {**meta["model_args"], **kwargs}
-        img_size = img_size if img_size is not None else saved_cfg["input_size"][1:]
+        saved_hw = _as_hw(saved_cfg["input_size"][1:])
+        img_size = img_size if img_size is not None else saved_hw
         label_names = label_names if label_names is not None else saved_cfg.get("label_names")
-        mean, std = saved_cfg.get("mean", mean), saved_cfg.get("std", std)
-        interpolation = saved_cfg.get("interpolation", interpolation)
+        mean = mean if mean is not None else saved_cfg.get("mean")
+        std = std if std is not None else saved_cfg.get("std")
+        interpolation = interpolation or saved_cfg.get("interpolation")
+    mean = IMAGENET_MEAN if mean is None else mean
+    std = IMAGENET_STD if std is None else std
+    interpolation = interpolation or "bicubic"
 
     n_cls = DEFAULT_NUM_CLASSES[task] if num_classes is None else int(num_classes)
     if label_names is not None and len(label_names) != n_cls:
@@ -192,8 +201,12 @@ def create_model(
 
     model = _build(name, task, n_cls, hw, kwargs)
     if native:
-        result = model.load_state_dict(state, strict=True)
-        del result
+        if isinstance(model, SepViT) and saved_hw != hw:  # classifier at another input size
+            state = checkpoint_filter_fn(state, model, source_img_size=saved_hw)
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            raise CheckpointError(f"{checkpoint} does not fit the model: {exc}") from exc
     elif checkpoint is not None:
         report = load_official_into(model, read_official(checkpoint))
         log.info("%s: %s", checkpoint, report)

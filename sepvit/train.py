@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .checkpoint import load_native, save_checkpoint
+from .checkpoint import load_native, save_checkpoint, unique_tmp
 from .data.shapes import CLASSES, Scene, ShapesDataset
 from .evaluate import evaluate
 from .registry import create_model, model_config
@@ -111,10 +111,16 @@ def _batches(
     ds: ShapesDataset, cfg: TrainConfig, start: int, mean: list[float], std: list[float]
 ) -> Iterator[tuple[Tensor, Any]]:
     """Render batches ``start..steps-1`` in a background thread (one batch ahead)."""
-    q: Queue[tuple[Tensor, Any] | None] = Queue(maxsize=2)
+    q: Queue[tuple[Tensor, Any] | BaseException | None] = Queue(maxsize=2)
     stop = threading.Event()
 
     def produce() -> None:
+        try:
+            _produce()
+        except BaseException as exc:  # surfaced in the training thread, never a silent hang
+            q.put(exc)
+
+    def _produce() -> None:
         for k in range(start, cfg.steps):
             if stop.is_set():
                 return
@@ -128,6 +134,8 @@ def _batches(
     worker.start()
     try:
         while (item := q.get()) is not None:
+            if isinstance(item, BaseException):
+                raise RuntimeError("rendering a training batch failed") from item
             yield item
     finally:
         stop.set()
@@ -160,7 +168,8 @@ def _init_backbone(model: nn.Module, path: str) -> str:
         state = {
             k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")
         }
-    filtered = checkpoint_filter_fn(state, target)  # type: ignore[arg-type]
+    src_hw = tuple(meta["pretrained_cfg"]["input_size"][1:])
+    filtered = checkpoint_filter_fn(state, target, source_img_size=src_hw)  # type: ignore[arg-type]
     own = target.state_dict()
     filtered = {k: v for k, v in filtered.items() if k in own and own[k].shape == v.shape}
     res = target.load_state_dict(filtered, strict=False)
@@ -193,6 +202,8 @@ def train(cfg: TrainConfig, output: str | Path, log: Any = sys.stderr) -> dict[s
         model.load_state_dict(st["model"])
         opt.load_state_dict(st["optimizer"])
         torch.set_rng_state(st["rng"])
+        if st.get("cuda_rng") and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(st["cuda_rng"])
         start, elapsed_before = int(st["step"]), float(st["elapsed"])
         print(f"resuming from step {start}/{cfg.steps}", file=log)
 
@@ -291,7 +302,7 @@ def _save_state(
     cfg: TrainConfig,
     elapsed: float,
 ) -> None:
-    tmp = path.with_suffix(".tmp")
+    tmp = unique_tmp(path)
     torch.save(
         {
             "model": model.state_dict(),
@@ -299,8 +310,10 @@ def _save_state(
             "step": step,
             "elapsed": elapsed,
             "rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "config": _comparable(cfg),
         },
         tmp,
     )
     tmp.replace(path)
+    tmp.unlink(missing_ok=True)

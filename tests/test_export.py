@@ -114,3 +114,11 @@ def test_tensorrt_engine_build_on_gpu(tmp_path: Path) -> None:  # pragma: no cov
     engine = build_tensorrt_engine(result.path, tmp_path / "cache", profile=(1, 4, 8))
     assert engine.is_file()
     assert build_tensorrt_engine(result.path, tmp_path / "cache", profile=(1, 4, 8)) == engine
+
+
+def test_export_leaves_the_callers_model_alone(tmp_path: Path) -> None:
+    model = create_model("sepvit_lite", num_classes=4, img_size=64).train()
+    export_onnx(model, tmp_path / "m.onnx")
+    assert model.training
+    with pytest.raises(ValueError, match="check_batch"):
+        export_onnx(model, tmp_path / "m.onnx", check_batch=1)

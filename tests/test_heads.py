@@ -140,3 +140,10 @@ def test_heads_need_dense_backbone_and_valid_args() -> None:
         create_model("sepvit_lite", task="detect", num_classes=3, box_loss="l3")
     with pytest.raises(TypeError):
         create_model("sepvit_lite", task="classify", fpn_channels=3)
+
+
+def test_detector_rejects_bad_targets() -> None:
+    model = create_model("sepvit_lite", task="detect", num_classes=2, **SMALL_DET).train()
+    bad = [{"boxes": torch.tensor([[0.0, 0.0, 10.0, 10.0]]), "labels": torch.tensor([5])}]
+    with pytest.raises(ValueError, match="labels"):
+        model(torch.randn(1, 3, 64, 64), bad)

@@ -191,3 +191,33 @@ def test_mmdet_style_checkpoint_loads_backbone(tmp_path: Path) -> None:
     assert model.load_report.exact
     assert model.load_report.dropped == 4
     assert torch.equal(model.backbone.norm_list[3].weight, det.backbone.norm_list[3].weight)
+
+
+def test_native_classifier_loads_at_another_size(tmp_path: Path) -> None:
+    src = _randomize(create_model("sepvit_lite", num_classes=4, img_size=(112, 224)))
+    path = save_checkpoint(src, tmp_path / "m.safetensors")
+    model = create_model("sepvit_lite", checkpoint=path, img_size=224)
+    assert model.pretrained_cfg["input_size"] == [3, 224, 224]
+    assert model.blocks[0][0].win_tokens.shape == (1, 64, 1, 32)  # 8 x 8 windows at 224
+    same = create_model("sepvit_lite", checkpoint=path)
+    assert torch.equal(same.blocks[0][0].win_tokens, src.blocks[0][0].win_tokens)
+
+
+def test_caller_metadata_overrides_checkpoint(tmp_path: Path) -> None:
+    path = save_checkpoint(create_model("sepvit_lite", num_classes=4), tmp_path / "m.safetensors")
+    model = create_model(
+        "sepvit_lite", checkpoint=path, mean=(0.5, 0.5, 0.5), interpolation="bilinear"
+    )
+    assert model.pretrained_cfg["mean"] == [0.5, 0.5, 0.5]
+    assert model.pretrained_cfg["interpolation"] == "bilinear"
+    assert model.pretrained_cfg["std"] == pytest.approx([0.229, 0.224, 0.225])
+
+
+@pytest.mark.parametrize("doc", ["{not json", "[1, 2]", '{"variant": "sepvit_lite"}'])
+def test_malformed_metadata_is_a_checkpoint_error(tmp_path: Path, doc: str) -> None:
+    from safetensors.torch import save_file
+
+    path = tmp_path / "bad.safetensors"
+    save_file({"x": torch.zeros(1)}, str(path), metadata={"sepvit": doc})
+    with pytest.raises(CheckpointError):
+        read_metadata(path)

@@ -221,3 +221,24 @@ def test_bad_input_rank_is_a_value_error() -> None:
 def test_window_tokens_excluded_from_weight_decay() -> None:
     names = create_model("sepvit_lite").no_weight_decay()
     assert "blocks.0.0.win_tokens" in names and all(n.endswith("win_tokens") for n in names)
+
+
+def test_non_square_window_token_grids_resample_correctly() -> None:
+    tokens = torch.arange(2 * 4, dtype=torch.float32).reshape(1, 8, 1, 1)  # 2 x 4 grid
+    same = resample_window_tokens(tokens, (2, 4), src_grid=(2, 4))
+    assert same is tokens
+    out = resample_window_tokens(tokens, (4, 2), src_grid=(2, 4))  # not a transpose
+    assert out.shape == (1, 8, 1, 1) and not torch.equal(out, tokens)
+    with pytest.raises(ValueError, match="not square"):
+        resample_window_tokens(tokens, (3, 3))
+    # a (224, 448) classifier run at 448 x 224 resamples its own (8, 16) grid, not a square one
+    model = create_model("sepvit_lite", num_classes=3, img_size=(224, 448)).eval()
+    assert model.blocks[0][0].token_grid == (8, 16)
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 448, 224)).shape == (1, 3)
+        assert model(torch.randn(1, 3, 224, 224)).shape == (1, 3)
+
+
+def test_dense_is_chosen_by_task() -> None:
+    with pytest.raises(TypeError, match="task"):
+        create_model("sepvit_lite", dense=True)

@@ -128,3 +128,16 @@ def test_train_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     )
     assert rc == 0
     assert "mIoU" in capsys.readouterr().out
+
+
+def test_a_failing_batch_stops_training_instead_of_hanging(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sepvit.train as tr
+
+    def boom(*a: object, **k: object) -> None:
+        raise OSError("renderer exploded")
+
+    monkeypatch.setattr(tr, "collate", boom)
+    with pytest.raises(RuntimeError, match="rendering a training batch failed"):
+        train(_cfg("classify", 3), tmp_path, log=open("/dev/null", "w"))  # noqa: SIM115

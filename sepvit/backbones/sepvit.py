@@ -78,20 +78,29 @@ def stage_resolution(size: int, stage: int) -> int:
     return side
 
 
-def resample_window_tokens(tokens: Tensor, grid: tuple[int, int]) -> Tensor:
-    """Resize a window-token table ``[1, gh*gw, 1, C]`` to ``[1, grid_h*grid_w, 1, C]``.
+def resample_window_tokens(
+    tokens: Tensor, grid: tuple[int, int], src_grid: tuple[int, int] | None = None
+) -> Tensor:
+    """Resize a window-token table ``[1, sh*sw, 1, C]`` laid out on ``src_grid = (sh, sw)`` to
+    ``grid = (gh, gw)``, giving ``[1, gh*gw, 1, C]``.
 
-    The source grid must be square (the official checkpoints are all 224x224 grids). Resampling is
-    bicubic with ``align_corners=False``, as for ViT position embeddings.
+    Without ``src_grid`` the source must be square (the official checkpoints are all 224x224
+    grids). Resampling is bicubic with ``align_corners=False``, as for ViT position embeddings.
     """
     _, n, _, c = tokens.shape
     gh, gw = grid
-    if n == gh * gw:
+    if src_grid is None:
+        side = math.isqrt(n)
+        if side * side != n:
+            raise ValueError(
+                f"window-token table of {n} windows is not square; its source grid is needed"
+            )
+        src_grid = (side, side)
+    if src_grid[0] * src_grid[1] != n:
+        raise ValueError(f"source grid {src_grid} does not hold {n} window tokens")
+    if tuple(src_grid) == (gh, gw):
         return tokens
-    side = math.isqrt(n)
-    if side * side != n:
-        raise ValueError(f"cannot resample a non-square window-token grid of {n} windows")
-    t = tokens.reshape(1, side, side, c).permute(0, 3, 1, 2)  # [1, C, side, side]
+    t = tokens.reshape(1, src_grid[0], src_grid[1], c).permute(0, 3, 1, 2)  # [1, C, sh, sw]
     t = F.interpolate(t.float(), size=(gh, gw), mode="bicubic", align_corners=False)
     return t.to(tokens.dtype).permute(0, 2, 3, 1).reshape(1, gh * gw, 1, c)
 
@@ -183,7 +192,7 @@ class SeparableAttention(nn.Module):
         self.head_dim = dim // num_heads
         self.window_size = window_size
         self.do_psa = do_psa
-        self.scale = qk_scale or self.head_dim**-0.5
+        self.scale = qk_scale if qk_scale is not None else self.head_dim**-0.5
         self.attn_drop = attn_drop
 
         self.DSA_qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
@@ -307,7 +316,7 @@ class SepViTBlock(nn.Module):
             return self.norm1.bias.view(1, 1, -1).expand(1, grid[0] * grid[1], -1)
         tokens: Tensor = self.win_tokens
         if grid != self.token_grid:
-            tokens = resample_window_tokens(tokens, grid)
+            tokens = resample_window_tokens(tokens, grid, self.token_grid)
         n = self.norm1  # functional call: the module itself runs once per forward
         return F.layer_norm(tokens[:, :, 0], n.normalized_shape, n.weight, n.bias, n.eps)
 
@@ -528,7 +537,11 @@ def _unwrap(state_dict: Mapping[str, Any]) -> dict[str, Tensor]:
     return {k: v for k, v in sd.items() if isinstance(v, Tensor)}
 
 
-def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: SepViT) -> dict[str, Tensor]:
+def checkpoint_filter_fn(
+    state_dict: Mapping[str, Any],
+    model: SepViT,
+    source_img_size: tuple[int, int] | None = None,
+) -> dict[str, Tensor]:
     """Convert an official (or already native) SepViT state dict for ``model``.
 
     * unwraps ``model`` / ``state_dict`` containers and strips ``module.`` and ``backbone.``
@@ -536,7 +549,9 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: SepViT) -> dict[s
       such checkpoints, e.g. ``neck.*`` or ``decode_head.*``, are dropped);
     * for the dense layout, drops classifier-only tensors (``win_tokens``, ``norm``, ``head``);
     * for the classifier, drops a ``head`` whose class count differs and resizes window-token
-      grids to the model's input size.
+      grids to the model's input size. The source grids follow from ``source_img_size`` (the
+      input size the weights were trained at); by default they must be square, as the official
+      224x224 ones are.
 
     Returns a dict ready for ``model.load_state_dict``; the caller reports what is missing.
     """
@@ -555,10 +570,18 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: SepViT) -> dict[s
         if model.dense and (k.endswith("win_tokens") or k.startswith(("norm.", "head."))):
             continue
         if k.endswith("win_tokens") and k in own and own[k].shape != v.shape:
-            n_win = own[k].shape[1]
             blk = model.get_submodule(k.removesuffix(".win_tokens"))
-            grid = blk.token_grid if isinstance(blk, SepViTBlock) else (n_win, 1)
-            v = resample_window_tokens(v, grid)
+            if not isinstance(blk, SepViTBlock):
+                raise ValueError(f"{k} does not belong to a SepViT block")
+            src = None
+            if source_img_size is not None:
+                stage = int(k.split(".")[1])
+                ws = blk.window_size
+                src = (
+                    -(-stage_resolution(source_img_size[0], stage) // ws),
+                    -(-stage_resolution(source_img_size[1], stage) // ws),
+                )
+            v = resample_window_tokens(v, blk.token_grid, src)
         if k.startswith("head.") and k in own and own[k].shape != v.shape:
             continue
         out[k] = v

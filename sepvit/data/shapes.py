@@ -258,6 +258,8 @@ class ShapesDataset:
             raise ValueError(f"unknown split {split!r}; expected one of {sorted(SPLIT_SEEDS)}")
         if task not in TASKS:
             raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
+        if size < 32:
+            raise ValueError(f"size must be at least 32 pixels, got {size}")
         self.split = split
         self.task = task
         self.size = int(size)

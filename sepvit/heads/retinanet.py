@@ -198,6 +198,10 @@ class RetinaNet(nn.Module):
         for i, tgt in enumerate(targets):
             boxes = tgt["boxes"].to(anchors)
             labels = tgt["labels"].to(device=cls.device, dtype=torch.long)
+            if labels.numel() and (labels.min() < 0 or labels.max() >= self.num_classes):
+                raise ValueError(f"target labels must lie in [0, {self.num_classes})")
+            if boxes.ndim != 2 or boxes.shape[-1] != 4 or boxes.shape[0] != labels.shape[0]:
+                raise ValueError("target boxes must be [G, 4] with one label per box")
             matches = match_anchors(anchors, boxes)
             fg = matches >= 0
             valid = matches != -2
@@ -263,6 +267,9 @@ class RetinaNet(nn.Module):
             labels = torch.cat(all_labels)
             nonempty = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
             boxes, scores, labels = boxes[nonempty], scores[nonempty], labels[nonempty]
+            if scores.numel() > self.topk_candidates:  # bound NMS's IoU matrix across levels
+                top = scores.topk(self.topk_candidates).indices
+                boxes, scores, labels = boxes[top], scores[top], labels[top]
             keep = batched_nms(boxes, scores, labels, self.nms_thresh)[:limit]
             results.append({"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]})
         return results

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 
 import torch
@@ -34,6 +35,7 @@ class AnchorGenerator:
         self.scales = tuple(float(s) for s in scales)
         self.ratios = tuple(float(r) for r in ratios)
         self._cache: dict[tuple[object, ...], Tensor] = {}
+        self._lock = threading.Lock()
 
     @property
     def num_anchors(self) -> int:
@@ -54,9 +56,14 @@ class AnchorGenerator:
     def grid_anchors(
         self, sizes: Sequence[tuple[int, int]], device: torch.device | None = None
     ) -> list[Tensor]:
-        """Per-level anchors ``[H*W*A, 4]`` for feature maps of ``sizes`` (H, W)."""
+        """Per-level anchors ``[H*W*A, 4]`` for feature maps of ``sizes`` (H, W).
+
+        The tensors are views of a shared cache (thread-safe): treat them as read-only.
+        """
         key = (tuple(sizes), str(device))
-        if key not in self._cache:
+        with self._lock:
+            flat = self._cache.get(key)
+        if flat is None:
             levels = []
             for (h, w), stride in zip(sizes, self.strides, strict=True):
                 ys = (torch.arange(h, dtype=torch.float32) + 0.5) * stride
@@ -64,10 +71,11 @@ class AnchorGenerator:
                 cy, cx = torch.meshgrid(ys, xs, indexing="ij")
                 shifts = torch.stack((cx, cy, cx, cy), dim=-1).reshape(-1, 1, 4)
                 levels.append((shifts + self.cell_anchors(stride)[None]).reshape(-1, 4).to(device))
-            if len(self._cache) > 64:
-                self._cache.clear()
-            self._cache[key] = torch.cat(levels)
-        flat = self._cache[key]
+            flat = torch.cat(levels)
+            with self._lock:
+                if len(self._cache) > 64:
+                    self._cache.clear()
+                self._cache[key] = flat
         counts = [h * w * self.num_anchors for h, w in sizes]
         return list(flat.split(counts))
 
