@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sepvit import create_model
+from sepvit import create_model, list_models
 from sepvit.heads import RetinaNet
 from sepvit.ops import BoxCoder
 
@@ -147,3 +147,26 @@ def test_detector_rejects_bad_targets() -> None:
     bad = [{"boxes": torch.tensor([[0.0, 0.0, 10.0, 10.0]]), "labels": torch.tensor([5])}]
     with pytest.raises(ValueError, match="labels"):
         model(torch.randn(1, 3, 64, 64), bad)
+
+
+@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("task", ["detect", "segment"])
+def test_forward_backward_every_model_dense_task(name: str, task: str) -> None:
+    args = SMALL_DET if task == "detect" else SMALL_SEG
+    model = create_model(name, task=task, num_classes=3, **args).train()
+    x = torch.randn(1, 3, 75, 99)  # odd size: every stage pads
+    if task == "detect":
+        tgt = [{"boxes": torch.tensor([[5.0, 6.0, 40.0, 50.0]]), "labels": torch.tensor([1])}]
+        loss = model(x, tgt)["loss"]
+    else:
+        loss = model(x, torch.randint(0, 3, (1, 75, 99)))["loss"]
+    loss.backward()
+    grads = [p.grad for p in model.backbone.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    model.eval()
+    with torch.no_grad():
+        out = model(x)
+    if task == "segment":
+        assert out.shape == (1, 3, 75, 99)
+    else:
+        assert len(out) == 1
