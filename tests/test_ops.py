@@ -566,3 +566,13 @@ def test_giou_loss_has_finite_gradients() -> None:
     assert pred.grad is not None
     assert torch.isfinite(pred.grad).all()
     assert pred.grad.abs().sum().item() > 0
+
+
+def test_anchor_generator_copies_and_pickles() -> None:
+    import copy
+    import pickle
+
+    gen = AnchorGenerator(strides=(8,))
+    first = gen([(2, 2)])
+    for clone in (copy.deepcopy(gen), pickle.loads(pickle.dumps(gen))):
+        assert torch.equal(clone([(2, 2)]), first)

@@ -37,6 +37,17 @@ class AnchorGenerator:
         self._cache: dict[tuple[object, ...], Tensor] = {}
         self._lock = threading.Lock()
 
+    def __getstate__(self) -> dict[str, object]:
+        # the lock cannot be pickled or deep-copied, and the cache is cheap to rebuild
+        state = dict(self.__dict__)
+        state.pop("_lock")
+        state["_cache"] = {}
+        return state
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
     @property
     def num_anchors(self) -> int:
         return len(self.scales) * len(self.ratios)
