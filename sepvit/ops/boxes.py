@@ -61,6 +61,13 @@ def clip_boxes(boxes: Tensor, size: tuple[int, int]) -> Tensor:
     return torch.stack((x[..., 0], y[..., 0], x[..., 1], y[..., 1]), dim=-1)
 
 
+def _center_size(boxes: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(cx, cy, w, h)`` of ``[..., 4]`` xyxy boxes."""
+    w = boxes[..., 2] - boxes[..., 0]
+    h = boxes[..., 3] - boxes[..., 1]
+    return boxes[..., 0] + 0.5 * w, boxes[..., 1] + 0.5 * h, w, h
+
+
 class BoxCoder:
     """The R-CNN ``(dx, dy, dw, dh)`` box parameterisation relative to anchors.
 
@@ -79,14 +86,8 @@ class BoxCoder:
 
     def encode(self, anchors: Tensor, boxes: Tensor) -> Tensor:
         wx, wy, ww, wh = self.weights
-        aw = anchors[..., 2] - anchors[..., 0]
-        ah = anchors[..., 3] - anchors[..., 1]
-        ax = anchors[..., 0] + 0.5 * aw
-        ay = anchors[..., 1] + 0.5 * ah
-        bw = boxes[..., 2] - boxes[..., 0]
-        bh = boxes[..., 3] - boxes[..., 1]
-        bx = boxes[..., 0] + 0.5 * bw
-        by = boxes[..., 1] + 0.5 * bh
+        ax, ay, aw, ah = _center_size(anchors)
+        bx, by, bw, bh = _center_size(boxes)
         return torch.stack(
             (
                 wx * (bx - ax) / aw,
@@ -99,10 +100,7 @@ class BoxCoder:
 
     def decode(self, deltas: Tensor, anchors: Tensor) -> Tensor:
         wx, wy, ww, wh = self.weights
-        aw = anchors[..., 2] - anchors[..., 0]
-        ah = anchors[..., 3] - anchors[..., 1]
-        ax = anchors[..., 0] + 0.5 * aw
-        ay = anchors[..., 1] + 0.5 * ah
+        ax, ay, aw, ah = _center_size(anchors)
         dx = deltas[..., 0] / wx
         dy = deltas[..., 1] / wy
         dw = (deltas[..., 2] / ww).clamp(max=self.clamp)
