@@ -18,8 +18,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check sepvit tests bench
-	$(VENV)/bin/ruff format --check sepvit tests bench
+	$(VENV)/bin/ruff check sepvit handlers tests bench
+	$(VENV)/bin/ruff format --check sepvit handlers tests bench
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
