@@ -78,7 +78,7 @@ def decode_image(data: bytes, limits: DecodeLimits | None = None) -> np.ndarray:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
+            img: Image.Image = Image.open(io.BytesIO(data))
             fmt = img.format or "unknown"
             if fmt not in ALLOWED_FORMATS:
                 raise UnsupportedImageError(f"image format {fmt} is not accepted")
