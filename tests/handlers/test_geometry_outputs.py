@@ -1,0 +1,107 @@
+"""Letterbox geometry (exact inverse), classification crop, RLE round trips, PNG outputs."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from handlers.geometry import choose_bucket, classify_transform, letterbox
+from handlers.outputs import (
+    label_map_png,
+    overlay_png,
+    rle_decode,
+    rle_encode,
+    segments_from_labels,
+)
+
+
+def test_letterbox_places_content_top_left_and_inverts_boxes() -> None:
+    img = np.zeros((100, 200, 3), np.uint8)
+    img[20:60, 50:150] = 255  # a white box at x 50-150, y 20-60
+    out, lb = letterbox(img, [(128, 128)], interpolation="nearest")
+    assert out.shape == (128, 128, 3)
+    assert lb.scale == pytest.approx(0.64) and lb.valid_hw == (64, 128)
+    assert (out[64:] == 0).all()  # padding below the content
+    ys, xs = np.nonzero(out[..., 0] > 127)
+    net_box = np.array([[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]], float)
+    back = lb.boxes_to_original(net_box)
+    assert np.allclose(back, [[50, 20, 150, 60]], atol=1.0)
+    # exact inverse for any box: forward scale then back
+    box = np.array([[10.0, 5.0, 190.0, 95.0]])
+    fwd = box * np.array([128 / 200, 64 / 100, 128 / 200, 64 / 100])
+    assert np.allclose(lb.boxes_to_original(fwd), box)
+    assert np.allclose(
+        lb.boxes_to_original(np.array([[-5.0, -5.0, 500.0, 500.0]])), [[0, 0, 200, 100]]
+    )
+
+
+def test_bucket_choice_keeps_most_pixels() -> None:
+    buckets = [(256, 256), (192, 320), (320, 192)]
+    assert choose_bucket(480, 800, buckets) == (192, 320)  # landscape
+    assert choose_bucket(800, 480, buckets) == (320, 192)  # portrait
+    assert choose_bucket(500, 500, buckets) == (256, 256)
+    with pytest.raises(ValueError):
+        choose_bucket(1, 1, [])
+
+
+def test_letterbox_identity_when_image_fits_exactly() -> None:
+    img = np.random.default_rng(0).integers(0, 255, (64, 96, 3), dtype=np.uint8)
+    out, lb = letterbox(img, [(64, 96)])
+    assert np.array_equal(out, img) and lb.scale == 1.0
+
+
+def test_classify_transform_centre_crop() -> None:
+    img = np.zeros((100, 300, 3), np.uint8)
+    img[:, 100:200] = 255  # white centre third
+    out = classify_transform(img, (50, 50), crop_pct=1.0, interpolation="nearest")
+    assert out.shape == (50, 50, 3) and (out == 255).all()  # the crop is the centre square
+    wide = classify_transform(img, (50, 50), crop_pct=0.5, interpolation="nearest")
+    assert wide.shape == (50, 50, 3)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_rle_round_trip_and_pycocotools_compatibility(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    masks = [
+        rng.random((37, 53)) > 0.5,  # many short runs (negative deltas)
+        np.zeros((20, 30), bool),
+        np.ones((20, 30), bool),  # starts with ones: leading zero run
+        np.pad(np.ones((100, 80), bool), 200),  # long runs (multi-group numbers)
+    ]
+    for mask in masks:
+        rle = rle_encode(mask)
+        assert rle["size"] == list(mask.shape)
+        assert np.array_equal(rle_decode(rle), mask)
+    mask_api = pytest.importorskip("pycocotools.mask")
+    for mask in masks:
+        theirs = mask_api.encode(np.asfortranarray(mask.astype(np.uint8)))
+        assert rle_encode(mask)["counts"] == theirs["counts"].decode()
+        assert np.array_equal(
+            mask_api.decode(
+                {"size": list(mask.shape), "counts": rle_encode(mask)["counts"].encode()}
+            ),
+            mask,
+        )
+
+
+def test_segments_from_labels() -> None:
+    labels = np.zeros((4, 5), np.uint8)
+    labels[0, :2] = 3
+    labels[2:, 3:] = 1
+    segs = segments_from_labels(labels, ["background", "circle", "square", "star"])
+    assert [(s["label"], s["index"], s["area"]) for s in segs] == [("circle", 1, 4), ("star", 3, 2)]
+    assert np.array_equal(rle_decode(segs[1]["rle"]), labels == 3)
+
+
+def test_png_outputs_decode_back() -> None:
+    labels = np.random.default_rng(0).integers(0, 9, (30, 40)).astype(np.uint8)
+    png = Image.open(io.BytesIO(label_map_png(labels)))
+    assert png.mode == "P" and np.array_equal(np.asarray(png), labels)
+    img = np.full((30, 40, 3), 100, np.uint8)
+    over = np.asarray(Image.open(io.BytesIO(overlay_png(img, labels))))
+    assert over.shape == (30, 40, 3)
+    assert (over[labels == 0] == 100).all()  # background untouched
+    assert not (over[labels == 1] == 100).all()
