@@ -1,0 +1,307 @@
+"""One pipeline per task: decode -> preprocess -> infer -> postprocess.
+
+The same :class:`Pipeline` serves the TorchServe entry points and the gateway's embedded
+backend, so both give identical answers. ``handle(payloads, params)`` takes N encoded images and
+returns N results in order; an image that fails (undecodable, too large, bad parameter) yields its
+own :class:`~handlers.errors.PipelineError` in its slot while the others are answered.
+
+Results (JSON-ready dicts; pixel coordinates refer to the original image after EXIF orientation):
+
+* classify: ``{"top_k": [{"label", "index", "score"}]}``
+* detect: ``{"detections": [{"label", "index", "score", "box": [x1, y1, x2, y2]}]}``
+* segment: ``{"segments": [{"label", "index", "area", "rle": {"size", "counts"}}]}`` (default),
+  or ``{"media_type": "image/png", "data": bytes}`` for ``format=png`` (label map) and
+  ``format=overlay`` (colour overlay).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .decode import DecodeLimits, decode_image
+from .errors import BadParameterError, PipelineError, TooManyImagesError
+from .geometry import Letterbox, classify_transform, letterbox
+from .outputs import label_map_png, overlay_png, segments_from_labels
+from .runtime import Runtime, build_runtime, check_parity, golden_inputs
+
+__all__ = ["Pipeline", "PipelineConfig", "RequestParams"]
+
+log = logging.getLogger(__name__)
+
+SEGMENT_FORMATS = ("rle", "png", "overlay")
+# bilinear-upsampling the logits to the original size is exact but costs K*H*W floats; above this
+# many elements the label map is upsampled by nearest neighbour instead
+MAX_UPSAMPLE_ELEMENTS = 64_000_000
+
+
+@dataclass
+class PipelineConfig:
+    """Per-model handler options (``model-config.yaml`` ``handler:`` section)."""
+
+    runtime: str = "eager"
+    on_parity_failure: str = "fallback"  # or "fail"
+    top_k: int = 5
+    score_threshold: float | None = None  # detection; None: the model's own
+    max_detections: int = 100
+    buckets: list[tuple[int, int]] | None = None  # detection/segmentation; None: the input size
+    max_images: int = 32
+    threads: int = 0
+    runtime_options: dict[str, Any] = field(default_factory=dict)
+    limits: DecodeLimits = field(default_factory=DecodeLimits)
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any] | None) -> PipelineConfig:
+        d = dict(data or {})
+        limits = DecodeLimits(**d.pop("limits", {}))
+        buckets = d.pop("buckets", None)
+        known = {f for f in cls.__dataclass_fields__ if f != "limits"}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown handler options: {sorted(unknown)}")
+        cfg = cls(**d, limits=limits)
+        if buckets is not None:
+            cfg.buckets = [(int(b[0]), int(b[1])) for b in buckets]
+        if cfg.on_parity_failure not in ("fallback", "fail"):
+            raise ValueError("on_parity_failure must be 'fallback' or 'fail'")
+        return cfg
+
+
+@dataclass
+class RequestParams:
+    """Per-request options, validated against the task."""
+
+    top_k: int | None = None
+    score_threshold: float | None = None
+    format: str | None = None
+
+    @classmethod
+    def parse(cls, raw: Mapping[str, Any] | None) -> RequestParams:
+        raw = dict(raw or {})
+        out = cls()
+        try:
+            if raw.get("top_k") is not None:
+                out.top_k = int(raw["top_k"])
+                if not 1 <= out.top_k <= 1000:
+                    raise BadParameterError("top_k must be between 1 and 1000")
+            if raw.get("score_threshold") is not None:
+                out.score_threshold = float(raw["score_threshold"])
+                if not 0.0 <= out.score_threshold <= 1.0:
+                    raise BadParameterError("score_threshold must be between 0 and 1")
+        except (TypeError, ValueError) as exc:
+            raise BadParameterError(f"invalid parameter: {exc}") from exc
+        if raw.get("format") is not None:
+            out.format = str(raw["format"])
+            if out.format not in SEGMENT_FORMATS:
+                raise BadParameterError(f"format must be one of {SEGMENT_FORMATS}")
+        return out
+
+
+@dataclass
+class _Item:
+    index: int
+    image: np.ndarray  # original RGB
+    tensor: np.ndarray  # preprocessed [H, W, 3] uint8 (network input size)
+    box: Letterbox | None
+    params: RequestParams
+
+
+class Pipeline:
+    """Decode/preprocess/infer/postprocess for one model built by ``sepvit.create_model``."""
+
+    def __init__(self, model: nn.Module, config: PipelineConfig | None = None) -> None:
+        from sepvit import model_config
+
+        self.config = config or PipelineConfig()
+        self.model = model.eval()
+        self.cfg = model_config(model)
+        self.task: str = self.cfg["task"]
+        self.labels: list[str] | None = self.cfg.get("label_names")
+        self.input_size = (int(self.cfg["input_size"][1]), int(self.cfg["input_size"][2]))
+        self.mean = torch.tensor(self.cfg["mean"]).view(1, 3, 1, 1)
+        self.std = torch.tensor(self.cfg["std"]).view(1, 3, 1, 1)
+        self.buckets = self.config.buckets or [self.input_size]
+        self.background = 0 if (self.labels and self.labels[0] == "background") else None
+        self.runtime, self.parity = self._load_runtime()
+
+    # -- loading -----------------------------------------------------------------------------
+    def _load_runtime(self) -> tuple[Runtime, Any]:
+        eager = build_runtime("eager", self.model, self.input_size)
+        name = self.config.runtime
+        if name == "eager":
+            return eager, None
+        if self.task != "classify" and len(self.buckets) > 1:
+            raise ValueError("non-eager runtimes serve one shape bucket; configure a single bucket")
+        size = self.buckets[0] if self.task != "classify" else self.input_size
+        try:
+            candidate = build_runtime(
+                name,
+                self.model,
+                size,
+                threads=self.config.threads,
+                options=self.config.runtime_options,
+            )
+            decode = self._decode_raw if self.task == "detect" else None
+            checked = check_parity(self.task, candidate, eager, golden_inputs(size), decode=decode)
+        except Exception as exc:  # a runtime that cannot load is a parity failure too
+            report = None
+            reason = f"{name} runtime unavailable: {exc}"
+        else:
+            report = checked
+            if checked.ok:
+                log.info("runtime %s", checked)
+                return candidate, checked
+            reason = str(checked)
+        if self.config.on_parity_failure == "fail":
+            raise RuntimeError(f"refusing to load: {reason}")
+        log.warning("%s; falling back to eager", reason)
+        return eager, report
+
+    # -- stages ------------------------------------------------------------------------------
+    def decode(self, payload: bytes) -> np.ndarray:
+        return decode_image(payload, self.config.limits)
+
+    def preprocess(self, image: np.ndarray) -> tuple[np.ndarray, Letterbox | None]:
+        interp = self.cfg.get("interpolation", "bicubic")
+        if self.task == "classify":
+            crop = float(self.cfg.get("crop_pct", 1.0))
+            return classify_transform(image, self.input_size, crop, interp), None
+        return letterbox(image, self.buckets, interpolation="bilinear")
+
+    def _to_batch(self, arrays: Sequence[np.ndarray]) -> Tensor:
+        x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().div_(255.0)
+        return (x - self.mean) / self.std
+
+    def infer(self, batch: Tensor) -> list[Tensor]:
+        return [t.cpu() for t in self.runtime(batch)]
+
+    def _decode_raw(self, raw: list[Tensor]) -> list[dict[str, Tensor]]:
+        """Detections in bucket pixels for a raw detector output (parity checks)."""
+        return self.model.postprocess(  # type: ignore[operator]
+            raw[0], raw[1], self.buckets[0], max_detections=self.config.max_detections
+        )
+
+    def postprocess(
+        self, raw: list[Tensor], items: Sequence[_Item], hw: tuple[int, int]
+    ) -> list[dict[str, Any]]:
+        if self.task == "classify":
+            return [self._classify_result(raw[0][i], it.params) for i, it in enumerate(items)]
+        if self.task == "detect":
+            out = []
+            for i, it in enumerate(items):
+                thresh = (
+                    it.params.score_threshold
+                    if it.params.score_threshold is not None
+                    else self.config.score_threshold
+                )
+                (det,) = self.model.postprocess(  # type: ignore[operator]
+                    raw[0][i : i + 1],
+                    raw[1][i : i + 1],
+                    hw,
+                    score_thresh=thresh,
+                    max_detections=self.config.max_detections,
+                )
+                out.append(self._detect_result(det, it))
+            return out
+        return [self._segment_result(raw[0][i], it) for i, it in enumerate(items)]
+
+    def _label(self, idx: int) -> str:
+        return self.labels[idx] if self.labels and 0 <= idx < len(self.labels) else str(idx)
+
+    def _classify_result(self, logits: Tensor, params: RequestParams) -> dict[str, Any]:
+        probs = logits.float().softmax(-1)
+        k = min(params.top_k or self.config.top_k, probs.numel())
+        scores, idx = probs.topk(k)
+        return {
+            "top_k": [
+                {"label": self._label(int(i)), "index": int(i), "score": float(s)}
+                for s, i in zip(scores, idx, strict=True)
+            ]
+        }
+
+    def _detect_result(self, det: dict[str, Tensor], it: _Item) -> dict[str, Any]:
+        assert it.box is not None
+        boxes = it.box.boxes_to_original(det["boxes"].numpy())
+        keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        return {
+            "detections": [
+                {
+                    "label": self._label(int(lbl)),
+                    "index": int(lbl),
+                    "score": float(score),
+                    "box": [round(float(v), 2) for v in box],
+                }
+                for box, score, lbl, k in zip(
+                    boxes, det["scores"], det["labels"], keep, strict=True
+                )
+                if k
+            ]
+        }
+
+    def label_map(self, logits: Tensor, box: Letterbox) -> np.ndarray:
+        """``[K, Hb, Wb]`` bucket logits -> ``[H, W]`` labels at the original image size."""
+        vh, vw = box.valid_hw
+        valid = logits[:, :vh, :vw].float()
+        k = valid.shape[0]
+        if k * box.orig_h * box.orig_w <= MAX_UPSAMPLE_ELEMENTS:
+            up = F.interpolate(
+                valid[None], size=(box.orig_h, box.orig_w), mode="bilinear", align_corners=False
+            )
+            return up[0].argmax(0).numpy().astype(np.uint8)
+        small = valid.argmax(0)[None, None].float()
+        return (
+            F.interpolate(small, size=(box.orig_h, box.orig_w), mode="nearest")[0, 0]
+            .numpy()
+            .astype(np.uint8)
+        )
+
+    def _segment_result(self, logits: Tensor, it: _Item) -> dict[str, Any]:
+        assert it.box is not None
+        labels = self.label_map(logits, it.box)
+        fmt = it.params.format or "rle"
+        if fmt == "png":
+            return {"media_type": "image/png", "data": label_map_png(labels)}
+        if fmt == "overlay":
+            return {
+                "media_type": "image/png",
+                "data": overlay_png(it.image, labels, background=self.background),
+            }
+        return {"segments": segments_from_labels(labels, self.labels, self.background)}
+
+    # -- the whole path ----------------------------------------------------------------------
+    def handle(
+        self, payloads: Sequence[bytes], params: Sequence[Mapping[str, Any] | None] | None = None
+    ) -> list[dict[str, Any] | PipelineError]:
+        """Answer N images in order; each slot is a result dict or that image's error."""
+        if len(payloads) > self.config.max_images:
+            raise TooManyImagesError(
+                f"{len(payloads)} images in one request; the limit is {self.config.max_images}"
+            )
+        plist = list(params) if params is not None else [None] * len(payloads)
+        if len(plist) != len(payloads):
+            raise ValueError("one parameter set per image is needed")
+        results: list[dict[str, Any] | PipelineError | None] = [None] * len(payloads)
+        groups: dict[tuple[int, int], list[_Item]] = {}
+        for i, (payload, raw_params) in enumerate(zip(payloads, plist, strict=True)):
+            try:
+                p = RequestParams.parse(raw_params)
+                if p.format is not None and self.task != "segment":
+                    raise BadParameterError("format applies to segmentation only")
+                image = self.decode(payload)
+                arr, box = self.preprocess(image)
+            except PipelineError as exc:
+                results[i] = exc
+                continue
+            groups.setdefault(arr.shape[:2], []).append(_Item(i, image, arr, box, p))
+        for hw, items in groups.items():
+            raw = self.infer(self._to_batch([it.tensor for it in items]))
+            for it, res in zip(items, self.postprocess(raw, items, hw), strict=True):
+                results[it.index] = res
+        return [r for r in results if r is not None]

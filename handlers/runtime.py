@@ -1,0 +1,256 @@
+"""Inference runtimes behind one call: ``runtime(batch [B,3,H,W] float32) -> list[Tensor]``.
+
+* ``eager``: the PyTorch model (``inference_mode``).
+* ``onnxruntime``: the model exported by :func:`sepvit.export.export_onnx`, CPU provider (CUDA
+  provider first when available).
+* ``tensorrt``: an engine built by :func:`sepvit.export.build_tensorrt_engine` (GPU nodes).
+
+A non-eager runtime is checked at load time against eager on golden inputs
+(:func:`check_parity`); the caller decides whether a mismatch falls back to eager or refuses to
+load. Optional dependencies (onnxruntime, tensorrt) are imported only when that runtime is built.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "ParityReport",
+    "Runtime",
+    "RuntimeUnavailable",
+    "build_runtime",
+    "check_parity",
+    "golden_inputs",
+]
+
+log = logging.getLogger(__name__)
+
+RUNTIMES = ("eager", "onnxruntime", "tensorrt")
+
+
+class RuntimeUnavailable(RuntimeError):
+    """The requested runtime cannot run on this machine (missing package or GPU)."""
+
+
+@dataclass
+class Runtime:
+    name: str
+    run: Callable[[Tensor], list[Tensor]]
+    device: torch.device
+
+    def __call__(self, batch: Tensor) -> list[Tensor]:
+        return self.run(batch)
+
+
+def _eager(model: nn.Module) -> Runtime:
+    from sepvit.export import exportable
+
+    module = exportable(model).eval()
+    device = next(model.parameters()).device
+
+    def run(batch: Tensor) -> list[Tensor]:
+        with torch.inference_mode():
+            out = module(batch.to(device))
+        return [t.float() for t in (out if isinstance(out, tuple | list) else [out])]
+
+    return Runtime("eager", run, device)
+
+
+def _onnxruntime(
+    model: nn.Module, img_size: tuple[int, int], workdir: Path, threads: int
+) -> Runtime:
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        raise RuntimeUnavailable("the onnxruntime runtime needs the 'onnxruntime' package") from exc
+    from sepvit.export import export_onnx
+
+    path = workdir / "model.onnx"
+    export_onnx(model, path, img_size=img_size, check=False)
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    providers = [
+        p
+        for p in ("CUDAExecutionProvider", "CPUExecutionProvider")
+        if p in ort.get_available_providers()
+    ]
+    sess = ort.InferenceSession(str(path), opts, providers=providers)
+    name = sess.get_inputs()[0].name
+
+    def run(batch: Tensor) -> list[Tensor]:
+        outs = sess.run(None, {name: batch.detach().cpu().float().numpy()})
+        return [torch.from_numpy(np.asarray(o)) for o in outs]
+
+    return Runtime("onnxruntime", run, torch.device("cpu"))
+
+
+def _tensorrt(
+    model: nn.Module,
+    img_size: tuple[int, int],
+    workdir: Path,
+    cache_dir: Path,
+    options: dict[str, Any],
+) -> Runtime:
+    from sepvit.export import TensorRTUnavailable, build_tensorrt_engine, export_onnx
+
+    try:
+        import tensorrt as trt  # noqa: F401  (checked before the export work)
+    except ImportError as exc:
+        raise RuntimeUnavailable("the tensorrt runtime needs the 'tensorrt' package") from exc
+    if not torch.cuda.is_available():
+        raise RuntimeUnavailable("the tensorrt runtime needs a CUDA GPU")
+    onnx_path = workdir / "model.onnx"
+    export_onnx(model, onnx_path, img_size=img_size, check=False)
+    try:
+        engine_path = build_tensorrt_engine(
+            onnx_path,
+            cache_dir,
+            precision=options.get("precision", "fp16"),
+            profile=tuple(options.get("batch_profile", (1, 8, 32))),
+            img_size=img_size,
+        )
+    except TensorRTUnavailable as exc:
+        raise RuntimeUnavailable(str(exc)) from exc
+    return _tensorrt_runner(engine_path)
+
+
+def _tensorrt_runner(engine_path: Path) -> Runtime:  # pragma: no cover - needs a GPU
+    import tensorrt as trt
+
+    logger = trt.Logger(trt.Logger.WARNING)
+    engine = trt.Runtime(logger).deserialize_cuda_engine(engine_path.read_bytes())
+    context = engine.create_execution_context()
+    names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+    inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+    outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+    device = torch.device("cuda")
+    stream = torch.cuda.Stream()
+
+    def run(batch: Tensor) -> list[Tensor]:
+        x = batch.to(device, torch.float32).contiguous()
+        context.set_input_shape(inputs[0], tuple(x.shape))
+        context.set_tensor_address(inputs[0], x.data_ptr())
+        outs = []
+        for n in outputs:
+            shape = tuple(context.get_tensor_shape(n))
+            t = torch.empty(shape, device=device, dtype=torch.float32)
+            context.set_tensor_address(n, t.data_ptr())
+            outs.append(t)
+        with torch.cuda.stream(stream):
+            if not context.execute_async_v3(stream.cuda_stream):
+                raise RuntimeError("TensorRT execution failed")
+        stream.synchronize()
+        return [o.float() for o in outs]
+
+    return Runtime("tensorrt", run, device)
+
+
+def build_runtime(
+    name: str,
+    model: nn.Module,
+    img_size: tuple[int, int],
+    *,
+    workdir: str | Path | None = None,
+    cache_dir: str | Path = ".cache/tensorrt",
+    threads: int = 0,
+    options: dict[str, Any] | None = None,
+) -> Runtime:
+    """Build runtime ``name`` for ``model`` at input size ``img_size``."""
+    if name not in RUNTIMES:
+        raise ValueError(f"unknown runtime {name!r}; expected one of {RUNTIMES}")
+    if name == "eager":
+        return _eager(model)
+    work = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="sepvit-runtime-"))
+    work.mkdir(parents=True, exist_ok=True)
+    if name == "onnxruntime":
+        return _onnxruntime(model, img_size, work, threads)
+    return _tensorrt(model, img_size, work, Path(cache_dir), options or {})
+
+
+def golden_inputs(img_size: tuple[int, int], batch: int = 4, seed: int = 0) -> Tensor:
+    """Deterministic check inputs: smooth random fields, the scale of normalised images."""
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.randn(
+        batch, 3, max(2, img_size[0] // 16), max(2, img_size[1] // 16), generator=g
+    )
+    return torch.nn.functional.interpolate(
+        coarse, size=img_size, mode="bilinear", align_corners=False
+    )
+
+
+@dataclass
+class ParityReport:
+    runtime: str
+    ok: bool
+    metrics: dict[str, float]
+    tolerances: dict[str, float]
+
+    def __str__(self) -> str:
+        verdict = "agrees with eager" if self.ok else "DISAGREES with eager"
+        return f"{self.runtime} {verdict}: {self.metrics} (tolerances {self.tolerances})"
+
+
+def check_parity(
+    task: str,
+    candidate: Runtime,
+    reference: Runtime,
+    inputs: Tensor,
+    tolerances: dict[str, float] | None = None,
+    decode: Callable[[list[Tensor]], Any] | None = None,
+) -> ParityReport:
+    """Compare ``candidate`` against eager ``reference`` on ``inputs``.
+
+    Task-level agreement rather than raw tensors, since reduced precision (fp16 TensorRT) moves
+    logits a little without changing answers:
+
+    * classify: top-1 agreement >= 0.99 and max |softmax diff| <= 0.02;
+    * segment: per-pixel argmax agreement >= 0.99 (mask IoU of the label maps);
+    * detect: the decoded top detections match: mean IoU of matched boxes >= 0.95 and the same
+      labels, via ``decode(raw) -> [{"boxes", "labels"}]``.
+    """
+    tol = {"top1": 0.99, "prob": 0.02, "pixel": 0.99, "box_iou": 0.95, **(tolerances or {})}
+    got = candidate(inputs)
+    want = reference(inputs)
+    metrics: dict[str, float] = {}
+    if task == "classify":
+        pg, pw = got[0].softmax(-1), want[0].softmax(-1)
+        metrics["top1"] = float((pg.argmax(-1) == pw.argmax(-1)).float().mean())
+        metrics["prob"] = float((pg - pw).abs().max())
+        ok = metrics["top1"] >= tol["top1"] and metrics["prob"] <= tol["prob"]
+    elif task == "segment":
+        metrics["pixel"] = float((got[0].argmax(1) == want[0].argmax(1)).float().mean())
+        ok = metrics["pixel"] >= tol["pixel"]
+    elif task == "detect":
+        if decode is None:
+            raise ValueError("detection parity needs a decode function")
+        from sepvit.ops import box_iou
+
+        ious, same = [], []
+        for dg, dw in zip(decode(got), decode(want), strict=True):
+            n = min(len(dg["boxes"]), len(dw["boxes"]), 20)
+            if n == 0:
+                same.append(float(len(dg["boxes"]) == len(dw["boxes"])))
+                continue
+            iou = box_iou(dw["boxes"][:n], dg["boxes"][:n])
+            best, idx = iou.max(dim=1)
+            ious.extend(best.tolist())
+            same.append(float((dw["labels"][:n] == dg["labels"][:n][idx]).float().mean()))
+        metrics["box_iou"] = float(np.mean(ious)) if ious else 1.0
+        metrics["labels"] = float(np.mean(same)) if same else 1.0
+        ok = metrics["box_iou"] >= tol["box_iou"] and metrics["labels"] >= tol["top1"]
+    else:
+        raise ValueError(f"unknown task {task!r}")
+    return ParityReport(
+        candidate.name, ok, metrics, {k: tol[k] for k in tol if k in metrics or k == "top1"}
+    )
