@@ -171,7 +171,7 @@ class Pipeline:
     def preprocess(self, image: np.ndarray) -> tuple[np.ndarray, Letterbox | None]:
         interp = self.cfg.get("interpolation", "bicubic")
         if self.task == "classify":
-            crop = float(self.cfg.get("crop_pct", 1.0))
+            crop = float(self.cfg.get("crop_pct", 0.875))
             return classify_transform(image, self.input_size, crop, interp), None
         return letterbox(image, self.buckets, interpolation="bilinear")
 

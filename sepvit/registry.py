@@ -141,6 +141,7 @@ def create_model(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     interpolation: str | None = None,
+    crop_pct: float | None = None,
     **kwargs: Any,
 ) -> nn.Module:
     """Build a SepViT classifier, detector or segmenter, optionally loading weights.
@@ -155,8 +156,9 @@ def create_model(
             an official ``.pth`` (classification weights, or a detection/segmentation checkpoint
             whose backbone sits under ``backbone.``).
         label_names: class names stored in ``pretrained_cfg`` (length ``num_classes``).
-        mean, std, interpolation: preprocessing metadata stored in ``pretrained_cfg`` (default:
-            the checkpoint's, else ImageNet mean/std and bicubic).
+        mean, std, interpolation, crop_pct: preprocessing metadata stored in ``pretrained_cfg``
+            (default: the checkpoint's, else ImageNet mean/std, bicubic, and the ImageNet eval
+            crop 0.875; ``crop_pct`` is the centre-crop fraction of classification inputs).
         **kwargs: backbone arguments (e.g. ``window_sizes``, ``drop_path_rate``) or task-head
             arguments (e.g. ``fpn_channels``, ``head_convs``, ``score_thresh``).
     """
@@ -190,9 +192,13 @@ def create_model(
         mean = mean if mean is not None else saved_cfg.get("mean")
         std = std if std is not None else saved_cfg.get("std")
         interpolation = interpolation or saved_cfg.get("interpolation")
+        crop_pct = crop_pct if crop_pct is not None else saved_cfg.get("crop_pct")
     mean = IMAGENET_MEAN if mean is None else mean
     std = IMAGENET_STD if std is None else std
     interpolation = interpolation or "bicubic"
+    crop_pct = 0.875 if crop_pct is None else float(crop_pct)
+    if not 0.0 < crop_pct <= 1.0:
+        raise ValueError(f"crop_pct must be in (0, 1], got {crop_pct}")
 
     n_cls = DEFAULT_NUM_CLASSES[task] if num_classes is None else int(num_classes)
     if label_names is not None and len(label_names) != n_cls:
@@ -220,6 +226,7 @@ def create_model(
         "mean": [float(m) for m in mean],
         "std": [float(s) for s in std],
         "interpolation": interpolation,
+        "crop_pct": crop_pct,
         "label_names": list(label_names) if label_names is not None else None,
     }
     model.model_args = _jsonable(dict(kwargs))

@@ -153,6 +153,7 @@ def _build(cfg: TrainConfig) -> nn.Module:
         num_classes=num_classes,
         img_size=cfg.img_size,
         label_names=labels,
+        crop_pct=1.0,  # scenes are rendered full-frame: never crop them away
         **kwargs,
     )
 

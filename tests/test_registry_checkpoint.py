@@ -40,6 +40,10 @@ def test_pretrained_cfg_defaults() -> None:
     assert cfg["input_size"] == [3, 224, 224]
     assert cfg["label_names"] == LABELS
     assert cfg["interpolation"] == "bicubic" and len(cfg["mean"]) == 3
+    assert cfg["crop_pct"] == 0.875
+    assert create_model("sepvit_lite", crop_pct=1.0).pretrained_cfg["crop_pct"] == 1.0
+    with pytest.raises(ValueError, match="crop_pct"):
+        create_model("sepvit_lite", crop_pct=0.0)
 
 
 def test_label_count_must_match() -> None:
