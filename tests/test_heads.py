@@ -16,7 +16,7 @@ SMALL_SEG = {"fpn_channels": 32, "head_channels": 16}
 def test_level_sizes_match_feature_maps() -> None:
     model = create_model("sepvit_lite", task="detect", num_classes=3, **SMALL_DET).eval()
     for hw in [(97, 131), (256, 256), (64, 200)]:
-        feats = model.neck(model.backbone.forward_intermediates(torch.randn(1, 3, *hw)))
+        feats = model.neck(model.backbone.forward_intermediates(torch.randn(1, 3, *hw), (1, 2, 3)))
         assert [tuple(f.shape[-2:]) for f in feats] == RetinaNet.level_sizes(hw)
         cls, reg = model.forward_raw(torch.randn(1, 3, *hw))
         n = sum(h * w * 9 for h, w in RetinaNet.level_sizes(hw))
@@ -170,3 +170,14 @@ def test_forward_backward_every_model_dense_task(name: str, task: str) -> None:
         assert out.shape == (1, 3, 75, 99)
     else:
         assert len(out) == 1
+
+
+def test_heads_do_not_mutate_the_backbone() -> None:
+    from sepvit.backbones.sepvit import SEPVIT_VARIANTS, SepViT
+
+    cfg = {k: v for k, v in SEPVIT_VARIANTS["sepvit_lite"].items() if k != "official_name"}
+    backbone = SepViT(**cfg, dense=True, out_indices=(3,))
+    RetinaNet(backbone, 3, fpn_channels=16, head_channels=16, head_convs=1)
+    assert backbone.out_indices == (3,)
+    with pytest.raises(ValueError, match="out of range"):
+        backbone.forward_intermediates(torch.randn(1, 3, 64, 64), (4,))

@@ -474,22 +474,28 @@ class SepViT(nn.Module):
                 x = self.pos_block[i](x)
         return x
 
-    def forward_intermediates(self, x: Tensor) -> list[Tensor]:
-        """Multi-scale features ``[B, C_i, H/s_i, W/s_i]`` for ``out_indices`` (s = 4, 8, 16, 32).
+    def forward_intermediates(
+        self, x: Tensor, indices: Sequence[int] | None = None
+    ) -> list[Tensor]:
+        """Multi-scale features ``[B, C_i, H/s_i, W/s_i]`` of stages ``indices`` (default
+        ``out_indices``; strides 4, 8, 16, 32). Stages after the last requested one are skipped.
 
         In the dense layout each stage output passes through its ``norm_list`` LayerNorm, as in
         the official detection backbone. Any ``H x W`` is accepted.
         """
         if x.ndim != 4:
             raise ValueError(f"expected an image batch [B, C, H, W], got shape {tuple(x.shape)}")
+        wanted = tuple(self.out_indices if indices is None else indices)
+        if not wanted or min(wanted) < 0 or max(wanted) >= len(self.depths):
+            raise ValueError(f"stage indices {wanted} out of range for {len(self.depths)} stages")
         outs: list[Tensor] = []
-        last = max(self.out_indices)
+        last = max(wanted)
         for i in range(len(self.depths)):
             tokens = self._stage(i, x)
             if self.dense:
                 tokens = self.norm_list[i](tokens)
             x = tokens.permute(0, 3, 1, 2)
-            if i in self.out_indices:
+            if i in wanted:
                 outs.append(x.contiguous())
             if i == last:
                 break

@@ -105,6 +105,7 @@ class RetinaNet(nn.Module):
     """
 
     strides = (8, 16, 32, 64, 128)
+    feature_indices = (1, 2, 3)  # C3-C5 (strides 8/16/32); P6/P7 come from C5
 
     def __init__(
         self,
@@ -130,7 +131,6 @@ class RetinaNet(nn.Module):
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         if box_loss not in ("smooth_l1", "giou"):
             raise ValueError(f"box_loss must be 'smooth_l1' or 'giou', got {box_loss!r}")
-        backbone.out_indices = (1, 2, 3)  # C3-C5 (strides 8/16/32)
         self.backbone = backbone
         self.num_classes = num_classes
         self.neck = FPN(backbone.embed_dims[1:], fpn_channels, extra_levels=2)
@@ -169,7 +169,8 @@ class RetinaNet(nn.Module):
     # -- forward -----------------------------------------------------------------------------
     def forward_raw(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """``images [B, 3, H, W]`` -> ``cls_logits [B, N, K]``, ``box_deltas [B, N, 4]``."""
-        return self.head(self.neck(self.backbone.forward_intermediates(images)))
+        feats = self.backbone.forward_intermediates(images, self.feature_indices)
+        return self.head(self.neck(feats))
 
     def forward(
         self, images: Tensor, targets: Sequence[dict[str, Tensor]] | None = None

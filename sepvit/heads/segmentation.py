@@ -50,7 +50,6 @@ class SemanticFPN(nn.Module):
             raise ValueError("SemanticFPN needs a dense-layout backbone (SepViT(dense=True))")
         if num_classes < 2:
             raise ValueError(f"num_classes must be >= 2 (background + classes), got {num_classes}")
-        backbone.out_indices = (0, 1, 2, 3)
         self.backbone = backbone
         self.num_classes = num_classes
         self.ignore_index = ignore_index
@@ -71,7 +70,7 @@ class SemanticFPN(nn.Module):
 
     def forward_features(self, images: Tensor) -> Tensor:
         """Fused stride-4 features ``[B, head_channels, H/4, W/4]``."""
-        feats = self.neck(self.backbone.forward_intermediates(images))
+        feats = self.neck(self.backbone.forward_intermediates(images, (0, 1, 2, 3)))
         sizes = [f.shape[-2:] for f in feats]
         out: Tensor | None = None
         for level, f in enumerate(feats):
