@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export OMP_WAIT_POLICY ?= PASSIVE
 PYTEST_ARGS ?=
 
-.PHONY: venv test lint typecheck unit bench models clean
+.PHONY: venv test lint typecheck unit bench models clean serve protos
 
 venv: $(STAMP)
 
@@ -18,8 +18,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check sepvit handlers tests bench
-	$(VENV)/bin/ruff format --check sepvit handlers tests bench
+	$(VENV)/bin/ruff check sepvit handlers service tests bench
+	$(VENV)/bin/ruff format --check sepvit handlers service tests bench
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
@@ -28,6 +28,15 @@ unit: $(STAMP)
 	$(PY) -m pytest $(if $(SLOW),,-m "not slow") $(PYTEST_ARGS)
 
 test: lint typecheck unit
+
+# The gateway on 127.0.0.1:8000 (HTTP) and :8001 (gRPC), embedded backend, the demo models of
+# model_store/. Settings: SEPVIT_* variables or ARGS="--config gateway.yaml" (see README).
+serve: $(STAMP)
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(VENV)/bin/sepvit-serve --host 127.0.0.1 --port 8000 $(ARGS)
+
+# Regenerate the committed OIP v2 gRPC stubs (service/oip/) from proto/grpc_service.proto.
+protos: $(STAMP)
+	PY=$(PY) bash proto/generate.sh
 
 bench: $(STAMP)
 	$(PY) bench/model_throughput.py

@@ -1,0 +1,23 @@
+"""Inference backends behind the data plane: ``embedded`` (in-process pipelines with a dynamic
+batcher per model) and, pluggable through :class:`Backend`, ``torchserve``."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .base import Backend, ModelInfo, ModelState
+
+if TYPE_CHECKING:
+    from ..metrics import Metrics
+    from ..settings import Settings
+
+__all__ = ["Backend", "ModelInfo", "ModelState", "create_backend"]
+
+
+def create_backend(settings: Settings, metrics: Metrics) -> Backend:
+    """The backend named by ``settings.backend`` (imported lazily: torch loads only here)."""
+    if settings.backend == "embedded":
+        from .embedded import EmbeddedBackend
+
+        return EmbeddedBackend(settings, metrics)
+    raise ValueError(f"backend {settings.backend!r} is not available in this build")

@@ -1,0 +1,245 @@
+"""The embedded backend: the handler pipelines in-process, one dynamic batcher per model.
+
+Models load in the background after start-up (a thread, so liveness answers meanwhile): read
+the checkpoint metadata, build the model, build the pipeline (a non-eager runtime is
+parity-checked there), and warm it up with one image. Only then is the model ready. A model that
+fails to load stays ``failed`` with the reason, which ``GET /models`` shows and its requests
+return as 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from handlers.errors import ImageDecodeError, ImageTooLargeError, UnsupportedImageError
+from handlers.pipeline import Pipeline, PipelineConfig
+from sepvit import create_model
+from sepvit.checkpoint import read_metadata
+
+from ..batcher import DynamicBatcher
+from ..errors import ModelNotFoundError, NotReadyError
+from ..metrics import Metrics
+from ..settings import ModelSpec, Settings
+from .base import Backend, ModelInfo, ModelState
+
+__all__ = ["EmbeddedBackend", "TimedPipeline"]
+
+log = logging.getLogger(__name__)
+
+_DECODE_ERRORS = (ImageDecodeError, ImageTooLargeError, UnsupportedImageError)
+
+
+class TimedPipeline(Pipeline):
+    """A :class:`Pipeline` that adds up the time of its phases (one thread per pipeline)."""
+
+    def __init__(self, model: torch.nn.Module, config: PipelineConfig | None = None) -> None:
+        super().__init__(model, config)
+        self.phases = {"preprocess": 0.0, "inference": 0.0, "postprocess": 0.0}
+
+    def _timed(self, phase: str, t0: float) -> None:
+        self.phases[phase] += time.perf_counter() - t0
+
+    def decode(self, payload: bytes) -> np.ndarray:
+        t0 = time.perf_counter()
+        try:
+            return super().decode(payload)
+        finally:
+            self._timed("preprocess", t0)
+
+    def preprocess(self, image: np.ndarray) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return super().preprocess(image)
+        finally:
+            self._timed("preprocess", t0)
+
+    def infer(self, batch: torch.Tensor) -> list[torch.Tensor]:
+        t0 = time.perf_counter()
+        try:
+            return super().infer(batch)
+        finally:
+            self._timed("inference", t0)
+
+    def postprocess(self, raw: Any, items: Any, hw: tuple[int, int]) -> list[dict[str, Any]]:
+        t0 = time.perf_counter()
+        try:
+            return super().postprocess(raw, items, hw)
+        finally:
+            self._timed("postprocess", t0)
+
+    def take_phases(self) -> dict[str, float]:
+        out = dict(self.phases)
+        self.phases = dict.fromkeys(out, 0.0)
+        return out
+
+
+def _warmup_image(hw: tuple[int, int]) -> bytes:
+    rng = np.random.default_rng(0)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (*hw, 3), dtype=np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+class _Model:
+    def __init__(self, spec: ModelSpec, settings: Settings) -> None:
+        self.spec = spec
+        ts = spec.torchserve_config() if spec.checkpoint.parent.is_dir() else {}
+        self.ts_config = ts
+        self.max_batch_size = int(
+            spec.max_batch_size or ts.get("batchSize") or settings.max_batch_size
+        )
+        delay = spec.max_delay_ms if spec.max_delay_ms is not None else ts.get("maxBatchDelay")
+        self.max_delay_ms = float(delay if delay is not None else settings.max_delay_ms)
+        self.max_queue = int(spec.max_queue or settings.max_queue)
+        self.info = ModelInfo(
+            name=spec.name,
+            task=spec.task,
+            runtime=spec.runtime,
+            batching={
+                "max_batch_size": self.max_batch_size,
+                "max_delay_ms": self.max_delay_ms,
+                "max_queue": self.max_queue,
+            },
+        )
+        self.pipeline: TimedPipeline | None = None
+        self.batcher: DynamicBatcher | None = None
+
+
+class EmbeddedBackend(Backend):
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self._models = {s.name: _Model(s, settings) for s in settings.models}
+        self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-load")
+        self._tasks: list[asyncio.Task[None]] = []
+        for name in self._models:
+            metrics.model_ready.labels(name).set(0)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    async def start(self) -> None:
+        if self.settings.torch_threads:
+            torch.set_num_threads(self.settings.torch_threads)
+        loop = asyncio.get_running_loop()
+        for m in self._models.values():
+            self._tasks.append(loop.create_task(self._load(m)))
+
+    async def _load(self, m: _Model) -> None:
+        loop = asyncio.get_running_loop()
+        t0 = time.perf_counter()
+        try:
+            pipe = await loop.run_in_executor(self._loader, self._build, m)
+        except Exception as exc:
+            m.info.state = ModelState.FAILED
+            m.info.error = str(exc) or type(exc).__name__
+            log.error("model %s failed to load: %s", m.spec.name, m.info.error)
+            return
+        m.pipeline = pipe
+        m.batcher = DynamicBatcher(
+            m.spec.name,
+            self._runner(m, pipe),
+            max_batch_size=m.max_batch_size,
+            max_delay_ms=m.max_delay_ms,
+            max_queue=m.max_queue,
+            metrics=self.metrics,
+            retry_after_s=self.settings.retry_after_s,
+        )
+        m.batcher.start()
+        m.info.state = ModelState.READY
+        self.metrics.model_ready.labels(m.spec.name).set(1)
+        log.info(
+            "model %s ready (%s, runtime %s) in %.1f s",
+            m.spec.name,
+            m.info.task,
+            m.info.runtime,
+            time.perf_counter() - t0,
+        )
+
+    def _build(self, m: _Model) -> TimedPipeline:
+        spec = m.spec
+        if not spec.checkpoint.is_file():
+            raise FileNotFoundError(
+                f"checkpoint {spec.checkpoint} not found (the demo models come from "
+                "`make models`; or configure other models)"
+            )
+        meta = read_metadata(spec.checkpoint)
+        if spec.task is not None and meta["task"] != spec.task:
+            raise ValueError(f"{spec.checkpoint} is a {meta['task']} model, not {spec.task}")
+        model = create_model(meta["variant"], task=meta["task"], checkpoint=spec.checkpoint)
+        handler: dict[str, Any] = {**(m.ts_config.get("handler") or {}), **spec.handler}
+        if spec.runtime:
+            handler["runtime"] = spec.runtime
+        limits = dict(handler.pop("limits", None) or {})
+        limits.setdefault("max_bytes", self.settings.max_body_bytes)
+        limits.setdefault("max_pixels", self.settings.max_pixels)
+        handler["limits"] = limits
+        cfg = PipelineConfig.from_mapping(handler)
+        # batches merge requests: the pipeline's own per-call cap must admit a whole batch
+        cfg.max_images = max(cfg.max_images, m.max_batch_size, self.settings.max_images_per_request)
+        pipe = TimedPipeline(model, cfg)
+        if self.settings.warmup:
+            pipe.handle([_warmup_image(pipe.input_size)])
+            pipe.take_phases()
+        m.info.task = pipe.task
+        m.info.labels = pipe.labels
+        m.info.runtime = pipe.runtime.name
+        m.info.input_size = list(pipe.input_size)
+        return pipe
+
+    def _runner(self, m: _Model, pipe: TimedPipeline) -> Any:
+        name, task, metrics = m.spec.name, pipe.task, self.metrics
+
+        def run(payloads: list[bytes], params: list[Mapping[str, Any] | None]) -> list[Any]:
+            results = pipe.handle(payloads, params)
+            for phase, seconds in pipe.take_phases().items():
+                metrics.phase.labels(name, phase).observe(seconds)
+            errors = sum(isinstance(r, Exception) for r in results)
+            decode_errors = sum(isinstance(r, _DECODE_ERRORS) for r in results)
+            if errors:
+                metrics.images.labels(name, task, "error").inc(errors)
+            if decode_errors:
+                metrics.decode_errors.labels(name).inc(decode_errors)
+            metrics.images.labels(name, task, "ok").inc(len(results) - errors)
+            return results
+
+        return run
+
+    async def stop(self, timeout: float) -> None:
+        for t in self._tasks:
+            t.cancel()
+        batchers = [m.batcher for m in self._models.values() if m.batcher is not None]
+        await asyncio.gather(*(b.stop(timeout) for b in batchers))
+        for m in self._models.values():
+            if m.info.state is ModelState.READY:
+                m.info.state = ModelState.UNAVAILABLE
+            self.metrics.model_ready.labels(m.spec.name).set(0)
+        self._loader.shutdown(wait=False, cancel_futures=True)
+
+    # -- requests ----------------------------------------------------------------------------
+    def models(self) -> list[ModelInfo]:
+        return [m.info for m in self._models.values()]
+
+    async def infer(
+        self,
+        model: str,
+        payloads: Sequence[bytes],
+        params: Sequence[Mapping[str, Any] | None],
+        deadline: float,
+    ) -> list[Any]:
+        m = self._models.get(model)
+        if m is None:
+            raise ModelNotFoundError(f"unknown model {model!r}")
+        if m.batcher is None or m.info.state is not ModelState.READY:
+            detail = f": {m.info.error}" if m.info.error else ""
+            self.metrics.rejected.labels(model, "not_ready").inc()
+            raise NotReadyError(f"model {model!r} is {m.info.state.value}{detail}")
+        return await m.batcher.submit(payloads, params, deadline)

@@ -1,0 +1,221 @@
+"""Dynamic batching for one model.
+
+Requests (each one or more images) wait in a bounded queue. A worker task takes the oldest
+requests as soon as ``max_batch_size`` images are waiting, or ``max_delay_ms`` after the oldest
+arrived, and runs them as one call of ``run(payloads, params)`` in a thread of its own, so the
+event loop (health, metrics, other models) stays responsive. A request never splits across
+batches; one larger than ``max_batch_size`` runs alone.
+
+* A full queue refuses at once (:class:`QueueFullError`, 429 with ``Retry-After``).
+* Each request carries a deadline: past it the caller gets :class:`DeadlineExceededError` and
+  its images are dropped from the queue if they have not started.
+* A caller that goes away (its task is cancelled: client disconnect, gRPC cancellation) takes
+  its images out of the queue the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import DeadlineExceededError, NotReadyError, QueueFullError
+from .metrics import Metrics
+
+__all__ = ["BatchRunner", "DynamicBatcher"]
+
+log = logging.getLogger(__name__)
+
+Params = Mapping[str, Any] | None
+BatchRunner = Callable[[list[bytes], list[Params]], Sequence[Any]]
+
+
+@dataclass(eq=False)
+class _Entry:
+    payloads: Sequence[bytes]
+    params: Sequence[Params]
+    deadline: float  # loop time
+    future: asyncio.Future[list[Any]]
+    enqueued: float = field(default=0.0)
+    taken: bool = False
+
+
+class DynamicBatcher:
+    def __init__(
+        self,
+        name: str,
+        run: BatchRunner,
+        *,
+        max_batch_size: int,
+        max_delay_ms: float,
+        max_queue: int,
+        metrics: Metrics,
+        retry_after_s: int = 1,
+    ) -> None:
+        self.name = name
+        self._run_fn = run
+        self.max_batch_size = max_batch_size
+        self.max_delay = max_delay_ms / 1000.0
+        self.max_queue = max_queue
+        self.metrics = metrics
+        self.retry_after_s = retry_after_s
+        self._queue: collections.deque[_Entry] = collections.deque()
+        self._queued = 0  # images in the queue
+        self._wakeup = asyncio.Event()
+        self._closing = False
+        self._task: asyncio.Task[None] | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"batch-{name}")
+        self._batch_seconds = 0.05  # running mean of a batch's duration (Retry-After hints)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._loop(), name=self.name)
+
+    async def stop(self, timeout: float = 30.0) -> None:
+        """Refuse new requests, finish the queued ones (up to ``timeout``), then stop."""
+        self._closing = True
+        self._wakeup.set()
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), timeout)
+            except TimeoutError:
+                self._task.cancel()
+                for e in self._queue:
+                    if not e.future.done():
+                        e.future.set_exception(NotReadyError("the server is shutting down"))
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    @property
+    def queued_images(self) -> int:
+        return self._queued
+
+    # -- requests ----------------------------------------------------------------------------
+    async def submit(
+        self, payloads: Sequence[bytes], params: Sequence[Params], deadline: float
+    ) -> list[Any]:
+        """Results for ``payloads`` in order. ``deadline`` is in ``loop.time()`` seconds."""
+        loop = asyncio.get_running_loop()
+        if self._closing:
+            raise NotReadyError(f"model {self.name!r} is shutting down")
+        n = len(payloads)
+        if self._queued and self._queued + n > self.max_queue:
+            self.metrics.rejected.labels(self.name, "queue_full").inc()
+            raise QueueFullError(
+                f"model {self.name!r} has {self._queued} images queued (limit {self.max_queue})",
+                retry_after=self._retry_after(),
+            )
+        entry = _Entry(payloads, params, deadline, loop.create_future(), loop.time())
+        self._queue.append(entry)
+        self._queued += n
+        self.metrics.queue_depth.labels(self.name).set(self._queued)
+        entry.future.add_done_callback(lambda _f: self._forget(entry))
+        if self._queued >= self.max_batch_size or self.max_delay == 0:
+            self._wakeup.set()
+        elif len(self._queue) == 1:
+            self._wakeup.set()  # start the delay clock
+        timeout = deadline - loop.time()
+        try:
+            return await asyncio.wait_for(entry.future, max(timeout, 0.0))
+        except TimeoutError:
+            self.metrics.cancelled.labels(self.name, "deadline").inc()
+            raise DeadlineExceededError(
+                f"no answer from model {self.name!r} within the deadline"
+            ) from None
+        except asyncio.CancelledError:
+            self.metrics.cancelled.labels(self.name, "client").inc()
+            raise
+
+    def _forget(self, entry: _Entry) -> None:
+        """A request that ended before its batch started leaves the queue."""
+        if entry.taken:
+            return
+        try:
+            self._queue.remove(entry)
+        except ValueError:
+            return
+        self._queued -= len(entry.payloads)
+        self.metrics.queue_depth.labels(self.name).set(self._queued)
+
+    def _retry_after(self) -> int:
+        batches = math.ceil(self._queued / self.max_batch_size)
+        return max(self.retry_after_s, math.ceil(batches * self._batch_seconds))
+
+    # -- the worker --------------------------------------------------------------------------
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._queue:
+                if self._closing:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            flush_at = self._queue[0].enqueued + self.max_delay
+            while self._queued < self.max_batch_size and not self._closing:
+                remaining = flush_at - loop.time()
+                if remaining <= 0 or not self._queue:
+                    break
+                self._wakeup.clear()
+                try:
+                    await asyncio.wait_for(self._wakeup.wait(), remaining)
+                except TimeoutError:
+                    break
+            batch = self._take()
+            if batch:
+                await self._run(batch)
+
+    def _take(self) -> list[_Entry]:
+        batch: list[_Entry] = []
+        size = 0
+        while self._queue:
+            e = self._queue[0]
+            if batch and size + len(e.payloads) > self.max_batch_size:
+                break
+            self._queue.popleft()
+            self._queued -= len(e.payloads)
+            e.taken = True
+            if e.future.done():
+                continue
+            batch.append(e)
+            size += len(e.payloads)
+        self.metrics.queue_depth.labels(self.name).set(self._queued)
+        return batch
+
+    async def _run(self, batch: list[_Entry]) -> None:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        for e in batch:
+            self.metrics.queue_wait.labels(self.name).observe(start - e.enqueued)
+        payloads = [p for e in batch for p in e.payloads]
+        params = [p for e in batch for p in e.params]
+        self.metrics.batch_size.labels(self.name).observe(len(payloads))
+        t0 = time.perf_counter()
+        try:
+            results = await loop.run_in_executor(self._executor, self._run_fn, payloads, params)
+        except Exception as exc:  # a server-side failure fails the batch's requests
+            log.exception("batch of %d images failed on model %s", len(payloads), self.name)
+            for e in batch:
+                if not e.future.done():
+                    e.future.set_exception(exc)
+            return
+        finally:
+            self._batch_seconds = 0.8 * self._batch_seconds + 0.2 * (time.perf_counter() - t0)
+        if len(results) != len(payloads):
+            err = RuntimeError(f"{len(results)} results for {len(payloads)} images")
+            for e in batch:
+                if not e.future.done():
+                    e.future.set_exception(err)
+            return
+        i = 0
+        for e in batch:
+            n = len(e.payloads)
+            if not e.future.done():
+                e.future.set_result(list(results[i : i + n]))
+            i += n

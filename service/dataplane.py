@@ -1,0 +1,152 @@
+"""The transport-neutral data plane: REST routes and the gRPC servicer both build an
+:class:`InferenceRequest` and call :meth:`DataPlane.infer`; health, metadata and readiness come
+from here too. It checks what can be checked before queueing (model, task, image count,
+parameters), then hands the images to the backend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from handlers.errors import BadParameterError, PipelineError, TooManyImagesError
+from handlers.pipeline import RequestParams
+
+from . import __version__
+from .backends import Backend, ModelInfo, ModelState
+from .errors import BadRequestError, ModelNotFoundError, NotReadyError, describe
+from .settings import Settings
+
+__all__ = ["DataPlane", "InferenceRequest", "InferenceResponse", "encode_result"]
+
+SERVER_NAME = "sepvit-serving"
+EXTENSIONS = ["binary_tensor_data"]
+INPUT_NAME = "IMAGE"
+OUTPUT_NAME = "RESULT"
+
+
+@dataclass
+class InferenceRequest:
+    """N encoded images for one model, whichever transport they came by."""
+
+    images: list[bytes]
+    model: str | None = None  # None: the first model serving ``task``
+    task: str | None = None  # set by the task routes: the model must serve it
+    params: Mapping[str, Any] = field(default_factory=dict)
+    timeout_s: float | None = None  # the client's; capped by the server's
+    request_id: str | None = None
+
+
+@dataclass
+class InferenceResponse:
+    model: str
+    task: str
+    results: list[dict[str, Any] | PipelineError]
+
+
+def encode_result(item: dict[str, Any] | PipelineError) -> dict[str, Any]:
+    """One image's answer as JSON: the result, or ``{"error": {code, message}}``; PNG bytes
+    (segmentation ``format=png|overlay``) become base64 text."""
+    if isinstance(item, PipelineError):
+        info = describe(item)
+        return {"error": {"code": info.code, "message": info.message}}
+    if isinstance(item.get("data"), bytes | bytearray):
+        return {
+            "media_type": item["media_type"],
+            "data_base64": base64.b64encode(item["data"]).decode(),
+        }
+    return item
+
+
+class DataPlane:
+    def __init__(self, settings: Settings, backend: Backend) -> None:
+        self.settings = settings
+        self.backend = backend
+        self.draining = False
+
+    # -- health and metadata -----------------------------------------------------------------
+    def live(self) -> bool:
+        return True
+
+    def ready(self) -> bool:
+        if self.draining:
+            return False
+        states = [m.state is ModelState.READY for m in self.backend.models()]
+        if not states:
+            return False
+        return all(states) if self.settings.require_all_models else any(states)
+
+    def server_metadata(self) -> dict[str, Any]:
+        return {"name": SERVER_NAME, "version": __version__, "extensions": EXTENSIONS}
+
+    def models(self) -> list[dict[str, Any]]:
+        return [m.as_dict() for m in self.backend.models()]
+
+    def model(self, name: str, version: str | None = None) -> ModelInfo:
+        info = self.backend.model(name)
+        if info is None:
+            raise ModelNotFoundError(f"unknown model {name!r}")
+        if version not in (None, "", "1"):
+            raise ModelNotFoundError(f"model {name!r} has no version {version!r} (only '1')")
+        return info
+
+    def model_ready(self, name: str, version: str | None = None) -> bool:
+        return self.model(name, version).state is ModelState.READY and not self.draining
+
+    def model_metadata(self, name: str, version: str | None = None) -> dict[str, Any]:
+        info = self.model(name, version)
+        return {
+            "name": info.name,
+            "versions": ["1"],
+            "platform": info.platform,
+            "inputs": [{"name": INPUT_NAME, "datatype": "BYTES", "shape": [-1]}],
+            "outputs": [{"name": OUTPUT_NAME, "datatype": "BYTES", "shape": [-1]}],
+            "parameters": {"task": info.task, "labels": info.labels},
+        }
+
+    def resolve(self, model: str | None, task: str | None) -> ModelInfo:
+        """The model a request names, or the first (preferably ready) one serving ``task``."""
+        if model is not None:
+            info = self.model(model)
+            if task is not None and info.task is not None and info.task != task:
+                raise BadRequestError(
+                    f"model {model!r} is a {info.task} model; send it to /{info.task}"
+                )
+            return info
+        candidates = [m for m in self.backend.models() if m.task == task]
+        if not candidates:
+            raise ModelNotFoundError(f"no {task} model is configured")
+        ready = [m for m in candidates if m.state is ModelState.READY]
+        return (ready or candidates)[0]
+
+    # -- inference ---------------------------------------------------------------------------
+    def check_params(self, params: Mapping[str, Any], task: str | None) -> dict[str, Any]:
+        parsed = RequestParams.parse(params)
+        if parsed.format is not None and task != "segment":
+            raise BadParameterError("format applies to segmentation only")
+        return {k: v for k, v in vars(parsed).items() if v is not None}
+
+    async def infer(self, req: InferenceRequest) -> InferenceResponse:
+        info = self.resolve(req.model, req.task)
+        if not req.images:
+            raise BadRequestError("no image in the request")
+        limit = self.settings.max_images_per_request
+        if len(req.images) > limit:
+            raise TooManyImagesError(
+                f"{len(req.images)} images in one request; the limit is {limit}"
+            )
+        params = self.check_params(req.params, info.task)
+        if info.state is not ModelState.READY:
+            detail = f": {info.error}" if info.error else ""
+            raise NotReadyError(f"model {info.name!r} is {info.state.value}{detail}")
+        timeout = self.settings.request_timeout_s
+        if req.timeout_s is not None:
+            timeout = min(timeout, max(req.timeout_s, 0.0))
+        deadline = asyncio.get_running_loop().time() + timeout
+        results = await self.backend.infer(
+            info.name, req.images, [params] * len(req.images), deadline
+        )
+        return InferenceResponse(info.name, str(info.task), results)

@@ -1,0 +1,98 @@
+"""Every Prometheus object of the gateway, in one registry per app.
+
+Labels stay low-cardinality: ``model``, ``task``, ``route`` (the route template, never the raw
+path), ``code`` (HTTP status or gRPC code name), ``phase`` and ``reason`` (fixed sets).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+__all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "sepvit_requests_total",
+            "Requests answered, by route and status code.",
+            ["route", "code"],
+            registry=r,
+        )
+        self.request_latency = Histogram(
+            "sepvit_request_duration_seconds",
+            "Request latency from arrival to response.",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "sepvit_in_flight_requests", "Requests being handled now.", registry=r
+        )
+        self.rejected = Counter(
+            "sepvit_rejected_requests_total",
+            "Requests refused before inference (queue_full, overloaded, not_ready).",
+            ["model", "reason"],
+            registry=r,
+        )
+        self.cancelled = Counter(
+            "sepvit_cancelled_requests_total",
+            "Requests dropped from the queue because the client left or the deadline passed.",
+            ["model", "reason"],
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "sepvit_queue_wait_seconds",
+            "Time from enqueue to the start of its batch.",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "sepvit_queue_depth", "Images waiting in the model's queue.", ["model"], registry=r
+        )
+        self.batch_size = Histogram(
+            "sepvit_batch_size",
+            "Images per executed batch.",
+            ["model"],
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.phase = Histogram(
+            "sepvit_phase_duration_seconds",
+            "Time per batch in each pipeline phase (preprocess = decode + preprocess, "
+            "inference, postprocess).",
+            ["model", "phase"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.images = Counter(
+            "sepvit_images_total",
+            "Images answered, by model, task and outcome (ok or error).",
+            ["model", "task", "outcome"],
+            registry=r,
+        )
+        self.decode_errors = Counter(
+            "sepvit_decode_errors_total",
+            "Images refused by decoding (corrupt, too large, unsupported).",
+            ["model"],
+            registry=r,
+        )
+        self.model_ready = Gauge(
+            "sepvit_model_ready", "1 when the model takes requests.", ["model"], registry=r
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

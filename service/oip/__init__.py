@@ -1,0 +1,1 @@
+"""Open Inference Protocol v2: generated gRPC stubs (``make protos``) and the tensor codec."""

@@ -1,0 +1,214 @@
+"""Open Inference Protocol v2 tensors <-> the data plane's request and response.
+
+The model input is one ``BYTES`` tensor of shape ``[N]``: N encoded images. The output
+``RESULT`` is a ``BYTES`` tensor of shape ``[N]``: each element is that image's answer as JSON
+(the same document the task routes return per image, or ``{"error": ...}``).
+
+Wire forms handled here:
+
+* REST JSON: ``data`` is a (possibly nested) list of base64 strings (JSON cannot carry raw
+  bytes);
+* REST binary-data extension: the JSON header is followed by raw tensor bytes
+  (``Inference-Header-Content-Length`` gives the header's length; each binary input states its
+  ``binary_data_size``);
+* gRPC: ``raw_input_contents`` or ``contents.bytes_contents``.
+
+A raw ``BYTES`` tensor holds each element as a 4-byte little-endian length and the bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import struct
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from ..dataplane import OUTPUT_NAME, InferenceRequest, InferenceResponse, encode_result
+from ..errors import BadRequestError
+from . import grpc_service_pb2 as pb
+
+__all__ = [
+    "decode_bytes_tensor",
+    "encode_bytes_tensor",
+    "grpc_request",
+    "grpc_response",
+    "rest_request",
+    "rest_response",
+]
+
+PARAM_KEYS = ("top_k", "score_threshold", "format")
+
+
+def encode_bytes_tensor(items: Iterable[bytes]) -> bytes:
+    return b"".join(struct.pack("<I", len(b)) + b for b in items)
+
+
+def decode_bytes_tensor(raw: bytes) -> list[bytes]:
+    out, pos, n = [], 0, len(raw)
+    while pos < n:
+        if pos + 4 > n:
+            raise BadRequestError("BYTES tensor data is truncated (length prefix)")
+        (size,) = struct.unpack_from("<I", raw, pos)
+        pos += 4
+        if pos + size > n:
+            raise BadRequestError("BYTES tensor data is truncated (element)")
+        out.append(bytes(raw[pos : pos + size]))
+        pos += size
+    return out
+
+
+def _count(shape: Sequence[Any]) -> int:
+    try:
+        dims = [int(d) for d in shape]
+    except (TypeError, ValueError) as exc:
+        raise BadRequestError(f"invalid tensor shape {shape!r}") from exc
+    count = 1
+    for d in dims:
+        if d < 0:
+            raise BadRequestError(f"invalid tensor shape {shape!r}")
+        count *= d
+    return count
+
+
+def _flatten(data: Any) -> list[Any]:
+    if isinstance(data, list):
+        return [x for item in data for x in _flatten(item)]
+    return [data]
+
+
+def _params(raw: Mapping[str, Any] | None) -> dict[str, Any]:
+    return {k: v for k, v in (raw or {}).items() if k in PARAM_KEYS}
+
+
+def _image_input(inputs: Any) -> Any:
+    if not isinstance(inputs, list) or len(inputs) != 1:
+        raise BadRequestError("expected exactly one input: a BYTES tensor of encoded images")
+    tensor = inputs[0]
+    if not isinstance(tensor, dict):
+        raise BadRequestError("an input must be a JSON object")
+    if tensor.get("datatype") != "BYTES":
+        raise BadRequestError(f"input datatype must be BYTES, got {tensor.get('datatype')!r}")
+    return tensor
+
+
+def rest_request(
+    model: str, body: bytes, header_length: int | None, timeout_s: float | None
+) -> tuple[InferenceRequest, bool, str | None]:
+    """Parse a REST infer body. Returns the request, whether the output goes binary, and the
+    request ``id`` to echo."""
+    if header_length is not None:
+        if not 0 < header_length <= len(body):
+            raise BadRequestError("Inference-Header-Content-Length is out of range")
+        head, binary = body[:header_length], body[header_length:]
+    else:
+        head, binary = body, b""
+    try:
+        doc = json.loads(head)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BadRequestError(f"request is not valid JSON: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise BadRequestError("request must be a JSON object")
+    tensor = _image_input(doc.get("inputs"))
+    n = _count(tensor.get("shape", []))
+    tparams = tensor.get("parameters") or {}
+    if not isinstance(tparams, dict):
+        raise BadRequestError("input parameters must be an object")
+    if "binary_data_size" in tparams:
+        size = tparams["binary_data_size"]
+        if not isinstance(size, int) or not 0 <= size <= len(binary):
+            raise BadRequestError("binary_data_size does not match the binary data")
+        images = decode_bytes_tensor(binary[:size])
+    else:
+        data = tensor.get("data")
+        if data is None:
+            raise BadRequestError("input has neither data nor binary_data_size")
+        images = []
+        for item in _flatten(data):
+            if not isinstance(item, str):
+                raise BadRequestError("BYTES data in JSON must be base64 strings")
+            try:
+                images.append(base64.b64decode(item, validate=True))
+            except (binascii.Error, ValueError) as exc:
+                raise BadRequestError("BYTES data in JSON must be base64 strings") from exc
+    if len(images) != n:
+        raise BadRequestError(f"input shape says {n} elements, the data holds {len(images)}")
+    params = doc.get("parameters") or {}
+    if not isinstance(params, dict):
+        raise BadRequestError("request parameters must be an object")
+    binary_out = bool(params.get("binary_data_output", False))
+    outputs = doc.get("outputs") or []
+    if not isinstance(outputs, list):
+        raise BadRequestError("outputs must be a list")
+    for out in outputs:
+        if not isinstance(out, dict) or out.get("name") != OUTPUT_NAME:
+            raise BadRequestError(f"the only output is {OUTPUT_NAME!r}")
+        oparams = out.get("parameters") or {}
+        if isinstance(oparams, dict) and "binary_data" in oparams:
+            binary_out = bool(oparams["binary_data"])
+    rid = doc.get("id")
+    req = InferenceRequest(images=images, model=model, params=_params(params), timeout_s=timeout_s)
+    return req, binary_out, rid if isinstance(rid, str) else None
+
+
+def _result_elements(resp: InferenceResponse) -> list[bytes]:
+    return [json.dumps(encode_result(r), separators=(",", ":")).encode() for r in resp.results]
+
+
+def rest_response(
+    resp: InferenceResponse, binary: bool, request_id: str | None
+) -> tuple[bytes, int | None]:
+    """The REST infer body, and the JSON header's length when binary data follows it."""
+    elements = _result_elements(resp)
+    out: dict[str, Any] = {"name": OUTPUT_NAME, "datatype": "BYTES", "shape": [len(elements)]}
+    doc: dict[str, Any] = {"model_name": resp.model, "model_version": "1", "outputs": [out]}
+    if request_id is not None:
+        doc["id"] = request_id
+    if not binary:
+        out["data"] = [e.decode() for e in elements]
+        return json.dumps(doc).encode(), None
+    raw = encode_bytes_tensor(elements)
+    out["parameters"] = {"binary_data_size": len(raw)}
+    head = json.dumps(doc).encode()
+    return head + raw, len(head)
+
+
+def _param_value(p: pb.InferParameter) -> Any:
+    which = p.WhichOneof("parameter_choice")
+    return getattr(p, which) if which else None
+
+
+def grpc_request(req: pb.ModelInferRequest, timeout_s: float | None) -> InferenceRequest:
+    if len(req.inputs) != 1:
+        raise BadRequestError("expected exactly one input: a BYTES tensor of encoded images")
+    tensor = req.inputs[0]
+    if tensor.datatype != "BYTES":
+        raise BadRequestError(f"input datatype must be BYTES, got {tensor.datatype!r}")
+    n = _count(tensor.shape)
+    if req.raw_input_contents:
+        if len(req.raw_input_contents) != 1:
+            raise BadRequestError("one raw_input_contents entry per input is expected")
+        images = decode_bytes_tensor(req.raw_input_contents[0])
+    else:
+        images = list(tensor.contents.bytes_contents)
+    if len(images) != n:
+        raise BadRequestError(f"input shape says {n} elements, the data holds {len(images)}")
+    for out in req.outputs:
+        if out.name != OUTPUT_NAME:
+            raise BadRequestError(f"the only output is {OUTPUT_NAME!r}")
+    params = {k: _param_value(v) for k, v in req.parameters.items()}
+    return InferenceRequest(
+        images=images, model=req.model_name, params=_params(params), timeout_s=timeout_s
+    )
+
+
+def grpc_response(resp: InferenceResponse, request_id: str) -> pb.ModelInferResponse:
+    elements = _result_elements(resp)
+    out = pb.ModelInferResponse(model_name=resp.model, model_version="1", id=request_id)
+    tensor = out.outputs.add()
+    tensor.name = OUTPUT_NAME
+    tensor.datatype = "BYTES"
+    tensor.shape.append(len(elements))
+    out.raw_output_contents.append(encode_bytes_tensor(elements))
+    return out

@@ -1,0 +1,322 @@
+"""HTTP routes. Each stays short: parse the transport, call the data plane, shape the answer.
+No torch here; errors are raised and mapped once by the app's exception handlers."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from typing import Annotated, Any, Literal, TypeVar
+
+from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .dataplane import DataPlane, InferenceRequest, InferenceResponse, encode_result
+from .errors import BadRequestError, PayloadTooLargeError, UnsupportedMediaTypeError
+from .metrics import CONTENT_TYPE_LATEST, Metrics
+from .oip.codec import rest_request, rest_response
+
+__all__ = ["router"]
+
+T = TypeVar("T")
+
+router = APIRouter()
+
+
+def get_plane(request: Request) -> DataPlane:
+    plane: DataPlane = request.app.state.plane
+    return plane
+
+
+def get_metrics(request: Request) -> Metrics:
+    metrics: Metrics = request.app.state.metrics
+    return metrics
+
+
+PlaneDep = Annotated[DataPlane, Depends(get_plane)]
+ModelName = Annotated[str, Path(max_length=64, description="model name (see GET /models)")]
+
+ERROR_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "error": {
+            "type": "object",
+            "properties": {
+                "code": {"type": "string"},
+                "message": {"type": "string"},
+                "request_id": {"type": "string"},
+            },
+        }
+    },
+}
+ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"description": desc, "content": {"application/json": {"schema": ERROR_SCHEMA}}}
+    for status, desc in [
+        (400, "bad input or undecodable image"),
+        (401, "missing bearer token"),
+        (403, "invalid token"),
+        (404, "unknown model"),
+        (413, "body, pixel or image-count limit"),
+        (415, "unsupported media type"),
+        (429, "queue full (Retry-After)"),
+        (503, "not ready or overloaded (Retry-After)"),
+        (504, "deadline exceeded"),
+    ]
+}
+IMAGE_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "file": {"type": "array", "items": {"type": "string", "format": "binary"}}
+                    },
+                    "required": ["file"],
+                }
+            },
+            "image/*": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+INFER_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["inputs"],
+                    "properties": {
+                        "id": {"type": "string"},
+                        "parameters": {"type": "object"},
+                        "inputs": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "required": ["name", "shape", "datatype"],
+                                "properties": {
+                                    "name": {"type": "string"},
+                                    "shape": {"type": "array", "items": {"type": "integer"}},
+                                    "datatype": {"type": "string", "enum": ["BYTES"]},
+                                    "parameters": {"type": "object"},
+                                    "data": {"type": "array", "items": {"type": "string"}},
+                                },
+                            },
+                        },
+                        "outputs": {"type": "array", "items": {"type": "object"}},
+                    },
+                }
+            },
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+
+
+def _timeout(request: Request) -> float | None:
+    raw = request.headers.get("x-request-timeout")
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise BadRequestError("X-Request-Timeout must be a number of seconds") from None
+    if not 0 < value < 1e6:
+        raise BadRequestError("X-Request-Timeout must be positive")
+    return value
+
+
+async def until_disconnect(request: Request, work: Awaitable[T]) -> T | Response:
+    """Await ``work``; if the client goes away first, cancel it (its images leave the queue)."""
+    task = asyncio.ensure_future(work)
+
+    async def watch() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    return Response(status_code=499)  # nobody reads it: the client is gone
+
+
+async def read_images(request: Request, plane: DataPlane) -> list[bytes]:
+    """Multipart ``file`` parts (in order) or one raw ``image/*`` body."""
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    limit = plane.settings.max_images_per_request
+    if media == "multipart/form-data":
+        try:
+            form = await request.form(max_files=limit + 1, max_fields=16)
+        except StarletteHTTPException as exc:
+            raise BadRequestError(f"invalid multipart body: {exc.detail}") from None
+        try:
+            files = [v for _, v in form.multi_items() if isinstance(v, UploadFile)]
+            if len(files) > limit:
+                raise PayloadTooLargeError(f"more than {limit} images in one request")
+            return [await f.read() for f in files]
+        finally:
+            await form.close()
+    if media.startswith("image/") or media == "application/octet-stream":
+        return [await request.body()]
+    raise UnsupportedMediaTypeError(
+        f"send images as multipart/form-data 'file' parts or one image/* body, not {media!r}"
+    )
+
+
+def task_response(resp: InferenceResponse) -> Response:
+    if len(resp.results) == 1:
+        item = resp.results[0]
+        if isinstance(item, Exception):
+            raise item
+        if isinstance(item.get("data"), bytes | bytearray):
+            return Response(item["data"], media_type=item["media_type"])
+    return JSONResponse(
+        {
+            "model": resp.model,
+            "task": resp.task,
+            "results": [encode_result(r) for r in resp.results],
+        }
+    )
+
+
+def _task_endpoint(task: str) -> Any:
+    async def endpoint(
+        request: Request,
+        plane: PlaneDep,
+        model: Annotated[
+            str | None, Query(max_length=64, description=f"a {task} model; default: the first")
+        ] = None,
+        top_k: Annotated[int | None, Query(ge=1, le=1000)] = None,
+        score_threshold: Annotated[float | None, Query(ge=0.0, le=1.0)] = None,
+        format: Annotated[
+            Literal["rle", "png", "overlay"] | None, Query(description="segment only")
+        ] = None,
+    ) -> Response:
+        images = await read_images(request, plane)
+        params = {"top_k": top_k, "score_threshold": score_threshold, "format": format}
+        req = InferenceRequest(
+            images=images,
+            model=model,
+            task=task,
+            params={k: v for k, v in params.items() if v is not None},
+            timeout_s=_timeout(request),
+            request_id=request.state.request_id,
+        )
+        resp = await until_disconnect(request, plane.infer(req))
+        if isinstance(resp, Response):
+            return resp
+        return task_response(resp)
+
+    endpoint.__name__ = task
+    return endpoint
+
+
+TASK_DOCS = {
+    "classify": "Top-k classes per image: `results[i].top_k = [{label, index, score}]`.",
+    "detect": "Boxes per image in original pixels: `results[i].detections = "
+    "[{label, index, score, box: [x1, y1, x2, y2]}]`.",
+    "segment": "Per-class COCO RLE masks (`results[i].segments`), or with one image and "
+    "`format=png|overlay` a PNG label map / colour overlay.",
+}
+for _task in ("classify", "detect", "segment"):
+    router.add_api_route(
+        f"/{_task}",
+        _task_endpoint(_task),
+        methods=["POST"],
+        tags=["tasks"],
+        summary=f"{_task} one or more images",
+        description=TASK_DOCS[_task],
+        responses=ERRORS,
+        openapi_extra=IMAGE_BODY,
+    )
+
+
+# -- operations --------------------------------------------------------------------------------
+@router.get("/models", tags=["operations"], responses=ERRORS)
+async def list_models(plane: PlaneDep) -> dict[str, Any]:
+    """Configured models: task, labels, runtime, batching, state."""
+    return {"models": plane.models(), "ready": plane.ready()}
+
+
+@router.get("/metrics", tags=["operations"], response_class=Response, responses=ERRORS)
+async def metrics(request: Request) -> Response:
+    """Prometheus metrics."""
+    return Response(get_metrics(request).render(), media_type=CONTENT_TYPE_LATEST)
+
+
+# -- Open Inference Protocol v2 -----------------------------------------------------------------
+@router.get("/v2", tags=["v2"], responses=ERRORS)
+async def server_metadata(plane: PlaneDep) -> dict[str, Any]:
+    return plane.server_metadata()
+
+
+@router.get("/v2/health/live", tags=["v2"])
+async def server_live(plane: PlaneDep) -> dict[str, bool]:
+    return {"live": plane.live()}
+
+
+@router.get("/v2/health/ready", tags=["v2"], responses=ERRORS)
+async def server_ready(plane: PlaneDep) -> Response:
+    ready = plane.ready()
+    return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
+
+
+@router.get("/v2/models/{model_name}", tags=["v2"], responses=ERRORS)
+@router.get("/v2/models/{model_name}/versions/{model_version}", tags=["v2"], responses=ERRORS)
+async def model_metadata(
+    plane: PlaneDep, model_name: ModelName, model_version: str | None = None
+) -> dict[str, Any]:
+    return plane.model_metadata(model_name, model_version)
+
+
+@router.get("/v2/models/{model_name}/ready", tags=["v2"], responses=ERRORS)
+@router.get("/v2/models/{model_name}/versions/{model_version}/ready", tags=["v2"], responses=ERRORS)
+async def model_ready(
+    plane: PlaneDep, model_name: ModelName, model_version: str | None = None
+) -> Response:
+    ready = plane.model_ready(model_name, model_version)
+    return JSONResponse({"name": model_name, "ready": ready}, status_code=200 if ready else 503)
+
+
+@router.post(
+    "/v2/models/{model_name}/infer", tags=["v2"], responses=ERRORS, openapi_extra=INFER_BODY
+)
+@router.post(
+    "/v2/models/{model_name}/versions/{model_version}/infer",
+    tags=["v2"],
+    responses=ERRORS,
+    openapi_extra=INFER_BODY,
+)
+async def model_infer(
+    request: Request, plane: PlaneDep, model_name: ModelName, model_version: str | None = None
+) -> Response:
+    """A BYTES input of N encoded images; the BYTES output ``RESULT`` holds N JSON answers.
+    Accepts JSON (base64 data) and the binary-data extension."""
+    plane.model(model_name, model_version)
+    body = await request.body()
+    raw_len = request.headers.get("inference-header-content-length")
+    if raw_len is not None and not raw_len.isdigit():
+        raise BadRequestError("Inference-Header-Content-Length must be an integer")
+    req, binary, oip_id = rest_request(
+        model_name, body, int(raw_len) if raw_len else None, _timeout(request)
+    )
+    req.request_id = request.state.request_id
+    resp = await until_disconnect(request, plane.infer(req))
+    if isinstance(resp, Response):
+        return resp
+    content, header_len = rest_response(resp, binary, oip_id)
+    if header_len is None:
+        return Response(content, media_type="application/json")
+    return Response(
+        content,
+        media_type="application/octet-stream",
+        headers={"Inference-Header-Content-Length": str(header_len)},
+    )
