@@ -36,6 +36,17 @@ def get_metrics(request: Request) -> Metrics:
 
 PlaneDep = Annotated[DataPlane, Depends(get_plane)]
 ModelName = Annotated[str, Path(max_length=64, description="model name (see GET /models)")]
+ModelQuery = Annotated[
+    str | None, Query(max_length=64, description="model name; default: the first of this task")
+]
+TopK = Annotated[int | None, Query(ge=1, le=1000, description="classes per image (classify)")]
+ScoreThreshold = Annotated[
+    float | None, Query(ge=0.0, le=1.0, description="minimum detection score (detect)")
+]
+SegmentFormat = Annotated[
+    Literal["rle", "png", "overlay"] | None,
+    Query(description="segment: COCO RLE (default), PNG label map, or colour overlay PNG"),
+]
 
 ERROR_SCHEMA = {
     "type": "object",
@@ -191,14 +202,10 @@ def _task_endpoint(task: str) -> Any:
     async def endpoint(
         request: Request,
         plane: PlaneDep,
-        model: Annotated[
-            str | None, Query(max_length=64, description=f"a {task} model; default: the first")
-        ] = None,
-        top_k: Annotated[int | None, Query(ge=1, le=1000)] = None,
-        score_threshold: Annotated[float | None, Query(ge=0.0, le=1.0)] = None,
-        format: Annotated[
-            Literal["rle", "png", "overlay"] | None, Query(description="segment only")
-        ] = None,
+        model: ModelQuery = None,
+        top_k: TopK = None,
+        score_threshold: ScoreThreshold = None,
+        format: SegmentFormat = None,
     ) -> Response:
         images = await read_images(request, plane)
         params = {"top_k": top_k, "score_threshold": score_threshold, "format": format}
