@@ -54,6 +54,7 @@ class TrainConfig:
     init_from: str | None = None  # native checkpoint whose backbone initialises this model
     val_images: int = 200
     train_images: int = 0  # 0: a fresh scene for every sample; N: cycle over N scenes
+    curriculum_steps: int = 0  # 0: full difficulty throughout; see difficulty_at()
     log_every: int = 10
     save_every: int = 50
     half_output: bool = True
@@ -81,6 +82,21 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+def difficulty_at(step: int, index: int, cfg: TrainConfig) -> float:
+    """Scene difficulty for sample ``index`` at ``step`` under the curriculum.
+
+    With ``curriculum_steps = C`` a ramp rises linearly from 0 to 2 over C steps and each sample
+    gets ``min(1, ramp * (0.5 + u))`` with ``u`` uniform per sample: early batches are easy,
+    midway half the samples are at full difficulty, and from step C on all are. Without a
+    curriculum every sample is at full difficulty (the validation/test distribution).
+    """
+    if cfg.curriculum_steps <= 0 or step >= cfg.curriculum_steps:
+        return 1.0
+    ramp = 2.0 * step / cfg.curriculum_steps
+    u = float(np.random.default_rng([cfg.seed, 7, index]).random())
+    return min(1.0, ramp * (0.5 + u))
 
 
 def collate(
@@ -127,7 +143,8 @@ def _batches(
             idx: Sequence[int] = range(k * cfg.batch_size, (k + 1) * cfg.batch_size)
             if cfg.train_images:
                 idx = [i % cfg.train_images for i in idx]
-            q.put(collate([ds[i] for i in idx], cfg.task, mean, std))
+            scenes = [ds.get(i, difficulty_at(k, i, cfg)) for i in idx]
+            q.put(collate(scenes, cfg.task, mean, std))
         q.put(None)
 
     worker = threading.Thread(target=produce, daemon=True)

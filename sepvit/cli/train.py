@@ -34,6 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init-from", default=None, help="native checkpoint initialising the backbone")
     p.add_argument("--val-images", type=int, default=d.val_images)
     p.add_argument("--train-images", type=int, default=d.train_images, help="0: endless stream")
+    p.add_argument(
+        "--curriculum-steps",
+        type=int,
+        default=d.curriculum_steps,
+        help="easy-to-full scene curriculum over this many steps (0: full difficulty throughout)",
+    )
     p.add_argument("--log-every", type=int, default=d.log_every)
     p.add_argument("--save-every", type=int, default=d.save_every)
     p.add_argument("--fp32-output", action="store_true", help="store the final weights in fp32")
@@ -66,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         init_from=a.init_from,
         val_images=a.val_images,
         train_images=a.train_images,
+        curriculum_steps=a.curriculum_steps,
         log_every=a.log_every,
         save_every=a.save_every,
         half_output=not a.fp32_output,

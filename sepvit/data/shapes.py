@@ -120,24 +120,28 @@ def shape_polygon(
     return [(center[0] + radius * x, center[1] + radius * y) for x, y in rot]
 
 
-def _background(rng: np.random.Generator, size: int) -> np.ndarray:
+def _background(rng: np.random.Generator, size: int, difficulty: float = 1.0) -> np.ndarray:
     """Desaturated mid-tone gradient plus noise. Keeping backgrounds near grey (objects are
-    saturated) is what makes the task learnable on CPU budgets; see docs/shapes.md."""
-    level = rng.uniform(112, 138)  # around the ImageNet mean (0.485, 0.456, 0.406) * 255
-    tint = rng.normal(0, 4, 3)
+    saturated) is what makes the task learnable on CPU budgets; see docs/shapes.md.
+    ``difficulty`` scales the level spread, tint, gradient and noise (0: flat grey 125)."""
+    d = difficulty
+    level = 125 + d * rng.uniform(-13, 13)  # around the ImageNet mean (0.485, 0.456, 0.406)*255
+    tint = d * rng.normal(0, 4, 3)
     c0 = level + tint
-    c1 = np.clip(c0 + rng.normal(0, 12), 0, 255) + rng.normal(0, 3, 3)
+    c1 = np.clip(c0 + d * rng.normal(0, 12), 0, 255) + d * rng.normal(0, 3, 3)
     theta = rng.uniform(0, 2 * math.pi)
     yy, xx = np.mgrid[0:size, 0:size] / max(size - 1, 1)
     t = np.cos(theta) * xx + np.sin(theta) * yy
     t = (t - t.min()) / max(t.max() - t.min(), 1e-6)
     img = c0[None, None] * (1 - t[..., None]) + c1[None, None] * t[..., None]
-    img = img + rng.normal(0, rng.uniform(1, 4), img.shape)
+    img = img + rng.normal(0, d * rng.uniform(1, 4), img.shape)
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def _clutter(rng: np.random.Generator, draw: ImageDraw.ImageDraw, size: int) -> None:
-    for _ in range(int(rng.integers(0, 4))):
+def _clutter(
+    rng: np.random.Generator, draw: ImageDraw.ImageDraw, size: int, difficulty: float = 1.0
+) -> None:
+    for _ in range(round(difficulty * int(rng.integers(0, 4)))):
         kind = rng.random()
         color = tuple(int(v) for v in rng.integers(0, 256, 3))
         if kind < 0.5:  # line segment
@@ -168,8 +172,16 @@ def _clutter(rng: np.random.Generator, draw: ImageDraw.ImageDraw, size: int) -> 
                 draw.ellipse([x - r, y - r, x + r, y + r], fill=color)
 
 
-def _contrasting_color(rng: np.random.Generator, under: np.ndarray) -> tuple[int, int, int]:
-    """A random colour at least ~110 (RGB distance) away from the mean colour ``under`` it."""
+def _contrasting_color(
+    rng: np.random.Generator, under: np.ndarray, difficulty: float = 1.0
+) -> tuple[int, int, int]:
+    """A random colour at least ~110 (RGB distance) away from the mean colour ``under`` it.
+
+    Below full ``difficulty`` the colour is, with probability ``1 - difficulty``, a light grey
+    (a consistent contrast sign, which is what an untrained network picks up first)."""
+    if difficulty < 1.0 and rng.random() >= difficulty:
+        v = int(rng.integers(215, 256))
+        return (v, v, v)
     ref = under.reshape(-1, 3).mean(0) if under.size else np.array([128.0, 128, 128])
     for _ in range(50):
         c = rng.integers(0, 256, 3)
@@ -185,13 +197,23 @@ def render_scene(
     size_range: tuple[float, float] = (0.10, 0.50),
     min_visible: float = 0.6,
     outline_prob: float = 0.2,
+    difficulty: float = 1.0,
 ) -> Scene:
     """Render one scene with up to ``num_objects`` shapes (placements violating the visibility
-    constraint are retried, then skipped; at least one object is always placed)."""
-    bg = _background(rng, size)
+    constraint are retried, then skipped; at least one object is always placed).
+
+    ``difficulty`` in [0, 1] is a training curriculum knob: 1 (the default, and what validation
+    and test splits always use) is the full recipe; lower values shrink background variation,
+    clutter and outlines and make objects light grey more often. 0 is light-grey filled shapes
+    on flat grey."""
+    if not 0.0 <= difficulty <= 1.0:
+        raise ValueError(f"difficulty must be in [0, 1], got {difficulty}")
+    bg = _background(rng, size, difficulty)
     canvas = Image.fromarray(bg)
-    _clutter(rng, ImageDraw.Draw(canvas), size)
-    canvas = canvas.filter(ImageFilter.GaussianBlur(radius=float(rng.uniform(0, 0.8))))
+    _clutter(rng, ImageDraw.Draw(canvas), size, difficulty)
+    blur = float(rng.uniform(0, 0.8)) * difficulty
+    if blur > 0:
+        canvas = canvas.filter(ImageFilter.GaussianBlur(radius=blur))
     img = np.asarray(canvas).copy()
 
     labels: list[int] = []
@@ -208,7 +230,7 @@ def render_scene(
             )
             mimg = Image.new("L", (size, size), 0)
             d = ImageDraw.Draw(mimg)
-            if rng.random() < outline_prob:
+            if rng.random() < outline_prob * difficulty:
                 width = max(3, round(0.12 * diameter))
                 d.line([*poly, poly[0]], fill=255, width=width, joint="curve")
             else:
@@ -227,8 +249,8 @@ def render_scene(
         else:
             if k > 0:
                 continue  # give up on this object; the scene keeps the others
-        color = np.array(_contrasting_color(rng, img[mask]), dtype=np.float64)
-        shade = rng.normal(0, 6, (size, size, 1))
+        color = np.array(_contrasting_color(rng, img[mask], difficulty), dtype=np.float64)
+        shade = rng.normal(0, 6, (size, size, 1)) * max(difficulty, 0.3)
         obj = np.clip(color[None, None] + shade, 0, 255)
         img[mask] = obj[mask].astype(np.uint8)
         visible = [v & ~mask for v in visible]
@@ -281,12 +303,18 @@ class ShapesDataset:
         return np.random.default_rng([self.seed, task_id, self.size, int(index)])
 
     def __getitem__(self, index: int) -> Scene:
+        return self.get(index)
+
+    def get(self, index: int, difficulty: float = 1.0) -> Scene:
+        """Scene ``index``; ``difficulty`` < 1 gives the easier curriculum variant of the same
+        placement seed (training only; see :func:`render_scene`)."""
         if not 0 <= index < self.length:
             raise IndexError(index)
         rng = self.rng(index)
         if self.task == "classify":
-            return render_scene(rng, self.size, 1, size_range=(0.20, 0.50))
-        return render_scene(rng, self.size, int(rng.integers(1, 7)), size_range=(0.10, 0.45))
+            return render_scene(rng, self.size, 1, size_range=(0.20, 0.50), difficulty=difficulty)
+        n = int(rng.integers(1, 7))
+        return render_scene(rng, self.size, n, size_range=(0.10, 0.45), difficulty=difficulty)
 
     def __iter__(self) -> Iterator[Scene]:
         for i in range(self.length):

@@ -1,0 +1,322 @@
+"""A real TorchServe serving the three demo archives, over REST and gRPC on 127.0.0.1.
+
+Builds the archives with ``sepvit-archive``, starts ``torchserve --foreground`` with the hardened
+``model_store/config.properties`` (token auth on, model API off; only the addresses and the model
+store are changed), and always stops it, even when a test fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from handlers.outputs import rle_decode
+from sepvit.data.shapes import CLASSES, ShapesDataset
+from sepvit.ops.boxes import box_iou
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+STORE = ROOT / "model_store"
+MODELS = {
+    "classify": "sepvit_lite_shapes_cls",
+    "detect": "sepvit_lite_shapes_det",
+    "segment": "sepvit_lite_shapes_seg",
+}
+STARTUP_TIMEOUT = 240.0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _png(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@dataclass
+class TorchServe:
+    inference: str
+    metrics: str
+    grpc: str
+    token: str
+    log: Path
+
+    def post(
+        self, model: str, body: bytes, fields: dict[str, str] | None = None, token: bool = True
+    ) -> tuple[int, dict[str, str], bytes]:
+        """POST an image as a multipart ``data`` part (plus text fields)."""
+        boundary = uuid.uuid4().hex
+        parts = [
+            f'--{boundary}\r\nContent-Disposition: form-data; name="data"; filename="x"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n".encode()
+            + body
+            + b"\r\n"
+        ]
+        for k, v in (fields or {}).items():
+            head = f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n'
+            parts.append(f"{head}{v}\r\n".encode())
+        data = b"".join(parts) + f"--{boundary}--\r\n".encode()
+        req = urllib.request.Request(
+            f"{self.inference}/predictions/{model}",
+            data=data,
+            method="POST",
+            headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+        )
+        if token:
+            req.add_header("Authorization", f"Bearer {self.token}")
+        try:
+            with urllib.request.urlopen(req, timeout=60) as r:
+                return r.status, dict(r.headers), r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, dict(e.headers), e.read()
+
+
+def _wait_ready(ts: TorchServe, proc: subprocess.Popen[bytes], cwd: Path) -> None:
+    """Until every model answers a request (not just until the frontend is up)."""
+    probe = _png(np.full((64, 64, 3), 128, np.uint8))
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    pending = set(MODELS.values())
+    while pending:
+        if proc.poll() is not None:
+            raise RuntimeError(f"torchserve exited ({proc.returncode}); see {ts.log}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"models {sorted(pending)} not ready; see {ts.log}")
+        if not ts.token and (cwd / "key_file.json").is_file():
+            ts.token = json.loads((cwd / "key_file.json").read_text())["inference"]["key"]
+        if ts.token:
+            for name in list(pending):
+                try:
+                    status, _, _ = ts.post(name, probe)
+                except OSError:
+                    continue
+                if status == 200:
+                    pending.discard(name)
+        time.sleep(1.0)
+
+
+@pytest.fixture(scope="module")
+def torchserve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TorchServe]:
+    if shutil.which("torchserve") is None or shutil.which("java") is None:
+        pytest.fail("torchserve and java are needed (pip install torchserve; Java 17)")
+    missing = [n for n in MODELS.values() if not (STORE / n / "model.safetensors").is_file()]
+    if missing:
+        pytest.skip(f"demo checkpoints not built: {missing} (run `make models`)")
+    from handlers.archive import build_archive
+
+    work = tmp_path_factory.mktemp("torchserve")
+    store = work / "store"
+    for name in MODELS.values():
+        build_archive(
+            STORE / name / "model.safetensors",
+            STORE / name / "model-config.yaml",
+            name,
+            store,
+        )
+    ports = {k: _free_port() for k in ("inf", "mgmt", "met", "grpc", "grpcm")}
+    overrides = {
+        "inference_address": f"http://127.0.0.1:{ports['inf']}",
+        "management_address": f"http://127.0.0.1:{ports['mgmt']}",
+        "metrics_address": f"http://127.0.0.1:{ports['met']}",
+        "grpc_inference_port": str(ports["grpc"]),
+        "grpc_management_port": str(ports["grpcm"]),
+        "model_store": str(store),
+    }
+    lines = []
+    for line in (STORE / "config.properties").read_text().splitlines():
+        key = line.split("=", 1)[0].strip()
+        lines.append(f"{key}={overrides.pop(key)}" if key in overrides else line)
+    lines += [f"{k}={v}" for k, v in overrides.items()]
+    cfg = work / "config.properties"
+    cfg.write_text("\n".join(lines) + "\n")
+    log = work / "torchserve.log"
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1"}
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            ["torchserve", "--start", "--foreground", "--ncs", "--ts-config", str(cfg)],
+            cwd=work,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,  # its own process group: java and the workers stop with it
+        )
+    ts = TorchServe(
+        inference=f"http://127.0.0.1:{ports['inf']}",
+        metrics=f"http://127.0.0.1:{ports['met']}",
+        grpc=f"127.0.0.1:{ports['grpc']}",
+        token="",
+        log=log,
+    )
+    try:
+        _wait_ready(ts, proc, work)
+        yield ts
+    finally:
+        for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                proc.wait(timeout=wait)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        with contextlib.suppress(ProcessLookupError):  # workers left in the group go too
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _scene_with(task: str, label: int, size: int) -> np.ndarray:
+    ds = ShapesDataset("test", task, size, length=500)
+    for i in range(len(ds)):
+        sc = ds[i]
+        if sc.label == label:
+            return sc.image
+    raise AssertionError("no such scene")
+
+
+def _check_classify(body: bytes, expected: str) -> None:
+    res = json.loads(body)
+    assert res["top_k"][0]["label"] == expected, res
+
+
+def _check_detect(body: bytes, scene) -> None:  # type: ignore[no-untyped-def]
+    import torch
+
+    dets = json.loads(body)["detections"]
+    assert dets, "no detections"
+    boxes = torch.tensor([d["box"] for d in dets], dtype=torch.float32)
+    for gt_box, gt_label in zip(scene.boxes, scene.labels, strict=True):
+        iou = box_iou(torch.tensor([gt_box], dtype=torch.float32), boxes)[0]
+        same = torch.tensor([d["index"] == gt_label for d in dets])
+        best = float((iou * same).max())
+        assert best >= 0.7, (CLASSES[gt_label], gt_box, dets[:5])
+
+
+def _check_segment(body: bytes, scene) -> None:  # type: ignore[no-untyped-def]
+    segs = {s["index"]: rle_decode(s["rle"]) for s in json.loads(body)["segments"]}
+    for cls in set(scene.labels):
+        gt = scene.segmentation == cls + 1
+        pred = segs.get(cls + 1, np.zeros_like(gt))
+        iou = (gt & pred).sum() / max((gt | pred).sum(), 1)
+        assert iou >= 0.8, (CLASSES[cls], iou)
+
+
+def _dense_scene():  # type: ignore[no-untyped-def]
+    # the first test-split scene with two or more objects
+    ds = ShapesDataset("test", "detect", 256, length=50)
+    return next(sc for sc in ds if len(sc.labels) >= 2)
+
+
+def test_rest_answers_are_right(torchserve: TorchServe) -> None:
+    status, headers, body = torchserve.post(
+        MODELS["classify"], _png(_scene_with("classify", CLASSES.index("circle"), 224))
+    )
+    assert status == 200, body
+    _check_classify(body, "circle")
+    scene = _dense_scene()
+    status, _, body = torchserve.post(MODELS["detect"], _png(scene.image))
+    assert status == 200, body
+    _check_detect(body, scene)
+    status, _, body = torchserve.post(MODELS["segment"], _png(scene.image))
+    assert status == 200, body
+    _check_segment(body, scene)
+    # PNG label map through a multipart parameter
+    status, headers, body = torchserve.post(MODELS["segment"], _png(scene.image), {"format": "png"})
+    assert status == 200
+    assert headers.get("Content-Type", headers.get("content-type")) == "image/png"
+    labels = np.asarray(Image.open(io.BytesIO(body)))
+    assert labels.shape == scene.segmentation.shape
+
+
+def test_grpc_predictions(torchserve: TorchServe, tmp_path: Path) -> None:
+    import grpc
+
+    from handlers.torchserve_grpc import load_stubs
+
+    pb, pb_grpc = load_stubs(tmp_path / "proto")
+    meta = [("authorization", f"Bearer {torchserve.token}")]
+    with grpc.insecure_channel(torchserve.grpc) as channel:
+        stub = pb_grpc.InferenceAPIsServiceStub(channel)
+        scene = _dense_scene()
+        circle = _png(_scene_with("classify", CLASSES.index("circle"), 224))
+        for task, image in (("classify", circle), ("detect", None), ("segment", None)):
+            data = image if image is not None else _png(scene.image)
+            req = pb.PredictionsRequest(model_name=MODELS[task], input={"data": data})
+            body = stub.Predictions(req, metadata=meta, timeout=60).prediction
+            if task == "classify":
+                _check_classify(body, "circle")
+            elif task == "detect":
+                _check_detect(body, scene)
+            else:
+                _check_segment(body, scene)
+        # a bad image: TorchServe's gRPC answers OK with the handler's error body
+        req = pb.PredictionsRequest(model_name=MODELS["classify"], input={"data": b"not an image"})
+        body = stub.Predictions(req, metadata=meta, timeout=60).prediction
+        assert json.loads(body)["error"]["code"] == "undecodable_image"
+        # token auth is on for gRPC too
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Predictions(req, timeout=60)
+        assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_concurrent_requests_are_batched_and_a_bad_image_fails_alone(
+    torchserve: TorchServe,
+) -> None:
+    good = _png(_scene_with("classify", CLASSES.index("circle"), 224))
+    truncated = good[: len(good) // 2]
+    shared_batch = False
+    for _attempt in range(5):
+        bodies = [good] * 11 + [truncated] + [good] * 4
+        with ThreadPoolExecutor(len(bodies)) as pool:
+            results = list(pool.map(lambda b: torchserve.post(MODELS["classify"], b), bodies))
+        sizes = [int(h.get("x-sepvit-batch-size", 1)) for _, h, _ in results]
+        bad_status, bad_headers, bad_body = results[11]
+        assert bad_status == 400, bad_body
+        assert json.loads(bad_body)["error"]["code"] == "undecodable_image"
+        for i, (status, _, body) in enumerate(results):
+            if i != 11:
+                assert status == 200, body
+                _check_classify(body, "circle")
+        assert max(sizes) > 1, sizes
+        if int(bad_headers.get("x-sepvit-batch-size", 1)) > 1:
+            shared_batch = True  # the bad image had batch-mates, and they all succeeded
+            break
+    assert shared_batch, "the corrupt image never shared a batch with good ones"
+
+
+def test_token_auth_and_metrics(torchserve: TorchServe) -> None:
+    image = _png(np.full((32, 32, 3), 90, np.uint8))
+    status, _, _ = torchserve.post(MODELS["classify"], image, token=False)
+    assert 400 <= status < 500  # TorchServe 0.12 rejects a missing token with 400
+    with urllib.request.urlopen(f"{torchserve.metrics}/metrics", timeout=30) as r:
+        text = r.read().decode()
+    counts = {
+        line.split("model_name=")[1].split('"')[1]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("ts_inference_requests_total{")
+    }
+    for name in MODELS.values():
+        assert counts.get(name, 0) >= 1, counts
+    assert counts[MODELS["classify"]] >= 16
