@@ -1,8 +1,9 @@
 """Model registry: ``create_model(name, task=...)`` and ``list_models()``.
 
-Backbone variants are data (``SEPVIT_VARIANTS``); the task decides what is built around them:
+Backbone variants are data (``SEPVIT_VARIANTS``, ``SET_VARIANTS``); the task decides what is
+built around them:
 
-* ``classify``: the backbone in its classification layout (official key layout).
+* ``classify``: the backbone in its classification layout (SepViT: official key layout).
 * ``detect``: :class:`~sepvit.heads.RetinaNet` on the dense layout.
 * ``segment``: :class:`~sepvit.heads.SemanticFPN` on the dense layout.
 
@@ -20,9 +21,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from torch import nn
+from torch import Tensor, nn
 
+from .backbones import set as set_backbone
 from .backbones.sepvit import SEPVIT_VARIANTS, SepViT, checkpoint_filter_fn
+from .backbones.set import SET_VARIANTS, SeT
 from .checkpoint import (
     CheckpointError,
     is_native_checkpoint,
@@ -36,6 +39,7 @@ __all__ = [
     "TASKS",
     "UnknownModelError",
     "create_model",
+    "filter_checkpoint",
     "list_models",
     "model_config",
     "register_backbone",
@@ -68,6 +72,21 @@ def register_backbone(name: str, cls: Callable[..., nn.Module], defaults: dict[s
 
 for _name, _cfg in SEPVIT_VARIANTS.items():
     register_backbone(_name, SepViT, {k: v for k, v in _cfg.items() if k != "official_name"})
+for _name, _cfg in SET_VARIANTS.items():
+    register_backbone(_name, SeT, _cfg)
+
+
+def filter_checkpoint(
+    state_dict: dict[str, Tensor],
+    model: nn.Module,
+    source_img_size: tuple[int, int] | None = None,
+) -> dict[str, Tensor]:
+    """Adapt a state dict to ``model`` with its backbone family's ``checkpoint_filter_fn``."""
+    if isinstance(model, SeT):
+        return set_backbone.checkpoint_filter_fn(state_dict, model)
+    if isinstance(model, SepViT):
+        return checkpoint_filter_fn(state_dict, model, source_img_size=source_img_size)
+    raise TypeError(f"no checkpoint filter for {type(model).__name__}")
 
 
 def model_config(model: nn.Module) -> dict[str, Any]:
@@ -123,7 +142,7 @@ def _build(
             raise TypeError(f"unexpected arguments for a classifier: {sorted(head_kwargs)}")
         return cls(**{**defaults, **bb_kwargs, "num_classes": num_classes, "img_size": img_size})
     backbone = cls(**{**defaults, **bb_kwargs, "dense": True})
-    if not isinstance(backbone, SepViT):
+    if not isinstance(backbone, SepViT | SeT):
         raise TypeError(f"{name} has no dense layout for task {task!r}")
     if task == "detect":
         return RetinaNet(backbone, num_classes, **head_kwargs)
@@ -144,14 +163,15 @@ def create_model(
     crop_pct: float | None = None,
     **kwargs: Any,
 ) -> nn.Module:
-    """Build a SepViT classifier, detector or segmenter, optionally loading weights.
+    """Build a SepViT or SeT classifier, detector or segmenter, optionally loading weights.
 
     Args:
         name: backbone variant, see :func:`list_models`.
         task: ``classify``, ``detect`` or ``segment``.
         num_classes: output classes (defaults: 1000 / 80 / 150, or the checkpoint's).
         img_size: serving input size (int or (H, W)). For classifiers it also sizes the
-            window-token grids; dense models run at any size and use it for preprocessing.
+            window-token grids (SepViT) or patch position tables (SeT); dense models run at any
+            size and use it for preprocessing.
         checkpoint: a native ``.safetensors`` checkpoint (rebuilt exactly from its metadata) or
             an official ``.pth`` (classification weights, or a detection/segmentation checkpoint
             whose backbone sits under ``backbone.``).
@@ -207,8 +227,8 @@ def create_model(
 
     model = _build(name, task, n_cls, hw, kwargs)
     if native:
-        if isinstance(model, SepViT) and saved_hw != hw:  # classifier at another input size
-            state = checkpoint_filter_fn(state, model, source_img_size=saved_hw)
+        if isinstance(model, SepViT | SeT) and saved_hw != hw:  # classifier at another size
+            state = filter_checkpoint(state, model, source_img_size=saved_hw)
         try:
             model.load_state_dict(state, strict=True)
         except RuntimeError as exc:

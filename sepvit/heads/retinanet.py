@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from ..backbones.sepvit import SepViT, stage_resolution
+from ..backbones.set import SeT
 from ..ops import (
     AnchorGenerator,
     BoxCoder,
@@ -95,7 +96,7 @@ class RetinaNet(nn.Module):
     """RetinaNet detector.
 
     Args:
-        backbone: a dense-layout :class:`SepViT`.
+        backbone: a dense-layout :class:`SepViT` or :class:`~sepvit.backbones.set.SeT`.
         num_classes: object classes (no background class: sigmoid scores).
         fpn_channels / head_channels / head_convs / head_norm: neck and head width and depth. The
             paper's setting is 256 / 256 / 4 / None; the demo models use narrower heads.
@@ -109,7 +110,7 @@ class RetinaNet(nn.Module):
 
     def __init__(
         self,
-        backbone: SepViT,
+        backbone: SepViT | SeT,
         num_classes: int,
         fpn_channels: int = 256,
         head_channels: int = 256,

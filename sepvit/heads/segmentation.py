@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..backbones.sepvit import SepViT
+from ..backbones.set import SeT
 from .fpn import FPN, group_norm
 
 __all__ = ["SemanticFPN"]
@@ -29,7 +30,7 @@ class SemanticFPN(nn.Module):
     """Semantic FPN segmenter; ``forward`` returns logits ``[B, K, H, W]`` at input resolution.
 
     Args:
-        backbone: a dense-layout :class:`SepViT`.
+        backbone: a dense-layout :class:`SepViT` or :class:`~sepvit.backbones.set.SeT`.
         num_classes: classes including background (index 0 in the demo models).
         fpn_channels: FPN width (paper: 256). head_channels: scale-head width (paper: 128).
         dropout: dropout before the classifier during training.
@@ -38,7 +39,7 @@ class SemanticFPN(nn.Module):
 
     def __init__(
         self,
-        backbone: SepViT,
+        backbone: SepViT | SeT,
         num_classes: int,
         fpn_channels: int = 256,
         head_channels: int = 128,
