@@ -1,0 +1,153 @@
+"""The dynamic batcher on its own, with a fake runner: batch formation, order, bounded queue,
+deadlines, cancellation, drain on stop."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from service.batcher import DynamicBatcher
+from service.errors import DeadlineExceededError, NotReadyError, QueueFullError
+from service.metrics import Metrics
+
+
+class Runner:
+    def __init__(self, gate: threading.Event | None = None, fail: bool = False) -> None:
+        self.batches: list[list[bytes]] = []
+        self.gate = gate
+        self.fail = fail
+
+    def __call__(self, payloads: list[bytes], params: list[Any]) -> list[Any]:
+        if self.gate is not None:
+            self.gate.wait(10)
+        self.batches.append(list(payloads))
+        if self.fail:
+            raise RuntimeError("boom")
+        return [{"echo": p, "params": q} for p, q in zip(payloads, params, strict=True)]
+
+
+def make(runner: Runner, **kw: Any) -> DynamicBatcher:
+    opts = {"max_batch_size": 4, "max_delay_ms": 30.0, "max_queue": 16, **kw}
+    return DynamicBatcher("m", runner, metrics=Metrics(), **opts)
+
+
+def far() -> float:
+    return asyncio.get_running_loop().time() + 30
+
+
+def test_concurrent_requests_form_batches_in_order() -> None:
+    runner = Runner()
+
+    async def main() -> list[list[Any]]:
+        b = make(runner)
+        b.start()
+        reqs = [b.submit([bytes([i]), bytes([i, i])], [{"i": i}] * 2, far()) for i in range(6)]
+        out = await asyncio.gather(*reqs)
+        await b.stop()
+        return out
+
+    out = asyncio.run(main())
+    for i, res in enumerate(out):  # every caller gets its own answers, in order
+        assert [r["echo"] for r in res] == [bytes([i]), bytes([i, i])]
+        assert all(r["params"] == {"i": i} for r in res)
+    sizes = [len(x) for x in runner.batches]
+    assert sum(sizes) == 12 and max(sizes) == 4  # 2-image requests pair up; none split
+
+
+def test_max_delay_flushes_a_partial_batch() -> None:
+    runner = Runner()
+
+    async def main() -> float:
+        b = make(runner, max_batch_size=8, max_delay_ms=50)
+        b.start()
+        t0 = time.perf_counter()
+        await b.submit([b"a"], [None], far())
+        dt = time.perf_counter() - t0
+        await b.stop()
+        return dt
+
+    dt = asyncio.run(main())
+    assert 0.04 <= dt < 1.0 and runner.batches == [[b"a"]]
+
+
+def test_full_queue_refuses_at_once_and_others_finish() -> None:
+    gate = threading.Event()
+    runner = Runner(gate)
+
+    async def main() -> None:
+        b = make(runner, max_batch_size=1, max_delay_ms=0, max_queue=2)
+        b.start()
+        running = asyncio.ensure_future(b.submit([b"0"], [None], far()))
+        await asyncio.sleep(0.05)  # taken by the worker, blocked in the runner
+        queued = [asyncio.ensure_future(b.submit([bytes([i])], [None], far())) for i in (1, 2)]
+        await asyncio.sleep(0.01)
+        assert b.queued_images == 2
+        t0 = time.perf_counter()
+        with pytest.raises(QueueFullError) as info:
+            await b.submit([b"3"], [None], far())
+        assert time.perf_counter() - t0 < 0.05
+        assert info.value.retry_after is not None and info.value.retry_after >= 1
+        gate.set()
+        assert len(await asyncio.gather(running, *queued)) == 3
+        await b.stop()
+
+    asyncio.run(main())
+    assert runner.batches == [[b"0"], [b"\x01"], [b"\x02"]]
+
+
+def test_deadline_and_cancellation_leave_the_queue() -> None:
+    gate = threading.Event()
+    runner = Runner(gate)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        b = make(runner, max_batch_size=1, max_delay_ms=0)
+        b.start()
+        first = asyncio.ensure_future(b.submit([b"first"], [None], far()))
+        await asyncio.sleep(0.05)
+        with pytest.raises(DeadlineExceededError):
+            await b.submit([b"late"], [None], loop.time() + 0.05)
+        gone = asyncio.ensure_future(b.submit([b"gone"], [None], far()))
+        await asyncio.sleep(0.01)
+        assert b.queued_images == 1
+        gone.cancel()  # the client went away
+        await asyncio.sleep(0.01)
+        assert b.queued_images == 0
+        gate.set()
+        await first
+        await b.stop()
+
+    asyncio.run(main())
+    assert runner.batches == [[b"first"]]  # neither the late nor the cancelled image ran
+
+
+def test_runner_failure_fails_its_batch_only() -> None:
+    async def main() -> None:
+        b = make(Runner(fail=True))
+        b.start()
+        with pytest.raises(RuntimeError, match="boom"):
+            await b.submit([b"x"], [None], far())
+        await b.stop()
+
+    asyncio.run(main())
+
+
+def test_stop_drains_the_queue_then_refuses() -> None:
+    runner = Runner()
+
+    async def main() -> None:
+        b = make(runner, max_batch_size=2, max_delay_ms=200)
+        b.start()
+        pending = [asyncio.ensure_future(b.submit([bytes([i])], [None], far())) for i in range(3)]
+        await asyncio.sleep(0)
+        await b.stop()
+        assert all(len(p.result()) == 1 for p in pending)
+        with pytest.raises(NotReadyError):
+            await b.submit([b"x"], [None], far())
+
+    asyncio.run(main())
+    assert sum(len(x) for x in runner.batches) == 3
