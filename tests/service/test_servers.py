@@ -213,6 +213,30 @@ def test_deadlines_give_504_and_deadline_exceeded(gateway: Gateway) -> None:
         client.close()
 
 
+def test_client_disconnect_takes_the_request_out_of_the_queue(gateway: Gateway) -> None:
+    key = 'sepvit_cancelled_requests_total{model="slow",reason="client"}'
+    before = metric(httpx.get(f"{gateway.url}/metrics").text, key)
+
+    async def scenario() -> None:
+        busy = asyncio.ensure_future(_burst(gateway.url, "/classify?model=slow", 2))
+        await asyncio.sleep(0.01)
+        timeout = httpx.Timeout(5.0, read=0.05)  # connects, then gives up waiting
+        async with httpx.AsyncClient(base_url=gateway.url, timeout=timeout) as c:
+            with pytest.raises(httpx.TimeoutException):  # the client gives up and hangs up
+                await c.post(
+                    "/classify?model=slow", content=png(), headers={"content-type": "image/png"}
+                )
+        await busy
+
+    asyncio.run(scenario())
+    for _ in range(50):
+        after = metric(httpx.get(f"{gateway.url}/metrics").text, key)
+        if after > before:
+            break
+        time.sleep(0.05)
+    assert after == before + 1
+
+
 def test_grpc_auth_in_process(checkpoints: dict[str, Path]) -> None:
     port = free_port()
     s = load_settings(models=model_entries(checkpoints), grpc_port=port, auth_tokens=["tok"])
