@@ -70,6 +70,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "timeout_graceful_shutdown": int(settings.shutdown_grace_s) or None,
         "server_header": False,
     }
+    if settings.backend != "embedded":
+        print(
+            f"sepvit-serve: the {settings.backend} backend is not implemented yet", file=sys.stderr
+        )
+        return 2
     if settings.workers > 1:
         # each worker builds its own app from the environment: hand the CLI values down
         if args.config:
@@ -85,7 +90,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     from .app import create_app
 
-    uvicorn.run(create_app(settings), **common)
+    try:
+        app = create_app(settings)
+    except ValueError as exc:
+        print(f"sepvit-serve: {exc}", file=sys.stderr)
+        return 2
+    uvicorn.run(app, **common)
     return 0
 
 

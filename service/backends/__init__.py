@@ -20,4 +20,4 @@ def create_backend(settings: Settings, metrics: Metrics) -> Backend:
         from .embedded import EmbeddedBackend
 
         return EmbeddedBackend(settings, metrics)
-    raise ValueError(f"backend {settings.backend!r} is not available in this build")
+    raise ValueError(f"the {settings.backend!r} backend is not implemented yet")

@@ -419,3 +419,12 @@ def test_settings_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     ]
     with pytest.raises(ValueError):
         load_settings(models=[{"name": "a", "checkpoint": "x"}, {"name": "a", "checkpoint": "y"}])
+
+
+def test_cli_refuses_bad_configuration(capsys: pytest.CaptureFixture[str]) -> None:
+    from service.cli import main
+
+    assert main(["--port", "99999"]) == 2
+    assert "invalid configuration" in capsys.readouterr().err
+    assert main(["--backend", "torchserve"]) == 2
+    assert "not implemented" in capsys.readouterr().err
