@@ -8,6 +8,8 @@ it): spinning OpenMP threads distort CPU timings on small machines.
 
     python bench/model_throughput.py                      # everything
     python bench/model_throughput.py --variants sepvit_lite --runtimes eager onnxruntime
+
+Default variants: the four SepViT ones, plus SeT-8 and SeT-16 (``set_33`` on request).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from sepvit import create_model, list_models  # noqa: E402
 from sepvit.export import export_onnx  # noqa: E402
 
 RUNTIMES = ("eager", "compile", "onnxruntime")
+DEFAULT_VARIANTS = [m for m in list_models() if m.startswith("sepvit")] + ["set_8", "set_16"]
 
 
 def machine_info() -> dict[str, Any]:
@@ -116,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument(
-        "--variants", nargs="+", default=[m for m in list_models() if m.startswith("sepvit")]
+        "--variants", nargs="+", choices=list_models(), default=DEFAULT_VARIANTS, metavar="NAME"
     )
     p.add_argument("--runtimes", nargs="+", choices=RUNTIMES, default=list(RUNTIMES))
     p.add_argument("--batches", nargs="+", type=int, default=[1, 8])

@@ -86,7 +86,9 @@ set_33   43.185      40.3 (+7.2 %)       8.521     7.7 (+10.7 %)
 SeT-33 cannot be matched together with SeT-16: the two differ only by 17 stage-3 blocks, so
 Table 3 implies 15.6 M / 17 = 0.92 M per block, i.e. 0.39 M (6.0 ``D^2``) for the attention
 beside the two 1x1 convs, while SeT-16's own 24.7 M (and Table 6) require about 8 ``D^2`` per
-attention block: without the two output projections SeT-16 has 22.2 M (-10 %).
+attention block: without the two output projections SeT-16 has 22.2 M (-10 %). Its MACs
+likewise: Table 3 adds 3.3 G (194 M per stage-3 block), which fits ``kv_per_patch=False``
+(200 M), while SeT-8 and SeT-16 fit the per-patch keys and values (250 M per block).
 """
 
 from __future__ import annotations
@@ -271,14 +273,10 @@ class PixelAttention(nn.Module):
         if self.rel_bias is not None and self.rel_index is not None:
             bias = self.rel_bias[:, self.rel_index]  # [G, K*K, R*R]
             mask = mask + bias[:, None]  # [G, N, K*K, R*R]
-        # 4-D attention (what the ONNX exporter supports): [B, G*N, K*K | R*R, hd]
-        out = F.scaled_dot_product_attention(
-            q.reshape(b, g * n, k * k, hd),
-            key.reshape(b, g * n, r * r, hd),
-            value.reshape(b, g * n, r * r, hd),
-            attn_mask=mask.reshape(g * n, -1, r * r),
-            scale=self.scale,
-        )
+        # explicit softmax attention: every query has a valid key (its own patch), so no row is
+        # fully masked and the plain softmax is safe (SDPA's math path pays for that check)
+        attn = (q * self.scale) @ key.transpose(-2, -1) + mask  # [B, G, N, K*K, R*R]
+        out = attn.softmax(dim=-1) @ value  # [B, G, N, K*K, hd]
         # [B, G, gh, gw, K, K, hd] -> [B, G, hd, gh, K, gw, K] -> [B, D, H, W]
         out = out.reshape(b, g, gh, gw, k, k, hd).permute(0, 1, 6, 2, 4, 3, 5)
         out = out.reshape(b, d, gh * k, gw * k)
