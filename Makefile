@@ -7,14 +7,14 @@ STAMP := $(VENV)/.installed
 export OMP_WAIT_POLICY ?= PASSIVE
 PYTEST_ARGS ?=
 
-.PHONY: venv test lint typecheck unit bench models clean serve protos
+.PHONY: venv test lint typecheck unit bench models clean serve protos archives
 
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[onnx,dev]"
+	$(PY) -m pip install --quiet -e ".[onnx,dev,torchserve]"
 	touch $(STAMP)
 
 lint: $(STAMP)
@@ -65,3 +65,10 @@ models: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
+
+# TorchServe archives of the three demo models (build outputs in model_store/, git-ignored)
+archives: $(STAMP)
+	for m in sepvit_lite_shapes_cls sepvit_lite_shapes_det sepvit_lite_shapes_seg; do \
+		$(VENV)/bin/sepvit-archive --checkpoint model_store/$$m/model.safetensors \
+			--config model_store/$$m/model-config.yaml --name $$m --export-path model_store --force || exit 1; \
+	done

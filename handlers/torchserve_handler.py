@@ -66,7 +66,7 @@ def error_body(exc: PipelineError) -> dict[str, Any]:
     return {"error": {"code": exc.code, "message": str(exc)}}
 
 
-class SepViTHandler(BaseHandler):  # type: ignore[misc]
+class SepViTHandler(BaseHandler):
     """Serves one SepViT classifier, detector or segmenter."""
 
     def __init__(self) -> None:
@@ -82,7 +82,7 @@ class SepViTHandler(BaseHandler):  # type: ignore[misc]
         yaml_cfg = getattr(context, "model_yaml_config", None) or {}
         options = dict(yaml_cfg.get("handler") or {})
         checkpoint = model_dir / str(options.pop("checkpoint", "model.safetensors"))
-        threads = int(options.get("threads") or os.environ.get("SEPVIT_TORCH_THREADS", 1))
+        threads = int(options.get("threads") or os.environ.get("SEPVIT_TORCH_THREADS") or 1)
         torch.set_num_threads(max(1, threads))
         meta = read_metadata(checkpoint)
         model = create_model(meta["variant"], task=meta["task"], checkpoint=checkpoint)
