@@ -87,14 +87,16 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 def difficulty_at(step: int, index: int, cfg: TrainConfig) -> float:
     """Scene difficulty for sample ``index`` at ``step`` under the curriculum.
 
-    With ``curriculum_steps = C`` a ramp rises linearly from 0 to 2 over C steps and each sample
-    gets ``min(1, ramp * (0.5 + u))`` with ``u`` uniform per sample: early batches are easy,
-    midway half the samples are at full difficulty, and from step C on all are. Without a
-    curriculum every sample is at full difficulty (the validation/test distribution).
+    With ``curriculum_steps = C`` the first 20 % of C are at difficulty 0 (light-grey filled
+    shapes on flat grey: an untrained SepViT learns shapes there, and not on the full recipe);
+    then a ramp rises linearly from 0 to 2 over the rest of C and each sample gets
+    ``min(1, ramp * (0.5 + u))`` with ``u`` uniform per sample, so easy samples stay in the mix
+    until step C. From step C on, and without a curriculum, every sample is at full difficulty
+    (the validation/test distribution).
     """
     if cfg.curriculum_steps <= 0 or step >= cfg.curriculum_steps:
         return 1.0
-    ramp = 2.0 * step / cfg.curriculum_steps
+    ramp = 2.0 * max(0.0, step / cfg.curriculum_steps - 0.2) / 0.8
     u = float(np.random.default_rng([cfg.seed, 7, index]).random())
     return min(1.0, ramp * (0.5 + u))
 

@@ -93,3 +93,18 @@ def test_invalid_split_or_task() -> None:
         ShapesDataset("train", "caption")
     with pytest.raises(IndexError):
         ShapesDataset("train", length=2)[2]
+
+
+def test_difficulty_one_is_the_default_scene_and_zero_is_plain() -> None:
+    ds = ShapesDataset("train", "detect", 96, length=10)
+    for i in range(5):
+        a, b = ds[i], ds.get(i, difficulty=1.0)
+        assert np.array_equal(a.image, b.image) and a.labels == b.labels
+    easy = ds.get(3, difficulty=0.0)
+    bg = easy.segmentation == 0
+    flat = easy.image[bg].astype(int)
+    assert flat.max() - flat.min() <= 1  # flat background (float rounding): no clutter or noise
+    fg = easy.image[~bg].astype(int)
+    assert fg.min() >= 215 - 20 and np.abs(fg[:, 0] - fg[:, 1]).max() <= 20  # light grey objects
+    with pytest.raises(ValueError):
+        ds.get(0, difficulty=1.5)

@@ -141,3 +141,14 @@ def test_a_failing_batch_stops_training_instead_of_hanging(
     monkeypatch.setattr(tr, "collate", boom)
     with pytest.raises(RuntimeError, match="rendering a training batch failed"):
         train(_cfg("classify", 3), tmp_path, log=open("/dev/null", "w"))  # noqa: SIM115
+
+
+def test_curriculum_schedule() -> None:
+    from sepvit.train import TrainConfig, difficulty_at
+
+    cfg = TrainConfig(curriculum_steps=1000)
+    assert all(difficulty_at(s, i, cfg) == 0.0 for s in (0, 199) for i in range(50))
+    mid = [difficulty_at(600, i, cfg) for i in range(400)]
+    assert 0.0 < min(mid) < 1.0 and max(mid) == 1.0  # easy samples stay in the mix
+    assert all(difficulty_at(1000, i, cfg) == 1.0 for i in range(50))
+    assert difficulty_at(0, 0, TrainConfig()) == 1.0  # no curriculum: full difficulty
