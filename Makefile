@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export OMP_WAIT_POLICY ?= PASSIVE
 PYTEST_ARGS ?=
 
-.PHONY: venv test lint typecheck unit bench models clean serve protos archives
+.PHONY: venv test lint typecheck unit bench models clean serve protos archives lint-deploy
 
 venv: $(STAMP)
 
@@ -27,7 +27,13 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(PY) -m pytest $(if $(SLOW),,-m "not slow") $(PYTEST_ARGS)
 
-test: lint typecheck unit
+test: lint typecheck lint-deploy unit
+
+# Dockerfiles (hadolint), YAML (yamllint), the Helm chart (lint --strict; template with default,
+# cpu, gpu and ci/ values) and the kustomize overlays, all rendered manifests validated by
+# kubernetes-validate --strict. helm and kubectl are fetched once into .cache/ (k8s/tools.sh).
+lint-deploy: $(STAMP)
+	VENV=$(VENV) bash k8s/lint.sh
 
 # The gateway on 127.0.0.1:8000 (HTTP) and :8001 (gRPC), embedded backend, the demo models of
 # model_store/. Settings: SEPVIT_* variables or ARGS="--config gateway.yaml" (see README).
