@@ -1,12 +1,16 @@
 """Model throughput: variant x runtime x batch x CPU threads, images/s at 224x224 (fp32).
 
 Runtimes: ``eager`` (inference_mode), ``compile`` (torch.compile, inductor), ``onnxruntime``
-(CPU provider, graph optimisations on). Each cell is timed ``--repeats`` times after warm-up;
+(CPU provider, graph optimisations on), and ``tensorrt`` (fp16 engine, the serving runtime's own
+build) where a CUDA GPU and the ``tensorrt`` package are present; without them the TensorRT rows
+are listed under ``skipped``. Each cell is timed ``--repeats`` times after warm-up;
 the JSON keeps every repeat and the median, plus the machine, versions and settings, in
 ``bench/results/model_throughput.json``. Run with ``OMP_WAIT_POLICY=PASSIVE`` (the Makefile sets
 it): spinning OpenMP threads distort CPU timings on small machines.
 
-    python bench/model_throughput.py                      # everything
+    python bench/model_throughput.py                      # everything (batches 1, 8, 32)
+    python bench/model_throughput.py --variants sepvit_lite --batches 1 --repeats 1 \
+        --min-seconds 0.2 --output /tmp/mt_smoke.json      # a smoke test
     python bench/model_throughput.py --variants sepvit_lite --runtimes eager onnxruntime
 
 Default variants: the four SepViT ones, plus SeT-8 and SeT-16 (``set_33`` on request).
@@ -35,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 from sepvit import create_model, list_models  # noqa: E402
 from sepvit.export import export_onnx  # noqa: E402
 
-RUNTIMES = ("eager", "compile", "onnxruntime")
+RUNTIMES = ("eager", "compile", "onnxruntime", "tensorrt")
 DEFAULT_VARIANTS = [m for m in list_models() if m.startswith("sepvit")] + ["set_8", "set_16"]
 
 
@@ -111,7 +115,29 @@ def make_runner(
         sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
         feed = {sess.get_inputs()[0].name: x.numpy()}
         return lambda: sess.run(None, feed)
+    if runtime == "tensorrt":  # pragma: no cover - needs a GPU
+        from handlers.runtime import build_runtime
+
+        trt = build_runtime("tensorrt", model, (x.shape[2], x.shape[3]))
+
+        def run_t() -> object:
+            out = trt(x)
+            torch.cuda.synchronize()
+            return out
+
+        return run_t
     raise ValueError(runtime)
+
+
+def tensorrt_unavailable() -> str | None:
+    """Why TensorRT rows cannot run here (None: they can)."""
+    if not torch.cuda.is_available():
+        return "no CUDA GPU"
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        return "the tensorrt package is not installed"
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         "--variants", nargs="+", choices=list_models(), default=DEFAULT_VARIANTS, metavar="NAME"
     )
     p.add_argument("--runtimes", nargs="+", choices=RUNTIMES, default=list(RUNTIMES))
-    p.add_argument("--batches", nargs="+", type=int, default=[1, 8])
+    p.add_argument("--batches", nargs="+", type=int, default=[1, 8, 32])
     p.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     p.add_argument("--img-size", type=int, default=224)
     p.add_argument("--repeats", type=int, default=5)
@@ -134,17 +160,22 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore")
 
     results: list[dict[str, Any]] = []
+    skipped: dict[str, str] = {}
+    runtimes = list(args.runtimes)
+    if "tensorrt" in runtimes and (why := tensorrt_unavailable()):
+        runtimes.remove("tensorrt")
+        skipped["tensorrt"] = why
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     with tempfile.TemporaryDirectory() as tmp:
         for variant in args.variants:
             model = create_model(variant, num_classes=1000, img_size=args.img_size).eval()
             onnx_path = None
-            if "onnxruntime" in args.runtimes:
+            if "onnxruntime" in runtimes:
                 onnx_path = Path(tmp) / f"{variant}.onnx"
                 export_onnx(model, onnx_path, check=True)
             for threads in args.threads:
                 torch.set_num_threads(threads)
-                for runtime in args.runtimes:
+                for runtime in runtimes:
                     for batch in args.batches:
                         x = torch.randn(batch, 3, args.img_size, args.img_size)
                         t0 = time.perf_counter()
@@ -172,6 +203,15 @@ def main(argv: list[str] | None = None) -> int:
         key = f"{r['variant']}/batch{r['batch']}/threads{r['threads']}"
         if key not in best or r["img_per_s_median"] > best[key]["img_per_s_median"]:
             best[key] = {"runtime": r["runtime"], "img_per_s_median": r["img_per_s_median"]}
+    # ratios taken within this run: each runtime over eager at the same cell
+    eager = {
+        (r["variant"], r["batch"], r["threads"]): r["img_per_s_median"]
+        for r in results
+        if r["runtime"] == "eager"
+    }
+    for r in results:
+        base = eager.get((r["variant"], r["batch"], r["threads"]))
+        r["vs_eager"] = round(r["img_per_s_median"] / base, 3) if base else None
     doc = {
         "benchmark": "model_throughput",
         "started": started,
@@ -182,8 +222,14 @@ def main(argv: list[str] | None = None) -> int:
             "repeats": args.repeats,
             "min_seconds_per_repeat": args.min_seconds,
             "statistic": "median of repeats",
+            "variants": args.variants,
+            "runtimes": args.runtimes,
+            "batches": args.batches,
+            "threads": args.threads,
+            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
         },
         "results": results,
+        "skipped": skipped,
         "best_runtime": best,
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
