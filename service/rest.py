@@ -167,6 +167,8 @@ async def read_images(request: Request, plane: DataPlane) -> list[bytes]:
         try:
             form = await request.form(max_files=limit + 1, max_fields=16)
         except StarletteHTTPException as exc:
+            if "too many files" in str(exc.detail).lower():  # the image-count limit: 413
+                raise PayloadTooLargeError(f"more than {limit} images in one request") from None
             raise BadRequestError(f"invalid multipart body: {exc.detail}") from None
         try:
             files = [v for _, v in form.multi_items() if isinstance(v, UploadFile)]

@@ -60,10 +60,12 @@ def decode_bytes_tensor(raw: bytes) -> list[bytes]:
 
 
 def _count(shape: Sequence[Any]) -> int:
-    try:
-        dims = [int(d) for d in shape]
-    except (TypeError, ValueError) as exc:
-        raise BadRequestError(f"invalid tensor shape {shape!r}") from exc
+    # a list of integers: a string ("12") or floats ([1.5]) would otherwise pass int()
+    if isinstance(shape, str | bytes | dict) or not all(
+        isinstance(d, int) and not isinstance(d, bool) for d in shape
+    ):
+        raise BadRequestError(f"invalid tensor shape {shape!r}")
+    dims = [int(d) for d in shape]
     count = 1
     for d in dims:
         if d < 0:
@@ -72,10 +74,22 @@ def _count(shape: Sequence[Any]) -> int:
     return count
 
 
+_END = object()
+
+
 def _flatten(data: Any) -> list[Any]:
-    if isinstance(data, list):
-        return [x for item in data for x in _flatten(item)]
-    return [data]
+    """Leaves of nested lists, in order; iterative, so deep nesting cannot overflow the stack."""
+    out: list[Any] = []
+    stack = [iter([data])]
+    while stack:
+        item = next(stack[-1], _END)
+        if item is _END:
+            stack.pop()
+        elif isinstance(item, list):
+            stack.append(iter(item))
+        else:
+            out.append(item)
+    return out
 
 
 def _params(raw: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -108,6 +122,8 @@ def rest_request(
         doc = json.loads(head)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BadRequestError(f"request is not valid JSON: {exc}") from exc
+    except RecursionError:  # "[[[[..." nested deeper than the parser's stack
+        raise BadRequestError("request JSON is nested too deeply") from None
     if not isinstance(doc, dict):
         raise BadRequestError("request must be a JSON object")
     tensor = _image_input(doc.get("inputs"))
