@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export OMP_WAIT_POLICY ?= PASSIVE
 PYTEST_ARGS ?=
 
-.PHONY: venv test lint typecheck unit bench models clean serve protos archives lint-deploy
+.PHONY: venv test lint typecheck unit bench models clean serve protos archives lint-deploy images
 
 venv: $(STAMP)
 
@@ -34,6 +34,15 @@ test: lint typecheck lint-deploy unit
 # kubernetes-validate --strict. helm and kubectl are fetched once into .cache/ (k8s/tools.sh).
 lint-deploy: $(STAMP)
 	VENV=$(VENV) bash k8s/lint.sh
+
+# Container images (needs a Docker engine; build args in docs/deploy.md, e.g.
+# DOCKER_ARGS="--build-arg PIP_EXTRA_INDEX_URL=...")
+VERSION := 0.1.0
+images:
+	docker build -f docker/gateway.Dockerfile -t sepvit-gateway:$(VERSION) $(DOCKER_ARGS) .
+	docker build -f docker/torchserve.Dockerfile -t sepvit-torchserve:$(VERSION) $(DOCKER_ARGS) .
+	docker build -f docker/torchserve.Dockerfile --build-arg FLAVOUR=gpu \
+		-t sepvit-torchserve:$(VERSION)-gpu $(DOCKER_ARGS) .
 
 # The gateway on 127.0.0.1:8000 (HTTP) and :8001 (gRPC), embedded backend, the demo models of
 # model_store/. Settings: SEPVIT_* variables or ARGS="--config gateway.yaml" (see README).
