@@ -95,7 +95,7 @@ class RequestParams:
                 out.score_threshold = float(raw["score_threshold"])
                 if not 0.0 <= out.score_threshold <= 1.0:
                     raise BadParameterError("score_threshold must be between 0 and 1")
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, OverflowError) as exc:  # int(inf) is an OverflowError
             raise BadParameterError(f"invalid parameter: {exc}") from exc
         if raw.get("format") is not None:
             out.format = str(raw["format"])

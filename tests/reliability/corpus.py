@@ -308,6 +308,14 @@ def _build() -> list[Case]:
             None,
         ),
         Case(
+            "OIP: top_k infinite",
+            infer,
+            b'{"parameters": {"top_k": 1e999}, "inputs": [' + json.dumps(tensor).encode() + b"]}",
+            "application/json",
+            400,
+            "bad_parameter",
+        ),
+        Case(
             "OIP: top_k as object",
             infer,
             _oip({"inputs": [tensor], "parameters": {"top_k": {"a": 1}}}),

@@ -11,6 +11,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from handlers.errors import BadParameterError
+from handlers.pipeline import RequestParams
 from service.errors import BadRequestError
 from service.oip.codec import _count, _flatten, rest_request
 from tests.service.conftest import Gateway, png
@@ -77,8 +79,11 @@ def test_streamed_oversized_body_is_cut_off(client: httpx.Client, gateway: Gatew
 
 
 def test_codec_regressions() -> None:
-    """Found by the corpus: deep JSON nesting was a 500 (RecursionError), and a shape that is a
-    string or holds floats was accepted."""
+    """Found by the corpus and the gRPC fuzz: deep JSON nesting was a 500 (RecursionError),
+    ``top_k`` infinity was a 500 (OverflowError), and a shape that is a string or holds floats
+    was accepted."""
+    with pytest.raises(BadParameterError):
+        RequestParams.parse({"top_k": float("inf")})
     with pytest.raises(BadRequestError, match="nested too deeply"):
         rest_request("m", b"[" * 100_000 + b"]" * 100_000, None, None)
     deep: list = ["leaf"]
