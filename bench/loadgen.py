@@ -179,11 +179,13 @@ async def run_closed_loop(
     timeout_s: float = 60.0,
     pause_after_reject_s: float = 0.0,
     keep_headers: Sequence[str] = (),
+    stop: Callable[[], bool] | None = None,
 ) -> LoadResult:
     """Run ``concurrency`` closed-loop workers for ``warmup_s + duration_s`` seconds.
 
     ``make_request(i)`` gives the i-th request (i counts across workers). A worker that gets
-    429/503 waits ``pause_after_reject_s`` before its next request (0: retry at once). Requests
+    429/503 waits ``pause_after_reject_s`` before its next request (0: retry at once). ``stop()``
+    returning true ends the run early (e.g. set from another thread). Requests
     still in flight at the end are awaited (up to ``timeout_s``) and recorded, so a request that
     hangs shows up as a long latency or a timeout error, never as a silent loss.
     """
@@ -198,7 +200,7 @@ async def run_closed_loop(
         nonlocal counter
         conn = HttpConnection(host, port, timeout_s)
         try:
-            while time.perf_counter() < end:
+            while time.perf_counter() < end and not (stop and stop()):
                 req = make_request(counter)
                 counter += 1
                 start = time.perf_counter()
