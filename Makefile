@@ -53,8 +53,12 @@ serve: $(STAMP)
 protos: $(STAMP)
 	PY=$(PY) bash proto/generate.sh
 
+# Benchmarks (about 90 min on 2 cores; run on a quiet machine): model throughput matrix, serving
+# load (embedded vs TorchServe, batching on/off, detect/segment), then docs/performance.md + plots.
 bench: $(STAMP)
 	$(PY) bench/model_throughput.py
+	$(PY) bench/serving_load.py
+	$(PY) bench/report.py
 
 # Demo models on SepViT-Shapes (sepvit_lite). Each step resumes from runs/<name>/state.pt, so an
 # interrupted `make models` continues where it stopped. Recipes: docs/shapes.md.

@@ -1,0 +1,281 @@
+"""Write ``docs/performance.md`` and its plots (``docs/img/*.png``) from ``bench/results/*.json``.
+
+    python bench/report.py                                   # after `make bench`
+    python bench/report.py --results /tmp/r --docs /tmp/d    # elsewhere (smoke tests)
+
+Every figure in the report comes from the JSON files; sections whose JSON is missing say how
+to produce it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+
+MODEL_CMD = "python bench/model_throughput.py"
+SERVING_CMD = "python bench/serving_load.py"
+
+
+def _load(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _fmt(v: Any) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    return f"{v:.1f}" if isinstance(v, float) else str(v)
+
+
+def _machine(doc: dict[str, Any]) -> str:
+    m = doc["machine"]
+    parts = [
+        f"{m.get('cpu_model', m.get('processor'))} ({m.get('cpu_count')} vCPU)",
+        f"Python {m.get('python')}",
+        f"torch {m.get('torch')}",
+    ]
+    if m.get("onnxruntime"):
+        parts.append(f"onnxruntime {m['onnxruntime']}")
+    parts.append(f"OMP_WAIT_POLICY={m.get('OMP_WAIT_POLICY')}")
+    return ", ".join(parts) + f"; run started {doc['started']}"
+
+
+# -- model throughput --------------------------------------------------------------------------
+def model_section(doc: dict[str, Any] | None, img: Path, rel: str) -> list[str]:
+    out = ["## 1. Model throughput", ""]
+    if doc is None:
+        return [*out, f"Not measured yet: `{MODEL_CMD}`.", ""]
+    s = doc["settings"]
+    out += [
+        f"`bench/results/model_throughput.json`: images/s at {s['img_size']}², fp32, the median "
+        f"of {s['repeats']} repeats of at least {s['min_seconds_per_repeat']} s each. "
+        "`vs eager` is the ratio to eager PyTorch in the same cell of the same run.",
+        "",
+        f"Machine: {_machine(doc)}.",
+        "",
+    ]
+    rows = doc["results"]
+    runtimes = sorted({r["runtime"] for r in rows}, key=lambda r: (r != "eager", r))
+    batches = sorted({r["batch"] for r in rows})
+    cell = {(r["variant"], r["threads"], r["runtime"], r["batch"]): r for r in rows}
+    head = ["variant", "threads"] + [f"{rt} b{b}" for rt in runtimes for b in batches]
+    out += ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for variant in dict.fromkeys(r["variant"] for r in rows):
+        for threads in sorted({r["threads"] for r in rows}):
+            vals = []
+            for rt in runtimes:
+                for b in batches:
+                    r = cell.get((variant, threads, rt, b))
+                    if r is None:
+                        vals.append("-")
+                    elif rt == "eager" or r.get("vs_eager") is None:
+                        vals.append(_fmt(r["img_per_s_median"]))
+                    else:
+                        vals.append(f"{r['img_per_s_median']:.1f} ({r['vs_eager']:.2f}x)")
+            out.append(f"| {variant} | {threads} | " + " | ".join(vals) + " |")
+    if doc.get("skipped"):
+        out += ["", "Not run: " + "; ".join(f"{k}: {v}" for k, v in doc["skipped"].items()) + "."]
+    _plot_models(doc, img / "model_throughput.png")
+    out += ["", f"![model throughput]({rel}/model_throughput.png)", ""]
+    return out
+
+
+def _plot_models(doc: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in doc["results"] if r["threads"] == max(x["threads"] for x in doc["results"])]
+    variants = list(dict.fromkeys(r["variant"] for r in rows))
+    runtimes = sorted({r["runtime"] for r in rows}, key=lambda r: (r != "eager", r))
+    batch = max(r["batch"] for r in rows if r["batch"] <= 8) if rows else 1
+    fig, ax = plt.subplots(figsize=(8, 4))
+    width = 0.8 / max(len(runtimes), 1)
+    for k, rt in enumerate(runtimes):
+        vals = [
+            next(
+                (
+                    r["img_per_s_median"]
+                    for r in rows
+                    if r["variant"] == v and r["runtime"] == rt and r["batch"] == batch
+                ),
+                0.0,
+            )
+            for v in variants
+        ]
+        ax.bar([i + k * width for i in range(len(variants))], vals, width, label=rt)
+    ax.set_xticks([i + width * (len(runtimes) - 1) / 2 for i in range(len(variants))])
+    ax.set_xticklabels(variants, rotation=20)
+    ax.set_yscale("log")
+    ax.set_ylabel("images/s (log)")
+    ax.set_title(f"Model throughput, batch {batch}, {rows[0]['threads'] if rows else '?'} threads")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# -- serving load ------------------------------------------------------------------------------
+def serving_section(doc: dict[str, Any] | None, img: Path, rel: str) -> list[str]:
+    out = ["## 2. Serving load (`/classify`)", ""]
+    if doc is None:
+        return [*out, f"Not measured yet: `{SERVING_CMD}`.", ""]
+    s = doc["settings"]
+    out += [
+        f"`bench/results/serving_load.json`: {s['client']}; {s['warmup']} s warm-up, then "
+        f"{s['duration']} s measured, {s['repeats']} repeats (medians shown). Server: one "
+        f"worker, {s['threads']} intra-op thread(s); weights: {s.get('weights')}; TorchServe "
+        f"batching from model-config.yaml: {s.get('model_config')}.",
+        "",
+        f"Machine: {_machine(doc)}.",
+        "",
+        "| scenario | concurrency | req/s | p50 ms | p95 ms | p99 ms | mean batch |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    series: dict[str, list[dict[str, Any]]] = {}
+    for name, sc in doc["scenarios"].items():
+        if name.startswith("raw-") or name == "tasks" or "cells" not in sc:
+            continue
+        series[name] = sc["cells"]
+        for c in sc["cells"]:
+            sizes = [r.get("batch_sizes", {}).get("mean_batch_size") for r in c["repeats"]]
+            sizes = [x for x in sizes if x]
+            mean_batch = f"{sum(sizes) / len(sizes):.2f}" if sizes else "-"
+            out.append(
+                f"| {name} | {c['concurrency']} | {_fmt(c['throughput_rps'])} | "
+                f"{_fmt(c['p50_ms'])} | {_fmt(c['p95_ms'])} | {_fmt(c['p99_ms'])} | {mean_batch} |"
+            )
+    raws = {k: v for k, v in doc["scenarios"].items() if k.startswith("raw-")}
+    if raws:
+        out += [
+            "",
+            "In-process reference (no HTTP), same runtime and threads:",
+            "",
+            "| runtime | model b1 img/s | model b1 p50 ms | pipeline b1 p50 ms | "
+            "model bN img/s | pipeline bN img/s |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
+        for name, r in raws.items():
+            big = max(int(k.split("_b")[1].split("_")[0]) for k in r if k.startswith("model_b"))
+            out.append(
+                f"| {name[4:]} | {_fmt(r.get('model_b1_img_per_s'))} | "
+                f"{_fmt(r.get('model_b1_p50_ms'))} | {_fmt(r.get('pipeline_b1_p50_ms'))} | "
+                f"{_fmt(r.get(f'model_b{big}_img_per_s'))} (b{big}) | "
+                f"{_fmt(r.get(f'pipeline_b{big}_img_per_s'))} |"
+            )
+    if doc.get("ratios"):
+        out += ["", "Ratios from this run (targets in issue 7):", ""]
+        out += [f"- `{k}`: {v}" for k, v in doc["ratios"].items()]
+    if doc.get("skipped"):
+        out += ["", "Not run: " + "; ".join(f"{k}: {v}" for k, v in doc["skipped"].items()) + "."]
+    if series:
+        _plot_serving(series, img)
+        out += [
+            "",
+            f"![throughput vs concurrency]({rel}/serving_throughput.png)",
+            f"![latency vs concurrency]({rel}/serving_latency.png)",
+        ]
+    out += ["", *tasks_section(doc.get("scenarios", {}).get("tasks")), ""]
+    return out
+
+
+def _plot_serving(series: dict[str, list[dict[str, Any]]], img: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, cells in series.items():
+        ax.plot(
+            [c["concurrency"] for c in cells],
+            [c["throughput_rps"] for c in cells],
+            "o-",
+            label=name,
+        )
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("concurrent clients")
+    ax.set_ylabel("requests/s (1 image each)")
+    ax.set_title("Throughput vs concurrency")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(img / "serving_throughput.png", dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for k, (name, cells) in enumerate(series.items()):
+        xs = [c["concurrency"] for c in cells]
+        color = f"C{k}"
+        ax.plot(xs, [c["p50_ms"] for c in cells], "o-", color=color, label=f"{name} p50")
+        ax.plot(xs, [c["p99_ms"] for c in cells], "x--", color=color, label=f"{name} p99")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("concurrent clients")
+    ax.set_ylabel("latency ms (log)")
+    ax.set_title("Latency vs concurrency")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(img / "serving_latency.png", dpi=110)
+    plt.close(fig)
+
+
+def tasks_section(tasks: dict[str, Any] | None) -> list[str]:
+    out = ["## 3. Detection and segmentation", ""]
+    if not tasks:
+        return [*out, f"Not measured yet: `{SERVING_CMD}` (scenario `tasks`).", ""]
+    out += [
+        f"Embedded backend, runtime {tasks['runtime']}, weights {tasks['weights']}, "
+        "256² JPEG inputs.",
+        "",
+        "| route | concurrency | req/s | p50 ms | p99 ms | request bytes | response bytes |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for label, c in tasks["cells"].items():
+        out.append(
+            f"| {label} | {c['concurrency']} | {_fmt(c['throughput_rps'])} | {_fmt(c['p50_ms'])} | "
+            f"{_fmt(c['p99_ms'])} | {_fmt(c.get('request_bytes_mean'))} | "
+            f"{_fmt(c['response_bytes_mean'])} |"
+        )
+    return out
+
+
+HEADER = """# Performance
+
+Generated by `bench/report.py` from `bench/results/*.json`; do not edit by hand. Reproduce with
+`make bench` on a quiet machine (nothing else running: the figures are only as good as the
+machine's idleness). Methodology:
+
+- `OMP_WAIT_POLICY=PASSIVE` and fixed thread counts (recorded in each JSON), so idle OpenMP
+  threads do not spin on the cores the other work needs.
+- Every cell is repeated; tables show medians, and the JSON keeps every repeat.
+- Ratios (gateway vs raw runtime, embedded vs TorchServe, runtime vs eager) are taken within one
+  run of one script, never across runs.
+- The load generator (`bench/loadgen.py`) is closed-loop: N clients, each on a keep-alive
+  connection, send the next request as soon as the previous answer is in. It runs on the same
+  machine as the server, as a sidecar would, and shares its CPU.
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--results", type=Path, default=ROOT / "bench" / "results")
+    p.add_argument("--docs", type=Path, default=ROOT / "docs")
+    args = p.parse_args(argv)
+    img = args.docs / "img"
+    img.mkdir(parents=True, exist_ok=True)
+    lines = [HEADER]
+    lines += model_section(_load(args.results / "model_throughput.json"), img, "img")
+    lines += serving_section(_load(args.results / "serving_load.json"), img, "img")
+    out = args.docs / "performance.md"
+    out.write_text("\n".join(lines).rstrip() + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
