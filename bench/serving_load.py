@@ -383,7 +383,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             print(f"raw reference ({runtime})", flush=True)
             doc["scenarios"][f"raw-{runtime}"] = raw_reference(ckpt, runtime, payloads, batch, args)
             entry = {"name": "cls", "checkpoint": str(ckpt), "model_config_file": str(cfg)}
-            variants = {
+            variants: dict[str, dict[str, Any]] = {
                 "batch": {"max_batch_size": batch, "max_delay_ms": delay},
                 "nobatch": {"max_batch_size": 1, "max_delay_ms": 0},
             }
@@ -510,14 +510,13 @@ def ratios(doc: dict[str, Any]) -> dict[str, Any]:
     for runtime in doc["settings"]["runtimes"]:
         raw = sc.get(f"raw-{runtime}", {})
         gw = f"embedded-{runtime}-batch"
-        if best(gw) and raw.get(f"model_b{batch}_img_per_s"):
+        top = best(gw)
+        if top and raw.get(f"model_b{batch}_img_per_s"):
             out[f"{gw}_saturation_vs_raw_model_b{batch}"] = round(
-                best(gw) / raw[f"model_b{batch}_img_per_s"],
-                3,  # type: ignore[operator]
+                top / raw[f"model_b{batch}_img_per_s"], 3
             )
             out[f"{gw}_saturation_vs_raw_pipeline_b{batch}"] = round(
-                best(gw) / raw[f"pipeline_b{batch}_img_per_s"],  # type: ignore[operator]
-                3,
+                top / raw[f"pipeline_b{batch}_img_per_s"], 3
             )
         p50 = at(gw, 1, "p50_ms")
         if p50 is not None and "pipeline_b1_p50_ms" in raw:
