@@ -258,6 +258,16 @@ machine's idleness). Methodology:
 - The load generator (`bench/loadgen.py`) is closed-loop: N clients, each on a keep-alive
   connection, send the next request as soon as the previous answer is in. It runs on the same
   machine as the server, as a sidecar would, and shares its CPU.
+
+The full run, step by step (`make bench` does the same):
+
+```
+OMP_WAIT_POLICY=PASSIVE .venv/bin/python bench/model_throughput.py   # ~60 min: 6 variants x
+    # eager/compile/onnxruntime (TensorRT on a GPU) x batch 1/8/32 x threads 1/2
+OMP_WAIT_POLICY=PASSIVE .venv/bin/python bench/serving_load.py       # ~30 min: raw, embedded
+    # batching on/off x onnxruntime/eager, TorchServe direct and behind the gateway, detect/segment
+.venv/bin/python bench/report.py                                    # this page and docs/img/
+```
 """
 
 
