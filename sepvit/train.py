@@ -55,6 +55,7 @@ class TrainConfig:
     val_images: int = 200
     train_images: int = 0  # 0: a fresh scene for every sample; N: cycle over N scenes
     curriculum_steps: int = 0  # 0: full difficulty throughout; see difficulty_at()
+    stop_after: int = 0  # >0: save the state at this step and return (resume later to finish)
     log_every: int = 10
     save_every: int = 50
     half_output: bool = True
@@ -275,10 +276,15 @@ def train(cfg: TrainConfig, output: str | Path, log: Any = sys.stderr) -> dict[s
                 file=log,
                 flush=True,
             )
-        if done % cfg.save_every == 0 or done == cfg.steps:
+        stopping = 0 < cfg.stop_after <= done < cfg.steps
+        if done % cfg.save_every == 0 or done == cfg.steps or stopping:
             _save_state(
                 state_path, model, opt, done, cfg, elapsed_before + time.perf_counter() - t_start
             )
+        if stopping:
+            logf.close()
+            print(f"stopped after step {done}; re-run without --stop-after to finish", file=log)
+            return {"stopped_at": done}
     logf.close()
     elapsed = elapsed_before + time.perf_counter() - t_start
 
@@ -306,10 +312,21 @@ def train(cfg: TrainConfig, output: str | Path, log: Any = sys.stderr) -> dict[s
     return metrics
 
 
+def export_state(state_path: str | Path, output: str | Path, half: bool = False) -> int:
+    """Write the model of a training ``state.pt`` as a native checkpoint (e.g. to initialise
+    other models from a run that is still going). Returns the state's step."""
+    st = torch.load(state_path, map_location="cpu", weights_only=True)
+    model = _build(TrainConfig(**st["config"]))
+    model.load_state_dict(st["model"])
+    provenance = {"exported_from": str(state_path), "steps": int(st["step"])}
+    save_checkpoint(model, output, provenance=provenance, half=half)
+    return int(st["step"])
+
+
 def _comparable(cfg: TrainConfig) -> dict[str, Any]:
     """Config fields that must match for a resume (logging/saving cadence may change)."""
     d = asdict(cfg)
-    for k in ("log_every", "save_every", "threads", "val_images", "device"):
+    for k in ("log_every", "save_every", "threads", "val_images", "device", "stop_after"):
         d.pop(k)
     return json.loads(json.dumps(d))
 

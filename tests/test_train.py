@@ -152,3 +152,22 @@ def test_curriculum_schedule() -> None:
     assert 0.0 < min(mid) < 1.0 and max(mid) == 1.0  # easy samples stay in the mix
     assert all(difficulty_at(1000, i, cfg) == 1.0 for i in range(50))
     assert difficulty_at(0, 0, TrainConfig()) == 1.0  # no curriculum: full difficulty
+
+
+def test_stop_after_then_resume_and_export_state(tmp_path: Path) -> None:
+    from sepvit.train import export_state
+
+    null = open("/dev/null", "w")  # noqa: SIM115
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    train(_cfg("classify", 6, train_images=0, save_every=3, curriculum_steps=4), ref, log=null)
+    stop = _cfg("classify", 6, train_images=0, stop_after=2, curriculum_steps=4)
+    out = train(stop, run, log=null)
+    assert out == {"stopped_at": 2} and not (run / "model.safetensors").exists()
+    assert export_state(run / "state.pt", tmp_path / "mid.safetensors") == 2
+    mid = create_model("sepvit_lite", task="classify", checkpoint=tmp_path / "mid.safetensors")
+    state = torch.load(run / "state.pt", weights_only=True)["model"]
+    assert all(torch.equal(v.float(), state[k].float()) for k, v in mid.state_dict().items())
+    train(_cfg("classify", 6, train_images=0, curriculum_steps=4), run, log=null)  # finish
+    a = torch.load(ref / "state.pt", weights_only=True)["model"]
+    b = torch.load(run / "state.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)  # identical to the uninterrupted run

@@ -40,6 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=d.curriculum_steps,
         help="easy-to-full scene curriculum over this many steps (0: full difficulty throughout)",
     )
+    p.add_argument(
+        "--stop-after",
+        type=int,
+        default=0,
+        help="save the state at this step and exit (re-run without it to finish the run)",
+    )
     p.add_argument("--log-every", type=int, default=d.log_every)
     p.add_argument("--save-every", type=int, default=d.save_every)
     p.add_argument("--fp32-output", action="store_true", help="store the final weights in fp32")
@@ -73,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         val_images=a.val_images,
         train_images=a.train_images,
         curriculum_steps=a.curriculum_steps,
+        stop_after=a.stop_after,
         log_every=a.log_every,
         save_every=a.save_every,
         half_output=not a.fp32_output,
