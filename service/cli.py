@@ -25,6 +25,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="YAML settings file (any Settings field)")
     p.add_argument("--models", help="YAML model list (name, checkpoint, task, runtime, batching)")
     p.add_argument("--backend", choices=["embedded", "torchserve"])
+    p.add_argument(
+        "--torchserve-address", help="TorchServe gRPC inference address (default 127.0.0.1:7070)"
+    )
+    p.add_argument(
+        "--torchserve-token-file",
+        help="TorchServe's key_file.json (or a file holding its inference key)",
+    )
     p.add_argument("--workers", type=int, help="worker processes (default 1)")
     p.add_argument("--torch-threads", type=int, help="intra-op threads per worker (default 1)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
@@ -39,6 +46,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "grpc_port": args.grpc_port,
         "models_file": args.models,
         "backend": args.backend,
+        "torchserve_address": args.torchserve_address,
+        "torchserve_token_file": args.torchserve_token_file,
         "workers": args.workers,
         "torch_threads": args.torch_threads,
         "log_level": args.log_level,
@@ -70,11 +79,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         "timeout_graceful_shutdown": int(settings.shutdown_grace_s) or None,
         "server_header": False,
     }
-    if settings.backend != "embedded":
-        print(
-            f"sepvit-serve: the {settings.backend} backend is not implemented yet", file=sys.stderr
-        )
-        return 2
     if settings.workers > 1:
         # each worker builds its own app from the environment: hand the CLI values down
         if args.config:

@@ -13,6 +13,7 @@ from typing import Any
 from handlers.errors import PipelineError
 
 __all__ = [
+    "BackendError",
     "BadRequestError",
     "DeadlineExceededError",
     "ErrorInfo",
@@ -91,6 +92,12 @@ class NotReadyError(ServiceError):
 
 class DeadlineExceededError(ServiceError):
     http_status, grpc_code, code = 504, "DEADLINE_EXCEEDED", "deadline_exceeded"
+
+
+class BackendError(ServiceError):
+    """A remote backend (TorchServe) failed on a request or answered something unreadable."""
+
+    http_status, grpc_code, code = 502, "INTERNAL", "backend_error"
 
 
 @dataclass(frozen=True)

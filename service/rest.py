@@ -71,6 +71,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         (413, "body, pixel or image-count limit"),
         (415, "unsupported media type"),
         (429, "queue full (Retry-After)"),
+        (502, "the TorchServe backend failed"),
         (503, "not ready or overloaded (Retry-After)"),
         (504, "deadline exceeded"),
     ]

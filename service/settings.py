@@ -109,9 +109,15 @@ class Settings(BaseSettings):
     # logging
     log_level: str = "info"
     log_json: bool = True
-    # torchserve backend
+    # torchserve backend: TorchServe's gRPC inference address, its inference key (or the file
+    # holding it: TorchServe's key_file.json, re-read when it changes), per-call timeout, health
+    # check period, and gateway model name -> TorchServe model name (default: the same name)
     torchserve_address: str = "127.0.0.1:7070"
     torchserve_token: SecretStr | None = None
+    torchserve_token_file: Path | None = None
+    torchserve_timeout_s: float = Field(default=30.0, gt=0)
+    torchserve_health_interval_s: float = Field(default=2.0, gt=0, le=300)
+    torchserve_models: dict[str, str] = Field(default_factory=dict)
 
     @classmethod
     def settings_customise_sources(
@@ -147,6 +153,9 @@ class Settings(BaseSettings):
         names = [m.name for m in self.models]
         if len(set(names)) != len(names):
             raise ValueError(f"duplicate model names in {names}")
+        unknown = sorted(set(self.torchserve_models) - set(names))
+        if unknown:
+            raise ValueError(f"torchserve_models names models that are not configured: {unknown}")
         return self
 
     def tokens(self) -> list[bytes]:

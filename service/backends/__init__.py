@@ -1,5 +1,6 @@
-"""Inference backends behind the data plane: ``embedded`` (in-process pipelines with a dynamic
-batcher per model) and, pluggable through :class:`Backend`, ``torchserve``."""
+"""Inference backends behind the data plane, pluggable through :class:`Backend`: ``embedded``
+(in-process pipelines with a dynamic batcher per model) and ``torchserve`` (a running TorchServe
+over gRPC, which batches server-side)."""
 
 from __future__ import annotations
 
@@ -20,4 +21,8 @@ def create_backend(settings: Settings, metrics: Metrics) -> Backend:
         from .embedded import EmbeddedBackend
 
         return EmbeddedBackend(settings, metrics)
-    raise ValueError(f"the {settings.backend!r} backend is not implemented yet")
+    if settings.backend == "torchserve":
+        from .torchserve import TorchServeBackend
+
+        return TorchServeBackend(settings, metrics)
+    raise ValueError(f"unknown backend {settings.backend!r}")

@@ -7,21 +7,11 @@ store are changed), and always stops it, even when a test fails.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
-import os
-import shutil
-import signal
-import socket
-import subprocess
-import time
-import urllib.error
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,23 +21,15 @@ from PIL import Image
 from handlers.outputs import rle_decode
 from sepvit.data.shapes import CLASSES, ShapesDataset
 from sepvit.ops.boxes import box_iou
+from tests.torchserve_process import STORE, TorchServeProcess, build_archives, require_torchserve
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
-STORE = ROOT / "model_store"
 MODELS = {
     "classify": "sepvit_lite_shapes_cls",
     "detect": "sepvit_lite_shapes_det",
     "segment": "sepvit_lite_shapes_seg",
 }
-STARTUP_TIMEOUT = 240.0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _png(arr: np.ndarray) -> bytes:
@@ -56,135 +38,25 @@ def _png(arr: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-@dataclass
-class TorchServe:
-    inference: str
-    metrics: str
-    grpc: str
-    token: str
-    log: Path
-
-    def post(
-        self, model: str, body: bytes, fields: dict[str, str] | None = None, token: bool = True
-    ) -> tuple[int, dict[str, str], bytes]:
-        """POST an image as a multipart ``data`` part (plus text fields)."""
-        boundary = uuid.uuid4().hex
-        parts = [
-            f'--{boundary}\r\nContent-Disposition: form-data; name="data"; filename="x"\r\n'
-            "Content-Type: application/octet-stream\r\n\r\n".encode()
-            + body
-            + b"\r\n"
-        ]
-        for k, v in (fields or {}).items():
-            head = f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n'
-            parts.append(f"{head}{v}\r\n".encode())
-        data = b"".join(parts) + f"--{boundary}--\r\n".encode()
-        req = urllib.request.Request(
-            f"{self.inference}/predictions/{model}",
-            data=data,
-            method="POST",
-            headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
-        )
-        if token:
-            req.add_header("Authorization", f"Bearer {self.token}")
-        try:
-            with urllib.request.urlopen(req, timeout=60) as r:
-                return r.status, dict(r.headers), r.read()
-        except urllib.error.HTTPError as e:
-            return e.code, dict(e.headers), e.read()
-
-
-def _wait_ready(ts: TorchServe, proc: subprocess.Popen[bytes], cwd: Path) -> None:
-    """Until every model answers a request (not just until the frontend is up)."""
-    probe = _png(np.full((64, 64, 3), 128, np.uint8))
-    deadline = time.monotonic() + STARTUP_TIMEOUT
-    pending = set(MODELS.values())
-    while pending:
-        if proc.poll() is not None:
-            raise RuntimeError(f"torchserve exited ({proc.returncode}); see {ts.log}")
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"models {sorted(pending)} not ready; see {ts.log}")
-        if not ts.token and (cwd / "key_file.json").is_file():
-            ts.token = json.loads((cwd / "key_file.json").read_text())["inference"]["key"]
-        if ts.token:
-            for name in list(pending):
-                try:
-                    status, _, _ = ts.post(name, probe)
-                except OSError:
-                    continue
-                if status == 200:
-                    pending.discard(name)
-        time.sleep(1.0)
-
-
 @pytest.fixture(scope="module")
-def torchserve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TorchServe]:
-    if shutil.which("torchserve") is None or shutil.which("java") is None:
-        pytest.fail("torchserve and java are needed (pip install torchserve; Java 17)")
+def torchserve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TorchServeProcess]:
+    require_torchserve()
     missing = [n for n in MODELS.values() if not (STORE / n / "model.safetensors").is_file()]
     if missing:
         pytest.skip(f"demo checkpoints not built: {missing} (run `make models`)")
-    from handlers.archive import build_archive
-
     work = tmp_path_factory.mktemp("torchserve")
-    store = work / "store"
-    for name in MODELS.values():
-        build_archive(
-            STORE / name / "model.safetensors",
-            STORE / name / "model-config.yaml",
-            name,
-            store,
-        )
-    ports = {k: _free_port() for k in ("inf", "mgmt", "met", "grpc", "grpcm")}
-    overrides = {
-        "inference_address": f"http://127.0.0.1:{ports['inf']}",
-        "management_address": f"http://127.0.0.1:{ports['mgmt']}",
-        "metrics_address": f"http://127.0.0.1:{ports['met']}",
-        "grpc_inference_port": str(ports["grpc"]),
-        "grpc_management_port": str(ports["grpcm"]),
-        "model_store": str(store),
-    }
-    lines = []
-    for line in (STORE / "config.properties").read_text().splitlines():
-        key = line.split("=", 1)[0].strip()
-        lines.append(f"{key}={overrides.pop(key)}" if key in overrides else line)
-    lines += [f"{k}={v}" for k, v in overrides.items()]
-    cfg = work / "config.properties"
-    cfg.write_text("\n".join(lines) + "\n")
-    log = work / "torchserve.log"
-    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1"}
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            ["torchserve", "--start", "--foreground", "--ncs", "--ts-config", str(cfg)],
-            cwd=work,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,  # its own process group: java and the workers stop with it
-        )
-    ts = TorchServe(
-        inference=f"http://127.0.0.1:{ports['inf']}",
-        metrics=f"http://127.0.0.1:{ports['met']}",
-        grpc=f"127.0.0.1:{ports['grpc']}",
-        token="",
-        log=log,
+    store = build_archives(
+        {
+            n: (STORE / n / "model.safetensors", STORE / n / "model-config.yaml")
+            for n in MODELS.values()
+        },
+        work / "store",
     )
+    ts = TorchServeProcess(work, store, list(MODELS.values()))
     try:
-        _wait_ready(ts, proc, work)
-        yield ts
+        yield ts.start()
     finally:
-        for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
-            try:
-                os.killpg(proc.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                proc.wait(timeout=wait)
-                break
-            except subprocess.TimeoutExpired:
-                continue
-        with contextlib.suppress(ProcessLookupError):  # workers left in the group go too
-            os.killpg(proc.pid, signal.SIGKILL)
+        ts.stop()
 
 
 def _scene_with(task: str, label: int, size: int) -> np.ndarray:
@@ -229,7 +101,7 @@ def _dense_scene():  # type: ignore[no-untyped-def]
     return next(sc for sc in ds if len(sc.labels) >= 2)
 
 
-def test_rest_answers_are_right(torchserve: TorchServe) -> None:
+def test_rest_answers_are_right(torchserve: TorchServeProcess) -> None:
     status, headers, body = torchserve.post(
         MODELS["classify"], _png(_scene_with("classify", CLASSES.index("circle"), 224))
     )
@@ -250,7 +122,7 @@ def test_rest_answers_are_right(torchserve: TorchServe) -> None:
     assert labels.shape == scene.segmentation.shape
 
 
-def test_grpc_predictions(torchserve: TorchServe, tmp_path: Path) -> None:
+def test_grpc_predictions(torchserve: TorchServeProcess, tmp_path: Path) -> None:
     import grpc
 
     from handlers.torchserve_grpc import load_stubs
@@ -282,7 +154,7 @@ def test_grpc_predictions(torchserve: TorchServe, tmp_path: Path) -> None:
 
 
 def test_concurrent_requests_are_batched_and_a_bad_image_fails_alone(
-    torchserve: TorchServe,
+    torchserve: TorchServeProcess,
 ) -> None:
     good = _png(_scene_with("classify", CLASSES.index("circle"), 224))
     truncated = good[: len(good) // 2]
@@ -306,7 +178,7 @@ def test_concurrent_requests_are_batched_and_a_bad_image_fails_alone(
     assert shared_batch, "the corrupt image never shared a batch with good ones"
 
 
-def test_token_auth_and_metrics(torchserve: TorchServe) -> None:
+def test_token_auth_and_metrics(torchserve: TorchServeProcess) -> None:
     image = _png(np.full((32, 32, 3), 90, np.uint8))
     status, _, _ = torchserve.post(MODELS["classify"], image, token=False)
     assert 400 <= status < 500  # TorchServe 0.12 rejects a missing token with 400

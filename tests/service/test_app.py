@@ -421,10 +421,13 @@ def test_settings_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
         load_settings(models=[{"name": "a", "checkpoint": "x"}, {"name": "a", "checkpoint": "y"}])
 
 
-def test_cli_refuses_bad_configuration(capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_refuses_bad_configuration(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     from service.cli import main
 
     assert main(["--port", "99999"]) == 2
     assert "invalid configuration" in capsys.readouterr().err
+    monkeypatch.setenv("SEPVIT_TORCHSERVE_MODELS", '{"no_such_model": "x"}')
     assert main(["--backend", "torchserve"]) == 2
-    assert "not implemented" in capsys.readouterr().err
+    assert "torchserve_models names models that are not configured" in capsys.readouterr().err

@@ -1,0 +1,248 @@
+"""A real TorchServe on free loopback ports, for integration tests.
+
+:func:`build_archives` packs native checkpoints with ``sepvit-archive``;
+:class:`TorchServeProcess` writes a copy of the hardened ``model_store/config.properties`` (token
+auth on, model API off; only the addresses and the model store change), starts
+``torchserve --foreground`` in its own process group, waits until every model answers a
+request, and stops the whole group (java and the Python workers). The same instance can be
+started again on the same ports (outage and recovery tests); TorchServe then writes a new
+``key_file.json`` into :attr:`TorchServeProcess.work`.
+
+Each instance has its own temp directory (pid file, worker sockets, extracted archives), so it
+runs beside any other TorchServe on the machine. Its java process does not match ``pkill -f
+model-server.jar`` (the classpath is ``ts/frontend/*``); it goes with its process group.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+STORE = ROOT / "model_store"
+STARTUP_TIMEOUT = 240.0
+
+__all__ = [
+    "STORE",
+    "TorchServeProcess",
+    "build_archives",
+    "free_port",
+    "require_torchserve",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def require_torchserve() -> None:
+    """Fail (not skip) when the torchserve extra or Java is missing: the venv installs both."""
+    if shutil.which("torchserve") is None or shutil.which("java") is None:
+        pytest.fail("torchserve and java are needed (pip install -e '.[torchserve]'; Java 17)")
+
+
+def build_archives(models: Mapping[str, tuple[Path, Path]], store: Path) -> Path:
+    """``{archive name: (checkpoint, model-config.yaml)}`` -> ``<store>/<name>.mar``."""
+    from handlers.archive import build_archive
+
+    for name, (checkpoint, config) in models.items():
+        build_archive(checkpoint, config, name, store)
+    return store
+
+
+def _png(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@dataclass
+class TorchServeProcess:
+    """One TorchServe serving every archive in ``store``; ``models`` are waited for."""
+
+    work: Path
+    store: Path
+    models: list[str]
+    ports: dict[str, int] = field(default_factory=dict)
+    token: str = ""
+    proc: subprocess.Popen[bytes] | None = None
+
+    def __post_init__(self) -> None:
+        if not self.ports:
+            self.ports = {k: free_port() for k in ("inf", "mgmt", "met", "grpc", "grpcm")}
+        self.work.mkdir(parents=True, exist_ok=True)
+        overrides = {
+            "inference_address": f"http://127.0.0.1:{self.ports['inf']}",
+            "management_address": f"http://127.0.0.1:{self.ports['mgmt']}",
+            "metrics_address": f"http://127.0.0.1:{self.ports['met']}",
+            "grpc_inference_port": str(self.ports["grpc"]),
+            "grpc_management_port": str(self.ports["grpcm"]),
+            "model_store": str(self.store),
+        }
+        lines = []
+        for line in (STORE / "config.properties").read_text().splitlines():
+            key = line.split("=", 1)[0].strip()
+            lines.append(f"{key}={overrides.pop(key)}" if key in overrides else line)
+        lines += [f"{k}={v}" for k, v in overrides.items()]
+        self.config = self.work / "config.properties"
+        self.config.write_text("\n".join(lines) + "\n")
+        self.log = self.work / "torchserve.log"
+
+    # -- addresses ---------------------------------------------------------------------------
+    @property
+    def inference(self) -> str:
+        return f"http://127.0.0.1:{self.ports['inf']}"
+
+    @property
+    def metrics(self) -> str:
+        return f"http://127.0.0.1:{self.ports['met']}"
+
+    @property
+    def grpc(self) -> str:
+        return f"127.0.0.1:{self.ports['grpc']}"
+
+    @property
+    def key_file(self) -> Path:
+        """TorchServe writes its keys here (its working directory) at every start."""
+        return self.work / "key_file.json"
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start(self, timeout: float = STARTUP_TIMEOUT) -> TorchServeProcess:
+        if self.proc is not None and self.proc.poll() is None:
+            raise RuntimeError("torchserve is already running")
+        self.token = ""
+        with contextlib.suppress(FileNotFoundError):
+            self.key_file.unlink()  # the new process writes a new one
+        # a private temp dir: TorchServe keeps its pid file (tempfile.gettempdir()), the workers'
+        # sockets and the extracted archives (TEMP -> java.io.tmpdir) there, so it runs beside
+        # any other TorchServe on the machine
+        tmp = self.work / "tmp"
+        tmp.mkdir(exist_ok=True)
+        env = {
+            **os.environ,
+            "OMP_WAIT_POLICY": "PASSIVE",
+            "OMP_NUM_THREADS": "1",
+            "TEMP": str(tmp),
+            "TMPDIR": str(tmp),
+        }
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                ["torchserve", "--start", "--foreground", "--ncs", "--ts-config", str(self.config)],
+                cwd=self.work,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,  # its own process group: java and the workers stop with it
+            )
+        try:
+            self._wait_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_ready(self, timeout: float) -> None:
+        """Until every model answers a request (not just until the frontend is up)."""
+        assert self.proc is not None
+        probe = _png(np.full((64, 64, 3), 128, np.uint8))
+        deadline = time.monotonic() + timeout
+        pending = set(self.models)
+        while pending:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"torchserve exited ({self.proc.returncode}); see {self.log}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"models {sorted(pending)} not ready; see {self.log}")
+            if not self.token and self.key_file.is_file():
+                with contextlib.suppress(ValueError, KeyError):
+                    self.token = json.loads(self.key_file.read_text())["inference"]["key"]
+            if self.token:
+                for name in list(pending):
+                    try:
+                        status, _, _ = self.post(name, probe, timeout=10)
+                    except OSError:
+                        continue
+                    if status == 200:
+                        pending.discard(name)
+            if pending:
+                time.sleep(0.5)
+
+    def stop(self) -> None:
+        """SIGTERM the process group, SIGKILL what is left; idempotent."""
+        proc = self.proc
+        if proc is None:
+            return
+        for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                proc.wait(timeout=wait)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        with contextlib.suppress(ProcessLookupError):  # workers left in the group go too
+            os.killpg(proc.pid, signal.SIGKILL)
+        self.proc = None
+
+    def kill(self) -> None:
+        """An abrupt outage: SIGKILL the whole group at once."""
+        if self.proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=30)
+            self.proc = None
+
+    # -- requests ----------------------------------------------------------------------------
+    def post(
+        self,
+        model: str,
+        body: bytes,
+        fields: dict[str, str] | None = None,
+        token: bool = True,
+        timeout: float = 60,
+    ) -> tuple[int, dict[str, str], bytes]:
+        """POST an image as a multipart ``data`` part (plus text fields) over REST."""
+        boundary = uuid.uuid4().hex
+        parts = [
+            f'--{boundary}\r\nContent-Disposition: form-data; name="data"; filename="x"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n".encode()
+            + body
+            + b"\r\n"
+        ]
+        for k, v in (fields or {}).items():
+            head = f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n'
+            parts.append(f"{head}{v}\r\n".encode())
+        data = b"".join(parts) + f"--{boundary}--\r\n".encode()
+        req = urllib.request.Request(
+            f"{self.inference}/predictions/{model}",
+            data=data,
+            method="POST",
+            headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+        )
+        if token:
+            req.add_header("Authorization", f"Bearer {self.token}")
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                return r.status, dict(r.headers), r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, dict(e.headers), e.read()
