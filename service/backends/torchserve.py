@@ -154,7 +154,7 @@ class _Remote:
     def __init__(self, spec: ModelSpec, settings: Settings) -> None:
         self.spec = spec
         self.ts_name = settings.torchserve_models.get(spec.name, spec.name)
-        ts = spec.torchserve_config() if spec.checkpoint.parent.is_dir() else {}
+        ts = spec.torchserve_config()  # {} when there is no model-config.yaml
         self.ts_config = ts
         batch = int(spec.max_batch_size or ts.get("batchSize") or 1)
         delay = spec.max_delay_ms if spec.max_delay_ms is not None else ts.get("maxBatchDelay")
