@@ -25,7 +25,7 @@ typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
 unit: $(STAMP)
-	$(PY) -m pytest $(if $(SLOW),,-m "not slow") $(PYTEST_ARGS)
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pytest $(if $(SLOW),,-m "not slow") $(PYTEST_ARGS)
 
 test: lint typecheck lint-deploy unit
 

@@ -23,6 +23,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -54,9 +55,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def torchserve_bin() -> str | None:
+    """The ``torchserve`` launcher of this interpreter's environment (the venv need not be on
+    PATH: ``make test`` runs ``.venv/bin/python -m pytest``), else the one on PATH."""
+    beside = Path(sys.executable).parent / "torchserve"
+    return str(beside) if beside.is_file() else shutil.which("torchserve")
+
+
 def require_torchserve() -> None:
     """Fail (not skip) when the torchserve extra or Java is missing: the venv installs both."""
-    if shutil.which("torchserve") is None or shutil.which("java") is None:
+    if torchserve_bin() is None or shutil.which("java") is None:
         pytest.fail("torchserve and java are needed (pip install -e '.[torchserve]'; Java 17)")
 
 
@@ -146,7 +154,14 @@ class TorchServeProcess:
         }
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
-                ["torchserve", "--start", "--foreground", "--ncs", "--ts-config", str(self.config)],
+                [
+                    str(torchserve_bin()),
+                    "--start",
+                    "--foreground",
+                    "--ncs",
+                    "--ts-config",
+                    str(self.config),
+                ],
                 cwd=self.work,
                 stdout=out,
                 stderr=subprocess.STDOUT,
