@@ -219,8 +219,15 @@ def test_client_disconnect_takes_the_request_out_of_the_queue(gateway: Gateway) 
 
     async def scenario() -> None:
         busy = asyncio.ensure_future(_burst(gateway.url, "/classify?model=slow", 2))
-        await asyncio.sleep(0.01)
-        timeout = httpx.Timeout(5.0, read=0.05)  # connects, then gives up waiting
+        # wait until one request is in flight and one queued, so the request below queues
+        # behind at least one whole inference (>= 20 ms) and its 5 ms read timeout always fires
+        async with httpx.AsyncClient(base_url=gateway.url, timeout=5.0) as probe:
+            for _ in range(200):
+                text = (await probe.get("/metrics")).text
+                if metric(text, 'sepvit_queue_depth{model="slow"}') >= 1:
+                    break
+                await asyncio.sleep(0.005)
+        timeout = httpx.Timeout(5.0, read=0.005)  # connects, then gives up waiting
         async with httpx.AsyncClient(base_url=gateway.url, timeout=timeout) as c:
             with pytest.raises(httpx.TimeoutException):  # the client gives up and hangs up
                 await c.post(
