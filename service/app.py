@@ -28,6 +28,7 @@ from .auth import TokenChecker
 from .backends import Backend, create_backend
 from .dataplane import DataPlane
 from .errors import ErrorInfo, ServiceError
+from .limits import ConcurrencyLimit
 from .metrics import Metrics
 from .middleware import GatewayMiddleware, error_response, is_oip
 from .rest import router
@@ -99,6 +100,7 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
     backend = backend or create_backend(settings, metrics)
     plane = DataPlane(settings, backend)
     tokens = TokenChecker(settings.tokens())
+    limit = ConcurrencyLimit(settings.max_concurrent_requests, settings.retry_after_s, metrics)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -109,7 +111,7 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
             from .grpc_server import start_grpc_server
 
             grpc_server, app.state.grpc_port = await start_grpc_server(
-                plane, settings, metrics, tokens
+                plane, settings, metrics, tokens, limit
             )
             log.info("gRPC listening on %s:%d", settings.host, app.state.grpc_port)
         try:
@@ -133,13 +135,16 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
     app.state.backend = backend
     app.state.plane = plane
     app.state.grpc_port = None
+    app.state.limit = limit
     app.include_router(router)
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(PipelineError, _service_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _internal_error)
-    app.add_middleware(GatewayMiddleware, settings=settings, metrics=metrics, tokens=tokens)
+    app.add_middleware(
+        GatewayMiddleware, settings=settings, metrics=metrics, tokens=tokens, limit=limit
+    )
     return app
 
 

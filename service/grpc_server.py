@@ -17,7 +17,8 @@ import grpc
 
 from .auth import TokenChecker, request_id
 from .dataplane import DataPlane
-from .errors import OverloadedError, describe
+from .errors import describe
+from .limits import ConcurrencyLimit
 from .logs import request_id_var
 from .metrics import Metrics
 from .oip import grpc_service_pb2 as pb
@@ -34,13 +35,18 @@ R = TypeVar("R")
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(
-        self, plane: DataPlane, settings: Settings, metrics: Metrics, tokens: TokenChecker
+        self,
+        plane: DataPlane,
+        settings: Settings,
+        metrics: Metrics,
+        tokens: TokenChecker,
+        limit: ConcurrencyLimit,
     ) -> None:
         self.plane = plane
         self.settings = settings
         self.metrics = metrics
         self.tokens = tokens
-        self.active = 0
+        self.limit = limit
 
     async def _call(
         self,
@@ -65,14 +71,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 if auth:
                     self.tokens.check(metadata.get("authorization"))
                 if limited:
-                    if self.active >= self.settings.max_concurrent_requests:
-                        self.metrics.rejected.labels("", "overloaded").inc()
-                        raise OverloadedError(
-                            f"more than {self.settings.max_concurrent_requests} concurrent "
-                            "requests",
-                            retry_after=self.settings.retry_after_s,
-                        )
-                    self.active += 1
+                    self.limit.acquire()
                     counted = True
                 result = await work(rid)
                 context.set_trailing_metadata(tuple(trailing))
@@ -89,7 +88,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 raise  # abort raises; this keeps type checkers content
         finally:
             if counted:
-                self.active -= 1
+                self.limit.release()
             self.metrics.in_flight.dec()
             self.metrics.requests.labels(route, code).inc()
             self.metrics.request_latency.labels(route).observe(time.perf_counter() - t0)
@@ -158,7 +157,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
 
 async def start_grpc_server(
-    plane: DataPlane, settings: Settings, metrics: Metrics, tokens: TokenChecker
+    plane: DataPlane,
+    settings: Settings,
+    metrics: Metrics,
+    tokens: TokenChecker,
+    limit: ConcurrencyLimit,
 ) -> tuple[grpc.aio.Server, int]:
     """Start the gRPC server on ``settings.host:settings.grpc_port``; returns it and its port."""
     size = settings.max_body_bytes
@@ -169,7 +172,7 @@ async def start_grpc_server(
         ]
     )
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(
-        InferenceServicer(plane, settings, metrics, tokens), server
+        InferenceServicer(plane, settings, metrics, tokens, limit), server
     )
     host = settings.host if ":" not in settings.host else f"[{settings.host}]"
     port = server.add_insecure_port(f"{host}:{settings.grpc_port}")

@@ -16,7 +16,8 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .auth import TokenChecker, request_id
-from .errors import OverloadedError, PayloadTooLargeError, ServiceError, describe
+from .errors import PayloadTooLargeError, ServiceError, describe
+from .limits import ConcurrencyLimit
 from .logs import request_id_var
 from .metrics import Metrics
 from .settings import Settings
@@ -45,13 +46,18 @@ def error_response(exc: BaseException, rid: str | None, path: str) -> JSONRespon
 
 class GatewayMiddleware:
     def __init__(
-        self, app: ASGIApp, settings: Settings, metrics: Metrics, tokens: TokenChecker
+        self,
+        app: ASGIApp,
+        settings: Settings,
+        metrics: Metrics,
+        tokens: TokenChecker,
+        limit: ConcurrencyLimit,
     ) -> None:
         self.app = app
         self.settings = settings
         self.metrics = metrics
         self.tokens = tokens
-        self.active = 0
+        self.limit = limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -81,14 +87,7 @@ class GatewayMiddleware:
                 if path not in AUTH_EXEMPT:
                     self.tokens.check(headers.get("authorization"))
                 if limited:
-                    if self.active >= self.settings.max_concurrent_requests:
-                        self.metrics.rejected.labels("", "overloaded").inc()
-                        raise OverloadedError(
-                            f"more than {self.settings.max_concurrent_requests} concurrent "
-                            "requests",
-                            retry_after=self.settings.retry_after_s,
-                        )
-                    self.active += 1
+                    self.limit.acquire()
                     counted = True
                 receive = self._limit_body(headers, receive)
             except ServiceError as exc:
@@ -97,7 +96,7 @@ class GatewayMiddleware:
             await self.app(scope, receive, send_wrapper)
         finally:
             if counted:
-                self.active -= 1
+                self.limit.release()
             self.metrics.in_flight.dec()
             elapsed = time.perf_counter() - t0
             route = scope.get("route")

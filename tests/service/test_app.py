@@ -32,14 +32,13 @@ def solid_png(h: int, w: int) -> bytes:
 
 
 def make_client(checkpoints: dict[str, Path], **settings: Any) -> TestClient:
-    s = load_settings(
-        models=model_entries(checkpoints),
-        grpc_port=None,
-        max_images_per_request=4,
-        max_body_bytes=2_000_000,
-        max_pixels=1_000_000,
-        **settings,
-    )
+    base: dict[str, Any] = {
+        "grpc_port": None,
+        "max_images_per_request": 4,
+        "max_body_bytes": 2_000_000,
+        "max_pixels": 1_000_000,
+    }
+    s = load_settings(models=model_entries(checkpoints), **{**base, **settings})
     return TestClient(create_app(s), raise_server_exceptions=False)
 
 
@@ -431,3 +430,40 @@ def test_cli_refuses_bad_configuration(
     monkeypatch.setenv("SEPVIT_TORCHSERVE_MODELS", '{"no_such_model": "x"}')
     assert main(["--backend", "torchserve"]) == 2
     assert "torchserve_models names models that are not configured" in capsys.readouterr().err
+
+
+def test_concurrency_limit_is_shared_by_http_and_grpc(checkpoints: dict[str, Path]) -> None:
+    """``max_concurrent_requests`` is one budget: requests in flight on one transport count
+    against the other (each used to keep its own counter)."""
+    import tritonclient.grpc as grpcclient
+
+    from .conftest import free_port
+
+    port = free_port()
+    with make_client(checkpoints, grpc_port=port, max_concurrent_requests=2) as c:
+        wait_ready(c)
+        limit = c.app.state.limit  # type: ignore[attr-defined]
+        limit.acquire()  # one request in flight (say, over gRPC) ...
+        r = c.post("/classify?model=cls", content=png(), headers={"content-type": "image/png"})
+        assert r.status_code == 200  # ... leaves room for one more
+        limit.acquire()  # a second in flight: the budget is spent for both transports
+        assert_error(
+            c.post("/classify?model=cls", content=png(), headers={"content-type": "image/png"}),
+            503,
+            "overloaded",
+        )
+        client = grpcclient.InferenceServerClient(f"127.0.0.1:{port}")
+        inp = grpcclient.InferInput("IMAGE", [1], "BYTES")
+        inp.set_data_from_numpy(np.array([png()], dtype=np.object_))
+        with pytest.raises(grpcclient.InferenceServerException) as err:
+            client.infer("cls", [inp])
+        assert "UNAVAILABLE" in str(err.value.status()) and "concurrent" in str(err.value)
+        limit.release()
+        limit.release()
+        assert (
+            c.post(
+                "/classify?model=cls", content=png(), headers={"content-type": "image/png"}
+            ).status_code
+            == 200
+        )
+        assert limit.active == 0
