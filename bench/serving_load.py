@@ -6,6 +6,8 @@ Scenarios, all in one run so that their ratios are taken on the same machine sta
   reference for the gateway's overhead);
 * ``embedded-<runtime>-batch``: ``sepvit-serve`` with the embedded backend and dynamic batching
   (``batchSize``/``maxBatchDelay`` of the model's ``model-config.yaml``);
+* ``embedded-<runtime>-batch-nodelay``: the same batch size with ``max_delay_ms: 0`` (a batch is
+  whatever queued while the previous one ran, as Triton's default queue delay of 0 does);
 * ``embedded-<runtime>-nobatch``: the same with ``max_batch_size: 1``;
 * ``torchserve-backend-<runtime>``: ``sepvit-serve --backend torchserve`` in front of a
   TorchServe serving the same checkpoint as a ``.mar`` (only where the torchserve backend exists);
@@ -385,6 +387,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             entry = {"name": "cls", "checkpoint": str(ckpt), "model_config_file": str(cfg)}
             variants: dict[str, dict[str, Any]] = {
                 "batch": {"max_batch_size": batch, "max_delay_ms": delay},
+                # no waiting: a batch is whatever queued while the previous one ran
+                "batch-nodelay": {"max_batch_size": batch, "max_delay_ms": 0},
                 "nobatch": {"max_batch_size": 1, "max_delay_ms": 0},
             }
             for label, batching in variants.items():
@@ -509,23 +513,23 @@ def ratios(doc: dict[str, Any]) -> dict[str, Any]:
     batch = doc["settings"].get("model_config", {}).get("batchSize", 8)
     for runtime in doc["settings"]["runtimes"]:
         raw = sc.get(f"raw-{runtime}", {})
-        gw = f"embedded-{runtime}-batch"
-        top = best(gw)
-        if top and raw.get(f"model_b{batch}_img_per_s"):
-            out[f"{gw}_saturation_vs_raw_model_b{batch}"] = round(
-                top / raw[f"model_b{batch}_img_per_s"], 3
-            )
-            out[f"{gw}_saturation_vs_raw_pipeline_b{batch}"] = round(
-                top / raw[f"pipeline_b{batch}_img_per_s"], 3
-            )
-        p50 = at(gw, 1, "p50_ms")
-        if p50 is not None and "pipeline_b1_p50_ms" in raw:
-            out[f"{gw}_c1_p50_overhead_ms_vs_raw_pipeline"] = round(
-                p50 - raw["pipeline_b1_p50_ms"], 2
-            )
-        for other in (f"torchserve-backend-{runtime}", f"torchserve-direct-{runtime}"):
-            if best(gw) and best(other):
-                out[f"{gw}_vs_{other}"] = round(best(gw) / best(other), 3)  # type: ignore[operator]
+        for gw in (f"embedded-{runtime}-batch", f"embedded-{runtime}-batch-nodelay"):
+            top = best(gw)
+            if top and raw.get(f"model_b{batch}_img_per_s"):
+                out[f"{gw}_saturation_vs_raw_model_b{batch}"] = round(
+                    top / raw[f"model_b{batch}_img_per_s"], 3
+                )
+                out[f"{gw}_saturation_vs_raw_pipeline_b{batch}"] = round(
+                    top / raw[f"pipeline_b{batch}_img_per_s"], 3
+                )
+            p50 = at(gw, 1, "p50_ms")
+            if p50 is not None and "pipeline_b1_p50_ms" in raw:
+                out[f"{gw}_c1_p50_overhead_ms_vs_raw_pipeline"] = round(
+                    p50 - raw["pipeline_b1_p50_ms"], 2
+                )
+            for other in (f"torchserve-backend-{runtime}", f"torchserve-direct-{runtime}"):
+                if best(gw) and best(other):
+                    out[f"{gw}_vs_{other}"] = round(best(gw) / best(other), 3)  # type: ignore[operator]
     rts = doc["settings"]["runtimes"]
     if "eager" in rts:
         for runtime in rts:

@@ -51,9 +51,10 @@ class TrainConfig:
     seed: int = 0
     threads: int = 0  # 0: leave torch's default
     device: str = "cpu"
-    init_from: str | None = None  # native checkpoint whose backbone initialises this model
+    init_from: str | None = None  # native checkpoint initialising the model (see _init_from)
     val_images: int = 200
     train_images: int = 0  # 0: a fresh scene for every sample; N: cycle over N scenes
+    first_image: int = 0  # index of the first training scene (a continuation sees new scenes)
     curriculum_steps: int = 0  # 0: full difficulty throughout; see difficulty_at()
     stop_after: int = 0  # >0: save the state at this step and return (resume later to finish)
     log_every: int = 10
@@ -143,7 +144,8 @@ def _batches(
         for k in range(start, cfg.steps):
             if stop.is_set():
                 return
-            idx: Sequence[int] = range(k * cfg.batch_size, (k + 1) * cfg.batch_size)
+            first = cfg.first_image + k * cfg.batch_size
+            idx: Sequence[int] = range(first, first + cfg.batch_size)
             if cfg.train_images:
                 idx = [i % cfg.train_images for i in idx]
             scenes = [ds.get(i, difficulty_at(k, i, cfg)) for i in idx]
@@ -178,23 +180,41 @@ def _build(cfg: TrainConfig) -> nn.Module:
     )
 
 
-def _init_backbone(model: nn.Module, path: str) -> str:
-    """Initialise ``model``'s backbone from a native checkpoint (e.g. the Shapes classifier)."""
-    from .backbones.sepvit import checkpoint_filter_fn
+def _init_from(model: nn.Module, path: str) -> str:
+    """Initialise ``model`` from a native checkpoint.
+
+    A checkpoint of the same variant, task and model arguments initialises the whole model (a
+    continuation, e.g. a longer run at full difficulty); any other initialises the backbone only
+    (e.g. a dense model from the Shapes classifier). The backbone family's checkpoint filter
+    adapts resolution-dependent tables; tensors whose shapes still differ keep their init.
+    """
+    from .registry import filter_checkpoint
 
     state, meta = load_native(path)
-    backbone = getattr(model, "backbone", None)
-    target = backbone if isinstance(backbone, nn.Module) else model
-    if meta["task"] != "classify":  # a dense model: keep its backbone
-        state = {
+    cfg = model_config(model)
+    same = (meta["task"], meta["variant"], meta["model_args"]) == (
+        cfg["task"],
+        cfg["variant"],
+        getattr(model, "model_args", None),
+    )
+    src, heads = state, {}
+    if meta["task"] != "classify":  # a dense model: its backbone, and its heads if the same model
+        src = {
             k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")
         }
+        heads = {k: v for k, v in state.items() if not k.startswith("backbone.")} if same else {}
+    backbone = getattr(model, "backbone", None)
+    target, prefix = (backbone, "backbone.") if isinstance(backbone, nn.Module) else (model, "")
     src_hw = tuple(meta["pretrained_cfg"]["input_size"][1:])
-    filtered = checkpoint_filter_fn(state, target, source_img_size=src_hw)  # type: ignore[arg-type]
-    own = target.state_dict()
-    filtered = {k: v for k, v in filtered.items() if k in own and own[k].shape == v.shape}
-    res = target.load_state_dict(filtered, strict=False)
-    return f"init from {path}: {len(filtered)} tensors loaded, {len(res.missing_keys)} missing"
+    wanted = {prefix + k: v for k, v in filter_checkpoint(src, target, src_hw).items()}  # type: ignore[arg-type]
+    wanted.update(heads)
+    own = model.state_dict()
+    wanted = {k: v.float() for k, v in wanted.items() if k in own and own[k].shape == v.shape}
+    res = model.load_state_dict(wanted, strict=False)
+    scope = set(own) if same else {k for k in own if k.startswith(prefix)}
+    missing = len(set(res.missing_keys) & scope)
+    what = "whole model" if same else "backbone"
+    return f"init {what} from {path}: {len(wanted)} tensors loaded, {missing} missing"
 
 
 def train(cfg: TrainConfig, output: str | Path, log: Any = sys.stderr) -> dict[str, Any]:
@@ -208,7 +228,7 @@ def train(cfg: TrainConfig, output: str | Path, log: Any = sys.stderr) -> dict[s
     model = _build(cfg)
     mcfg = model_config(model)
     if cfg.init_from:
-        print(_init_backbone(model, cfg.init_from), file=log)
+        print(_init_from(model, cfg.init_from), file=log)
     model.to(device).train()
     opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999))
 

@@ -171,3 +171,55 @@ def test_stop_after_then_resume_and_export_state(tmp_path: Path) -> None:
     a = torch.load(ref / "state.pt", weights_only=True)["model"]
     b = torch.load(run / "state.pt", weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)  # identical to the uninterrupted run
+
+
+def test_init_from_same_model_continues_whole_model_other_task_takes_backbone(
+    tmp_path: Path,
+) -> None:
+    from sepvit.checkpoint import load_native
+    from sepvit.train import _build, _init_from
+
+    null = open("/dev/null", "w")  # noqa: SIM115
+    train(_cfg("detect", 2), tmp_path / "det", log=null)
+    src, _ = load_native(tmp_path / "det" / "model.safetensors")
+
+    same = _build(_cfg("detect", 2))
+    msg = _init_from(same, str(tmp_path / "det" / "model.safetensors"))
+    assert msg.startswith("init whole model") and f"{len(src)} tensors loaded, 0 missing" in msg
+    own = same.state_dict()
+    assert all(torch.equal(own[k], v.float()) for k, v in src.items())  # heads included
+
+    other = _build(_cfg("segment", 2))  # another task: the detector's backbone only
+    before = {k: v.clone() for k, v in other.state_dict().items()}
+    msg = _init_from(other, str(tmp_path / "det" / "model.safetensors"))
+    assert msg.startswith("init backbone")
+    after = other.state_dict()
+    for k, v in after.items():
+        if k.startswith("backbone.") and k in src:
+            assert torch.equal(v, src[k].float()), k
+        elif not k.startswith("backbone."):
+            assert torch.equal(v, before[k]), k  # the segmentation head keeps its init
+
+    # the same task with other head arguments is not the same model: backbone only
+    wider = _build(_cfg("detect", 2, model_args={**SMALL["detect"], "head_channels": 48}))
+    assert _init_from(wider, str(tmp_path / "det" / "model.safetensors")).startswith(
+        "init backbone"
+    )
+
+
+def test_first_image_offsets_the_training_stream() -> None:
+    from sepvit.data.shapes import ShapesDataset
+    from sepvit.train import _batches
+
+    cfg = _cfg("classify", 2, train_images=0, batch_size=2)
+    ds = ShapesDataset("train", "classify", 64, length=100, seed=None)
+    mean, std = [0.5] * 3, [0.25] * 3
+    plain = [x for x, _ in _batches(ds, cfg, 0, mean, std)]
+    shifted = [
+        x
+        for x, _ in _batches(
+            ds, _cfg("classify", 2, train_images=0, batch_size=2, first_image=2), 0, mean, std
+        )
+    ]
+    assert torch.equal(plain[1], shifted[0])  # image 2 opens the shifted stream
+    assert not torch.equal(plain[0], shifted[0])

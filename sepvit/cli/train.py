@@ -31,9 +31,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--threads", type=int, default=d.threads)
     p.add_argument("--device", default=d.device, help="cpu or cuda")
-    p.add_argument("--init-from", default=None, help="native checkpoint initialising the backbone")
+    p.add_argument(
+        "--init-from",
+        default=None,
+        help="native checkpoint: the whole model if the same variant/task/args, else its backbone",
+    )
     p.add_argument("--val-images", type=int, default=d.val_images)
     p.add_argument("--train-images", type=int, default=d.train_images, help="0: endless stream")
+    p.add_argument(
+        "--first-image",
+        type=int,
+        default=d.first_image,
+        help="index of the first training scene (give a continuation scenes it has not seen)",
+    )
     p.add_argument(
         "--curriculum-steps",
         type=int,
@@ -78,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         init_from=a.init_from,
         val_images=a.val_images,
         train_images=a.train_images,
+        first_image=a.first_image,
         curriculum_steps=a.curriculum_steps,
         stop_after=a.stop_after,
         log_every=a.log_every,
