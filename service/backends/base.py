@@ -76,6 +76,26 @@ class Backend(abc.ABC):
     def model(self, name: str) -> ModelInfo | None:
         return next((m for m in self.models() if m.name == name), None)
 
+    def _servable(
+        self,
+        name: str,
+        info: ModelInfo | None,
+        ready: bool,
+        metrics: Any,
+        retry_after: int | None = None,
+    ) -> None:
+        """Raise the request's error when ``name`` is unknown (404) or not ready (503)."""
+        from ..errors import ModelNotFoundError, NotReadyError
+
+        if info is None:
+            raise ModelNotFoundError(f"unknown model {name!r}")
+        if not ready or info.state is not ModelState.READY:
+            detail = f": {info.error}" if info.error else ""
+            metrics.rejected.labels(name, "not_ready").inc()
+            raise NotReadyError(
+                f"model {name!r} is {info.state.value}{detail}", retry_after=retry_after
+            )
+
     async def wait_loaded(self, timeout: float = 120.0) -> None:
         """Wait until no model is still loading (tests and warm starts)."""
         loop = asyncio.get_running_loop()

@@ -27,7 +27,6 @@ from sepvit import create_model
 from sepvit.checkpoint import read_metadata
 
 from ..batcher import DynamicBatcher
-from ..errors import ModelNotFoundError, NotReadyError
 from ..metrics import Metrics
 from ..settings import ModelSpec, Settings
 from .base import Backend, ModelInfo, ModelState
@@ -236,10 +235,8 @@ class EmbeddedBackend(Backend):
         deadline: float,
     ) -> list[Any]:
         m = self._models.get(model)
-        if m is None:
-            raise ModelNotFoundError(f"unknown model {model!r}")
-        if m.batcher is None or m.info.state is not ModelState.READY:
-            detail = f": {m.info.error}" if m.info.error else ""
-            self.metrics.rejected.labels(model, "not_ready").inc()
-            raise NotReadyError(f"model {model!r} is {m.info.state.value}{detail}")
+        self._servable(
+            model, m.info if m else None, m is not None and m.batcher is not None, self.metrics
+        )
+        assert m is not None and m.batcher is not None
         return await m.batcher.submit(payloads, params, deadline)

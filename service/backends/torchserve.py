@@ -56,7 +56,6 @@ from handlers.errors import (
 from ..errors import (
     BackendError,
     DeadlineExceededError,
-    ModelNotFoundError,
     NotReadyError,
     QueueFullError,
     ServiceError,
@@ -348,15 +347,11 @@ class TorchServeBackend(Backend):
         deadline: float,
     ) -> list[Any]:
         m = self._models.get(model)
-        if m is None:
-            raise ModelNotFoundError(f"unknown model {model!r}")
-        if m.info.state is not ModelState.READY or self._stub is None:
-            detail = f": {m.info.error}" if m.info.error else ""
-            self.metrics.rejected.labels(model, "not_ready").inc()
-            raise NotReadyError(
-                f"model {model!r} is {m.info.state.value}{detail}",
-                retry_after=self.settings.retry_after_s,
-            )
+        ready = self._stub is not None
+        self._servable(
+            model, m.info if m else None, ready, self.metrics, self.settings.retry_after_s
+        )
+        assert m is not None
         n = len(payloads)
         if m.in_flight and m.in_flight + n > m.max_in_flight:
             self.metrics.rejected.labels(model, "queue_full").inc()
