@@ -58,6 +58,10 @@ def test_export_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert rc == 0 and out.is_file()
     assert '"ok": true' in capsys.readouterr().out
     assert export_main(["--model", "nope", "-o", str(out)]) == 2
+    # a checkpoint carries its task and classes: conflicting flags are refused, not ignored
+    ckpt = "model_store/sepvit_lite_shapes_cls/model.safetensors"
+    assert export_main(["--checkpoint", ckpt, "--task", "detect", "-o", str(out)]) == 2
+    assert "carries its own" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only failure path")

@@ -54,6 +54,12 @@ def main(argv: list[str] | None = None) -> int:
             print("sepvit-export: --img-size takes H or H W", file=sys.stderr)
             return 2
         img_size = (args.img_size[0], args.img_size[-1])
+    if args.checkpoint is not None and (args.task or args.num_classes):
+        print(
+            "sepvit-export: --task and --num-classes go with --model; a checkpoint carries its own",
+            file=sys.stderr,
+        )
+        return 2
     try:
         if args.checkpoint is not None:
             meta = read_metadata(args.checkpoint)
