@@ -6,6 +6,12 @@ arrived, and runs them as one call of ``run(payloads, params)`` in a thread of i
 event loop (health, metrics, other models) stays responsive. A request never splits across
 batches; one larger than ``max_batch_size`` runs alone.
 
+With ``adaptive`` (the default) the worker also stops waiting as soon as the queue holds as many
+images as the previous batch had. A lone client (previous batch: 1 image) is never delayed, while
+N clients whose answers went out together in one batch are waited for (up to ``max_delay_ms``)
+and run together again. The delay stays an upper bound; without ``adaptive`` every partial batch
+waits the full delay, as TorchServe's ``maxBatchDelay`` does.
+
 * A full queue refuses at once (:class:`QueueFullError`, 429 with ``Retry-After``).
 * Each request carries a deadline: past it the caller gets :class:`DeadlineExceededError` and
   its images are dropped from the queue if they have not started.
@@ -57,6 +63,7 @@ class DynamicBatcher:
         max_queue: int,
         metrics: Metrics,
         retry_after_s: int = 1,
+        adaptive: bool = True,
     ) -> None:
         self.name = name
         self._run_fn = run
@@ -65,6 +72,8 @@ class DynamicBatcher:
         self.max_queue = max_queue
         self.metrics = metrics
         self.retry_after_s = retry_after_s
+        self.adaptive = adaptive
+        self._last_batch = 1  # images in the previous batch (adaptive: how many to wait for)
         self._queue: collections.deque[_Entry] = collections.deque()
         self._queued = 0  # images in the queue
         self._wakeup = asyncio.Event()
@@ -116,10 +125,7 @@ class DynamicBatcher:
         self._queued += n
         self.metrics.queue_depth.labels(self.name).set(self._queued)
         entry.future.add_done_callback(lambda _f: self._forget(entry))
-        if self._queued >= self.max_batch_size or self.max_delay == 0:
-            self._wakeup.set()
-        elif len(self._queue) == 1:
-            self._wakeup.set()  # start the delay clock
+        self._wakeup.set()  # the worker re-checks: first arrival, batch full or target reached
         timeout = deadline - loop.time()
         try:
             return await asyncio.wait_for(entry.future, max(timeout, 0.0))
@@ -158,7 +164,10 @@ class DynamicBatcher:
                 await self._wakeup.wait()
                 continue
             flush_at = self._queue[0].enqueued + self.max_delay
-            while self._queued < self.max_batch_size and not self._closing:
+            want = self.max_batch_size
+            if self.adaptive:
+                want = min(want, self._last_batch)
+            while self._queued < want and not self._closing:
                 remaining = flush_at - loop.time()
                 if remaining <= 0 or not self._queue:
                     break
@@ -196,6 +205,7 @@ class DynamicBatcher:
         payloads = [p for e in batch for p in e.payloads]
         params = [p for e in batch for p in e.params]
         self.metrics.batch_size.labels(self.name).observe(len(payloads))
+        self._last_batch = max(1, len(payloads))
         t0 = time.perf_counter()
         try:
             results = await loop.run_in_executor(self._executor, self._run_fn, payloads, params)

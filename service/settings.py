@@ -44,6 +44,7 @@ class ModelSpec(BaseModel):
     runtime: Literal["eager", "onnxruntime", "tensorrt"] | None = None
     max_batch_size: int | None = Field(default=None, ge=1, le=256)
     max_delay_ms: float | None = Field(default=None, ge=0, le=10_000)
+    adaptive_batching: bool | None = None  # None: the server's adaptive_batching
     max_queue: int | None = Field(default=None, ge=1)  # images waiting, beyond the running batch
     handler: dict[str, Any] = Field(default_factory=dict)  # handlers.PipelineConfig options
     model_config_file: Path | None = None  # default: model-config.yaml beside the checkpoint
@@ -92,6 +93,8 @@ class Settings(BaseSettings):
     # batching defaults (per model overrides in ModelSpec)
     max_batch_size: int = Field(default=8, ge=1, le=256)
     max_delay_ms: float = Field(default=5.0, ge=0, le=10_000)
+    # stop waiting once the queue holds as many images as the previous batch (service/batcher.py)
+    adaptive_batching: bool = True
     max_queue: int = Field(default=64, ge=1)
     # limits
     max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)

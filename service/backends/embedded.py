@@ -100,6 +100,8 @@ class _Model:
         delay = spec.max_delay_ms if spec.max_delay_ms is not None else ts.get("maxBatchDelay")
         self.max_delay_ms = float(delay if delay is not None else settings.max_delay_ms)
         self.max_queue = int(spec.max_queue or settings.max_queue)
+        adaptive = spec.adaptive_batching
+        self.adaptive = settings.adaptive_batching if adaptive is None else adaptive
         self.info = ModelInfo(
             name=spec.name,
             task=spec.task,
@@ -107,6 +109,7 @@ class _Model:
             batching={
                 "max_batch_size": self.max_batch_size,
                 "max_delay_ms": self.max_delay_ms,
+                "adaptive": self.adaptive,
                 "max_queue": self.max_queue,
             },
         )
@@ -151,6 +154,7 @@ class EmbeddedBackend(Backend):
             max_queue=m.max_queue,
             metrics=self.metrics,
             retry_after_s=self.settings.retry_after_s,
+            adaptive=m.adaptive,
         )
         m.batcher.start()
         m.info.state = ModelState.READY

@@ -171,7 +171,12 @@ def test_models_listing(client: TestClient) -> None:
     assert by_name["cls"]["task"] == "classify" and by_name["cls"]["labels"] == CLASSES
     assert by_name["seg"]["labels"][0] == "background"
     assert by_name["det"]["runtime"] == "eager"
-    assert by_name["det"]["batching"] == {"max_batch_size": 8, "max_delay_ms": 5.0, "max_queue": 64}
+    assert by_name["det"]["batching"] == {
+        "max_batch_size": 8,
+        "max_delay_ms": 5.0,
+        "adaptive": True,
+        "max_queue": 64,
+    }
 
 
 def _bytes_tensor(items: list[bytes]) -> bytes:

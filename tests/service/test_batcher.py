@@ -62,7 +62,7 @@ def test_max_delay_flushes_a_partial_batch() -> None:
     runner = Runner()
 
     async def main() -> float:
-        b = make(runner, max_batch_size=8, max_delay_ms=50)
+        b = make(runner, max_batch_size=8, max_delay_ms=50, adaptive=False)
         b.start()
         t0 = time.perf_counter()
         await b.submit([b"a"], [None], far())
@@ -72,6 +72,46 @@ def test_max_delay_flushes_a_partial_batch() -> None:
 
     dt = asyncio.run(main())
     assert 0.04 <= dt < 1.0 and runner.batches == [[b"a"]]
+
+
+def test_adaptive_a_lone_client_is_not_delayed() -> None:
+    runner = Runner()
+
+    async def main() -> list[float]:
+        b = make(runner, max_batch_size=8, max_delay_ms=500)
+        b.start()
+        waits = []
+        for i in range(5):  # one client, one request at a time
+            t0 = time.perf_counter()
+            await b.submit([bytes([i])], [None], far())
+            waits.append(time.perf_counter() - t0)
+        await b.stop()
+        return waits
+
+    waits = asyncio.run(main())
+    assert max(waits) < 0.25, waits  # the fixed policy would wait 0.5 s each time
+    assert [len(x) for x in runner.batches] == [1] * 5
+
+
+def test_adaptive_waits_for_as_many_as_the_previous_batch() -> None:
+    runner = Runner()
+
+    async def main() -> list[int]:
+        b = make(runner, max_batch_size=8, max_delay_ms=2000)
+        b.start()
+        # two requests sent together run as one batch of 2
+        await asyncio.gather(*(b.submit([bytes([i])], [None], far()) for i in range(2)))
+        # the 2 clients of that batch come back 50 ms apart: the worker waits for the second
+        # (the previous batch had 2 images) instead of running the first alone
+        first = asyncio.ensure_future(b.submit([b"x"], [None], far()))
+        await asyncio.sleep(0.05)
+        t0 = time.perf_counter()
+        await asyncio.gather(first, b.submit([b"y"], [None], far()))
+        assert time.perf_counter() - t0 < 1.0  # the 2 s delay bound was not needed
+        await b.stop()
+        return [len(x) for x in runner.batches]
+
+    assert asyncio.run(main()) == [2, 2]
 
 
 def test_full_queue_refuses_at_once_and_others_finish() -> None:
