@@ -249,7 +249,11 @@ def train(cfg: TrainConfig, output: str | Path, log: Any = sys.stderr) -> dict[s
         print(f"resuming from step {start}/{cfg.steps}", file=log)
 
     ds = ShapesDataset(
-        "train", cfg.task, cfg.img_size, length=cfg.steps * cfg.batch_size, seed=None
+        "train",
+        cfg.task,
+        cfg.img_size,
+        length=cfg.first_image + cfg.steps * cfg.batch_size,
+        seed=None,
     )
     t_start = time.perf_counter()
     ema: float | None = None

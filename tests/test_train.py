@@ -223,3 +223,10 @@ def test_first_image_offsets_the_training_stream() -> None:
     ]
     assert torch.equal(plain[1], shifted[0])  # image 2 opens the shifted stream
     assert not torch.equal(plain[0], shifted[0])
+
+
+def test_a_continuation_past_the_first_images_trains_to_the_end(tmp_path: Path) -> None:
+    # the stream must reach first_image + steps * batch_size (it once stopped at steps * batch)
+    cfg = _cfg("classify", 3, train_images=0, batch_size=2, first_image=5, val_images=2)
+    train(cfg, tmp_path, log=open("/dev/null", "w"))  # noqa: SIM115
+    assert len(_losses(tmp_path)) == 3
