@@ -62,18 +62,23 @@ bench: $(STAMP)
 
 # Demo models on SepViT-Shapes (sepvit_lite). Each step resumes from runs/<name>/state.pt, so an
 # interrupted `make models` continues where it stopped. Two single-thread runs share the two
-# cores (about 75 minutes in all). Recipe, timings and results: docs/shapes.md.
+# cores (about 2 hours in all). Recipe, timings and results: docs/shapes.md.
 RUNS := runs
 TRAIN := $(VENV)/bin/sepvit-train --threads 1 --log-every 50 --save-every 100
 CLS := --task classify --img-size 64 --batch-size 32 --steps 12000 --lr 5e-4 \
 	--warmup-steps 100 --curriculum-steps 8000 --val-images 300
 CLS_MID := $(RUNS)/cls64_mid.safetensors
-DET := --task detect --img-size 128 --batch-size 16 --steps 2000 --lr 3e-4 --warmup-steps 50 \
-	--curriculum-steps 1200 --val-images 100 \
+DET_MODEL := --task detect --img-size 128 --batch-size 16 --val-images 100 \
 	--model-args '{"fpn_channels": 96, "head_channels": 96, "head_convs": 2, "head_norm": "gn"}'
-SEG := --task segment --img-size 128 --batch-size 16 --steps 1500 --lr 3e-4 --warmup-steps 50 \
-	--curriculum-steps 1000 --val-images 100 --model-args '{"fpn_channels": 64, "head_channels": 64}'
-DEMOS := cls:cls64 det:det128 seg:seg128
+SEG_MODEL := --task segment --img-size 128 --batch-size 16 --val-images 100 \
+	--model-args '{"fpn_channels": 64, "head_channels": 64}'
+# phase 1: from the classifier's backbone with the curriculum; phase 2: the whole phase-1 model
+# continues at full difficulty on scenes it has not seen (--first-image)
+DET := $(DET_MODEL) --steps 2000 --lr 3e-4 --warmup-steps 50 --curriculum-steps 1200
+SEG := $(SEG_MODEL) --steps 1500 --lr 3e-4 --warmup-steps 50 --curriculum-steps 1000
+DET2 := $(DET_MODEL) --steps 4000 --lr 2e-4 --warmup-steps 100 --first-image 32000
+SEG2 := $(SEG_MODEL) --steps 4000 --lr 2e-4 --warmup-steps 100 --first-image 24000
+DEMOS := cls:cls64 det:det128_full seg:seg128_full
 
 models: $(STAMP)
 	# the classifier trains at 64x64 with the easy-to-full curriculum; the detector starts from its
@@ -84,6 +89,9 @@ models: $(STAMP)
 	  $(TRAIN) $(DET) --init-from $(CLS_MID) --output $(RUNS)/det128; rc=$$?; \
 	  wait $$pid && test $$rc = 0
 	$(TRAIN) $(SEG) --init-from $(RUNS)/cls64/model.safetensors --output $(RUNS)/seg128
+	$(TRAIN) $(DET2) --init-from $(RUNS)/det128/model.safetensors --output $(RUNS)/det128_full & \
+	  pid=$$!; $(TRAIN) $(SEG2) --init-from $(RUNS)/seg128/model.safetensors \
+	  --output $(RUNS)/seg128_full; rc=$$?; wait $$pid && test $$rc = 0
 	for pair in $(DEMOS); do \
 	  m=sepvit_lite_shapes_$${pair%%:*}; run=$${pair##*:}; \
 	  cp $(RUNS)/$$run/model.safetensors model_store/$$m/model.safetensors && \

@@ -121,13 +121,20 @@ def _plot_models(doc: dict[str, Any], path: Path) -> None:
 
 
 # -- serving load ------------------------------------------------------------------------------
-def serving_section(doc: dict[str, Any] | None, img: Path, rel: str) -> list[str]:
-    out = ["## 2. Serving load (`/classify`)", ""]
+def serving_section(
+    doc: dict[str, Any] | None,
+    img: Path,
+    rel: str,
+    title: str = "## 2. Serving load (`/classify`)",
+    fname: str = "serving_load.json",
+    stem: str = "serving",
+) -> list[str]:
+    out = [title, ""]
     if doc is None:
         return [*out, f"Not measured yet: `{SERVING_CMD}`.", ""]
     s = doc["settings"]
     out += [
-        f"`bench/results/serving_load.json`: {s['client']}; {s['warmup']} s warm-up, then "
+        f"`bench/results/{fname}`: {s['client']}; {s['warmup']} s warm-up, then "
         f"{s['duration']} s measured, {s['repeats']} repeats (medians shown). Server: one "
         f"worker, {s['threads']} intra-op thread(s); weights: {s.get('weights')}; TorchServe "
         f"batching from model-config.yaml: {s.get('model_config')}.",
@@ -174,17 +181,18 @@ def serving_section(doc: dict[str, Any] | None, img: Path, rel: str) -> list[str
     if doc.get("skipped"):
         out += ["", "Not run: " + "; ".join(f"{k}: {v}" for k, v in doc["skipped"].items()) + "."]
     if series:
-        _plot_serving(series, img)
+        _plot_serving(series, img, stem)
         out += [
             "",
-            f"![throughput vs concurrency]({rel}/serving_throughput.png)",
-            f"![latency vs concurrency]({rel}/serving_latency.png)",
+            f"![throughput vs concurrency]({rel}/{stem}_throughput.png)",
+            f"![latency vs concurrency]({rel}/{stem}_latency.png)",
         ]
-    out += ["", *tasks_section(doc.get("scenarios", {}).get("tasks")), ""]
-    return out
+    if stem == "serving":
+        out += ["", *tasks_section(doc.get("scenarios", {}).get("tasks"))]
+    return [*out, ""]
 
 
-def _plot_serving(series: dict[str, list[dict[str, Any]]], img: Path) -> None:
+def _plot_serving(series: dict[str, list[dict[str, Any]]], img: Path, stem: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -204,7 +212,7 @@ def _plot_serving(series: dict[str, list[dict[str, Any]]], img: Path) -> None:
     ax.set_title("Throughput vs concurrency")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(img / "serving_throughput.png", dpi=110)
+    fig.savefig(img / f"{stem}_throughput.png", dpi=110)
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -220,7 +228,7 @@ def _plot_serving(series: dict[str, list[dict[str, Any]]], img: Path) -> None:
     ax.set_title("Latency vs concurrency")
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    fig.savefig(img / "serving_latency.png", dpi=110)
+    fig.savefig(img / f"{stem}_latency.png", dpi=110)
     plt.close(fig)
 
 
@@ -281,6 +289,13 @@ def main(argv: list[str] | None = None) -> int:
     lines = [HEADER]
     lines += model_section(_load(args.results / "model_throughput.json"), img, "img")
     lines += serving_section(_load(args.results / "serving_load.json"), img, "img")
+    # a separate run with TorchServe only (its own embedded reference, so its ratios hold)
+    ts_doc = _load(args.results / "serving_load_torchserve.json")
+    if ts_doc is not None:
+        title = "## 2b. Embedded backend vs TorchServe (`/classify`, same archive and runtime)"
+        lines += serving_section(
+            ts_doc, img, "img", title, "serving_load_torchserve.json", "serving_torchserve"
+        )
     out = args.docs / "performance.md"
     out.write_text("\n".join(lines).rstrip() + "\n")
     print(f"wrote {out}")

@@ -329,12 +329,13 @@ def raw_reference(
 
 def torchserve_available() -> str | None:
     """None when a torchserve comparison can run, else the reason it cannot."""
-    if shutil.which("torchserve") is None or shutil.which("java") is None:
-        return "torchserve or java not installed"
     try:
-        import tests.torchserve_process  # noqa: F401
+        from tests.torchserve_process import torchserve_bin
     except ImportError as exc:
         return f"tests/torchserve_process.py unavailable: {exc}"
+    # the venv's launcher is found beside this interpreter even when the venv is not on PATH
+    if torchserve_bin() is None or shutil.which("java") is None:
+        return "torchserve or java not installed"
     return None
 
 

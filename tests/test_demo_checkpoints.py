@@ -22,18 +22,17 @@ from sepvit.data import ShapesDataset
 from sepvit.evaluate import evaluate
 from sepvit.registry import create_model, model_config
 
-SEG_FLOOR = 0.58
+SEG_FLOOR = 0.73
 STORE = Path(__file__).resolve().parents[1] / "model_store"
 # name: (task, {metric: (200-image floor, 500-image target)})
 DEMOS = {
     "sepvit_lite_shapes_cls": ("classify", {"top1": (0.86, 0.97)}),
-    "sepvit_lite_shapes_det": ("detect", {"mAP50": (0.74, 0.85), "mAP": (0.58, 0.60)}),
+    "sepvit_lite_shapes_det": ("detect", {"mAP50": (0.85, 0.85), "mAP": (0.71, 0.60)}),
     "sepvit_lite_shapes_seg": ("segment", {"mIoU": (SEG_FLOOR, 0.80)}),
 }
 # (name, metric) pairs whose 500-image figure is still below the target
 BELOW_TARGET = {
     ("sepvit_lite_shapes_cls", "top1"),
-    ("sepvit_lite_shapes_det", "mAP50"),
     ("sepvit_lite_shapes_seg", "mIoU"),
 }
 
