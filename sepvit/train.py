@@ -206,7 +206,7 @@ def _init_from(model: nn.Module, path: str) -> str:
     backbone = getattr(model, "backbone", None)
     target, prefix = (backbone, "backbone.") if isinstance(backbone, nn.Module) else (model, "")
     src_hw = tuple(meta["pretrained_cfg"]["input_size"][1:])
-    wanted = {prefix + k: v for k, v in filter_checkpoint(src, target, src_hw).items()}  # type: ignore[arg-type]
+    wanted = {prefix + k: v for k, v in filter_checkpoint(src, target, src_hw).items()}
     wanted.update(heads)
     own = model.state_dict()
     wanted = {k: v.float() for k, v in wanted.items() if k in own and own[k].shape == v.shape}
