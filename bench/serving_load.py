@@ -297,33 +297,31 @@ def raw_reference(
     pipe = Pipeline(model, PipelineConfig(runtime=runtime, threads=args.threads, max_images=64))
     h, w = pipe.input_size
     out: dict[str, Any] = {"runtime": pipe.runtime.name}
+    seconds = max(args.duration / 2, 0.5)
+
+    def timed(call: Callable[[], object], b: int) -> tuple[float, float]:
+        """(images/s median over repeats, p50 ms of one call) of ``call`` on ``b`` images."""
+        call()  # warm-up
+        rates, lat = [], []
+        for _ in range(args.repeats):
+            n, t0 = 0, time.perf_counter()
+            while time.perf_counter() - t0 < seconds:
+                t = time.perf_counter()
+                call()
+                lat.append(time.perf_counter() - t)
+                n += 1
+            rates.append(n * b / (time.perf_counter() - t0))
+        return round(statistics.median(rates), 2), round(statistics.median(lat) * 1000, 2)
+
     for b in sorted({1, batch}):
         x = torch.randn(b, 3, h, w)
-        pipe.infer(x)
-        rates, lat = [], []
-        for _ in range(args.repeats):
-            n, t0 = 0, time.perf_counter()
-            while time.perf_counter() - t0 < max(args.duration / 2, 0.5):
-                t = time.perf_counter()
-                pipe.infer(x)
-                lat.append(time.perf_counter() - t)
-                n += 1
-            rates.append(n * b / (time.perf_counter() - t0))
-        out[f"model_b{b}_img_per_s"] = round(statistics.median(rates), 2)
-        out[f"model_b{b}_p50_ms"] = round(statistics.median(lat) * 1000, 2)
         chunk = [payloads[i % len(payloads)] for i in range(b)]
-        pipe.handle(chunk)
-        rates, lat = [], []
-        for _ in range(args.repeats):
-            n, t0 = 0, time.perf_counter()
-            while time.perf_counter() - t0 < max(args.duration / 2, 0.5):
-                t = time.perf_counter()
-                pipe.handle(chunk)
-                lat.append(time.perf_counter() - t)
-                n += 1
-            rates.append(n * b / (time.perf_counter() - t0))
-        out[f"pipeline_b{b}_img_per_s"] = round(statistics.median(rates), 2)
-        out[f"pipeline_b{b}_p50_ms"] = round(statistics.median(lat) * 1000, 2)
+        for kind, call in (
+            ("model", lambda x=x: pipe.infer(x)),
+            ("pipeline", lambda chunk=chunk: pipe.handle(chunk)),
+        ):
+            rate, p50 = timed(call, b)
+            out[f"{kind}_b{b}_img_per_s"], out[f"{kind}_b{b}_p50_ms"] = rate, p50
     return out
 
 
