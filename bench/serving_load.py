@@ -384,18 +384,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             print(f"raw reference ({runtime})", flush=True)
             doc["scenarios"][f"raw-{runtime}"] = raw_reference(ckpt, runtime, payloads, batch, args)
             entry = {"name": "cls", "checkpoint": str(ckpt), "model_config_file": str(cfg)}
-            variants: dict[str, dict[str, Any]] = {
-                "batch": {"max_batch_size": batch, "max_delay_ms": delay},
+            # (per-model batching, server settings); the default is pipelining on
+            variants: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+                "batch": ({"max_batch_size": batch, "max_delay_ms": delay}, {}),
+                # decode in the batch thread, after the previous batch's inference
+                "batch-nopipe": (
+                    {"max_batch_size": batch, "max_delay_ms": delay},
+                    {"pipelining": False},
+                ),
                 # no waiting: a batch is whatever queued while the previous one ran
-                "batch-nodelay": {"max_batch_size": batch, "max_delay_ms": 0},
-                "nobatch": {"max_batch_size": 1, "max_delay_ms": 0},
+                "batch-nodelay": ({"max_batch_size": batch, "max_delay_ms": 0}, {}),
+                "nobatch": ({"max_batch_size": 1, "max_delay_ms": 0}, {}),
             }
-            for label, batching in variants.items():
+            for label, (batching, server) in variants.items():
                 name = f"embedded-{runtime}-{label}"
                 if name not in args.scenarios and "all" not in args.scenarios:
                     continue
                 print(name, flush=True)
-                with gateway(work, [{**entry, **batching}], **common) as gw:
+                with gateway(work, [{**entry, **batching}], **common, **server) as gw:
                     doc["scenarios"][name] = {
                         "cells": [
                             measure(gw.url, make_gw, c, args, gw.metrics, "cls")
@@ -512,7 +518,14 @@ def ratios(doc: dict[str, Any]) -> dict[str, Any]:
     batch = doc["settings"].get("model_config", {}).get("batchSize", 8)
     for runtime in doc["settings"]["runtimes"]:
         raw = sc.get(f"raw-{runtime}", {})
-        for gw in (f"embedded-{runtime}-batch", f"embedded-{runtime}-batch-nodelay"):
+        pipe, nopipe = best(f"embedded-{runtime}-batch"), best(f"embedded-{runtime}-batch-nopipe")
+        if pipe and nopipe:
+            out[f"embedded-{runtime}-batch_pipelining_gain"] = round(pipe / nopipe, 3)
+        for gw in (
+            f"embedded-{runtime}-batch",
+            f"embedded-{runtime}-batch-nopipe",
+            f"embedded-{runtime}-batch-nodelay",
+        ):
             top = best(gw)
             if top and raw.get(f"model_b{batch}_img_per_s"):
                 out[f"{gw}_saturation_vs_raw_model_b{batch}"] = round(

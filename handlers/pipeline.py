@@ -32,7 +32,7 @@ from .geometry import Letterbox, classify_transform, letterbox
 from .outputs import label_map_png, overlay_png, segments_from_labels
 from .runtime import Runtime, build_runtime, check_parity, golden_inputs
 
-__all__ = ["Pipeline", "PipelineConfig", "RequestParams"]
+__all__ = ["Pipeline", "PipelineConfig", "Prepared", "RequestParams"]
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +111,14 @@ class _Item:
     tensor: np.ndarray  # preprocessed [H, W, 3] uint8 (network input size)
     box: Letterbox | None
     params: RequestParams
+
+
+@dataclass
+class Prepared:
+    """Decoded, preprocessed images grouped by network input shape (:meth:`Pipeline.prepare`)."""
+
+    results: list[dict[str, Any] | PipelineError | None]  # per image: its error, or None
+    groups: dict[tuple[int, int], list[_Item]] = field(default_factory=dict)
 
 
 class Pipeline:
@@ -280,6 +288,15 @@ class Pipeline:
         self, payloads: Sequence[bytes], params: Sequence[Mapping[str, Any] | None] | None = None
     ) -> list[dict[str, Any] | PipelineError]:
         """Answer N images in order; each slot is a result dict or that image's error."""
+        return self.run(self.prepare(payloads, params))
+
+    def prepare(
+        self, payloads: Sequence[bytes], params: Sequence[Mapping[str, Any] | None] | None = None
+    ) -> Prepared:
+        """The CPU-side first half of :meth:`handle`: parse parameters, decode and preprocess.
+
+        A server may prepare the next batch in another thread while :meth:`run` infers the
+        current one (Pillow and numpy release the GIL for most of the work)."""
         if len(payloads) > self.config.max_images:
             raise TooManyImagesError(
                 f"{len(payloads)} images in one request; the limit is {self.config.max_images}"
@@ -287,8 +304,7 @@ class Pipeline:
         plist = list(params) if params is not None else [None] * len(payloads)
         if len(plist) != len(payloads):
             raise ValueError("one parameter set per image is needed")
-        results: list[dict[str, Any] | PipelineError | None] = [None] * len(payloads)
-        groups: dict[tuple[int, int], list[_Item]] = {}
+        out = Prepared([None] * len(payloads))
         for i, (payload, raw_params) in enumerate(zip(payloads, plist, strict=True)):
             try:
                 p = RequestParams.parse(raw_params)
@@ -297,10 +313,15 @@ class Pipeline:
                 image = self.decode(payload)
                 arr, box = self.preprocess(image)
             except PipelineError as exc:
-                results[i] = exc
+                out.results[i] = exc
                 continue
-            groups.setdefault(arr.shape[:2], []).append(_Item(i, image, arr, box, p))
-        for hw, items in groups.items():
+            out.groups.setdefault(arr.shape[:2], []).append(_Item(i, image, arr, box, p))
+        return out
+
+    def run(self, prepared: Prepared) -> list[dict[str, Any] | PipelineError]:
+        """The second half of :meth:`handle`: infer each shape group, postprocess, in order."""
+        results = prepared.results
+        for hw, items in prepared.groups.items():
             raw = self.infer(self._to_batch([it.tensor for it in items]))
             for it, res in zip(items, self.postprocess(raw, items, hw), strict=True):
                 results[it.index] = res

@@ -12,6 +12,12 @@ N clients whose answers went out together in one batch are waited for (up to ``m
 and run together again. The delay stays an upper bound; without ``adaptive`` every partial batch
 waits the full delay, as TorchServe's ``maxBatchDelay`` does.
 
+With a ``prepare`` stage (the embedded backend's decode and preprocess), a batch is
+``prepare(payloads, params)`` then ``run(prepared)``, and two batches may be in flight on two
+threads: while one is in ``run`` (inference), the next one is already taken and prepared, so
+decoding overlaps inference on another core. ``run`` calls happen one at a time, in the order the
+batches were taken. Each batch costs the event loop one thread hop, as without the stage.
+
 * A full queue refuses at once (:class:`QueueFullError`, 429 with ``Retry-After``).
 * Each request carries a deadline: past it the caller gets :class:`DeadlineExceededError` and
   its images are dropped from the queue if they have not started.
@@ -23,10 +29,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import math
+import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,6 +48,7 @@ log = logging.getLogger(__name__)
 
 Params = Mapping[str, Any] | None
 BatchRunner = Callable[[list[bytes], list[Params]], Sequence[Any]]
+BatchPreparer = Callable[[list[bytes], list[Params]], Any]
 
 
 @dataclass(eq=False)
@@ -64,9 +73,13 @@ class DynamicBatcher:
         metrics: Metrics,
         retry_after_s: int = 1,
         adaptive: bool = True,
+        prepare: BatchPreparer | None = None,
     ) -> None:
+        """``run(payloads, params)`` answers a batch; with ``prepare``, ``run`` receives
+        ``prepare(payloads, params)``'s result instead and the two stages overlap."""
         self.name = name
-        self._run_fn = run
+        self._run_fn: Callable[..., Sequence[Any]] = run
+        self._prepare_fn = prepare
         self.max_batch_size = max_batch_size
         self.max_delay = max_delay_ms / 1000.0
         self.max_queue = max_queue
@@ -79,7 +92,12 @@ class DynamicBatcher:
         self._wakeup = asyncio.Event()
         self._closing = False
         self._task: asyncio.Task[None] | None = None
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"batch-{name}")
+        in_flight = 1 if prepare is None else 2
+        self._executor = ThreadPoolExecutor(in_flight, thread_name_prefix=f"batch-{name}")
+        self._slots = asyncio.Semaphore(in_flight)  # batches taken and not yet answered
+        self._turns = _Turns()  # run() in the order the batches were taken
+        self._tickets = 0
+        self._running: set[asyncio.Task[None]] = set()
         self._batch_seconds = 0.05  # running mean of a batch's duration (Retry-After hints)
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -99,6 +117,7 @@ class DynamicBatcher:
                 for e in self._queue:
                     if not e.future.done():
                         e.future.set_exception(NotReadyError("the server is shutting down"))
+        self._turns.abandon()  # a batch waiting for a turn that will not come gives up
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     @property
@@ -159,11 +178,15 @@ class DynamicBatcher:
         while True:
             if not self._queue:
                 if self._closing:
+                    if self._running:  # batches still in flight: answer them before returning
+                        await asyncio.gather(*self._running, return_exceptions=True)
                     return
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            flush_at = self._queue[0].enqueued + self.max_delay
+            # a free slot first, so that requests keep gathering while every slot is busy
+            await self._slots.acquire()
+            flush_at = self._queue[0].enqueued + self.max_delay if self._queue else loop.time()
             want = self.max_batch_size
             if self.adaptive:
                 want = min(want, self._last_batch)
@@ -177,8 +200,12 @@ class DynamicBatcher:
                 except TimeoutError:
                     break
             batch = self._take()
-            if batch:
-                await self._run(batch)
+            if not batch:
+                self._slots.release()
+                continue
+            task = loop.create_task(self._run(batch))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
 
     def _take(self) -> list[_Entry]:
         batch: list[_Entry] = []
@@ -197,31 +224,54 @@ class DynamicBatcher:
         self.metrics.queue_depth.labels(self.name).set(self._queued)
         return batch
 
+    @staticmethod
+    def _fail(batch: list[_Entry], exc: BaseException) -> None:
+        for e in batch:
+            if not e.future.done():
+                e.future.set_exception(exc)
+
+    def _work(self, ticket: int, payloads: list[bytes], params: list[Params]) -> Sequence[Any]:
+        """One batch on an executor thread: prepare (if any) freely, then run in turn."""
+        if self._prepare_fn is None:
+            return self._run_fn(payloads, params)
+        prepared: Any = None
+        failure: Exception | None = None
+        try:
+            prepared = self._prepare_fn(payloads, params)
+        except Exception as exc:  # reported after our turn, so the next batch is not held
+            failure = exc
+        with self._turns.turn(ticket):
+            if failure is not None:
+                raise failure
+            return self._run_fn(prepared)
+
     async def _run(self, batch: list[_Entry]) -> None:
         loop = asyncio.get_running_loop()
-        start = loop.time()
-        for e in batch:
-            self.metrics.queue_wait.labels(self.name).observe(start - e.enqueued)
-        payloads = [p for e in batch for p in e.payloads]
-        params = [p for e in batch for p in e.params]
-        self.metrics.batch_size.labels(self.name).observe(len(payloads))
-        self._last_batch = max(1, len(payloads))
-        t0 = time.perf_counter()
         try:
-            results = await loop.run_in_executor(self._executor, self._run_fn, payloads, params)
-        except Exception as exc:  # a server-side failure fails the batch's requests
-            log.exception("batch of %d images failed on model %s", len(payloads), self.name)
+            start = loop.time()
             for e in batch:
-                if not e.future.done():
-                    e.future.set_exception(exc)
-            return
+                self.metrics.queue_wait.labels(self.name).observe(start - e.enqueued)
+            payloads = [p for e in batch for p in e.payloads]
+            params = [p for e in batch for p in e.params]
+            self.metrics.batch_size.labels(self.name).observe(len(payloads))
+            self._last_batch = max(1, len(payloads))
+            ticket, self._tickets = self._tickets, self._tickets + 1
+            t0 = time.perf_counter()
+            try:
+                results = await loop.run_in_executor(
+                    self._executor, self._work, ticket, payloads, params
+                )
+            except Exception as exc:  # a server-side failure fails the batch's requests
+                log.exception("batch of %d images failed on model %s", len(payloads), self.name)
+                self._fail(batch, exc)
+                return
+            finally:
+                elapsed = time.perf_counter() - t0
+                self._batch_seconds = 0.8 * self._batch_seconds + 0.2 * elapsed
         finally:
-            self._batch_seconds = 0.8 * self._batch_seconds + 0.2 * (time.perf_counter() - t0)
+            self._slots.release()
         if len(results) != len(payloads):
-            err = RuntimeError(f"{len(results)} results for {len(payloads)} images")
-            for e in batch:
-                if not e.future.done():
-                    e.future.set_exception(err)
+            self._fail(batch, RuntimeError(f"{len(results)} results for {len(payloads)} images"))
             return
         i = 0
         for e in batch:
@@ -229,3 +279,30 @@ class DynamicBatcher:
             if not e.future.done():
                 e.future.set_result(list(results[i : i + n]))
             i += n
+
+
+class _Turns:
+    """Lets threads enter a section strictly in ticket order (0, 1, 2, ...)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._next = 0
+        self._abandoned = False
+
+    @contextlib.contextmanager
+    def turn(self, ticket: int) -> Iterator[None]:
+        with self._cond:
+            self._cond.wait_for(lambda: self._next == ticket or self._abandoned)
+            if self._next != ticket:
+                raise NotReadyError("the server is shutting down")
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._next += 1
+                self._cond.notify_all()
+
+    def abandon(self) -> None:
+        with self._cond:
+            self._abandoned = True
+            self._cond.notify_all()

@@ -95,6 +95,8 @@ class Settings(BaseSettings):
     max_delay_ms: float = Field(default=5.0, ge=0, le=10_000)
     # stop waiting once the queue holds as many images as the previous batch (service/batcher.py)
     adaptive_batching: bool = True
+    # decode and preprocess the next batch in a second thread while the current one infers
+    pipelining: bool = True
     max_queue: int = Field(default=64, ge=1)
     # limits
     max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)

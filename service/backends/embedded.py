@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -44,9 +45,12 @@ class TimedPipeline(Pipeline):
     def __init__(self, model: torch.nn.Module, config: PipelineConfig | None = None) -> None:
         super().__init__(model, config)
         self.phases = {"preprocess": 0.0, "inference": 0.0, "postprocess": 0.0}
+        self._lock = threading.Lock()  # prepare and run may be in two threads at once
 
     def _timed(self, phase: str, t0: float) -> None:
-        self.phases[phase] += time.perf_counter() - t0
+        elapsed = time.perf_counter() - t0
+        with self._lock:
+            self.phases[phase] += elapsed
 
     def decode(self, payload: bytes) -> np.ndarray:
         t0 = time.perf_counter()
@@ -77,8 +81,9 @@ class TimedPipeline(Pipeline):
             self._timed("postprocess", t0)
 
     def take_phases(self) -> dict[str, float]:
-        out = dict(self.phases)
-        self.phases = dict.fromkeys(out, 0.0)
+        with self._lock:
+            out = dict(self.phases)
+            self.phases = dict.fromkeys(out, 0.0)
         return out
 
 
@@ -110,6 +115,7 @@ class _Model:
                 "max_batch_size": self.max_batch_size,
                 "max_delay_ms": self.max_delay_ms,
                 "adaptive": self.adaptive,
+                "pipelining": settings.pipelining,
                 "max_queue": self.max_queue,
             },
         )
@@ -149,6 +155,7 @@ class EmbeddedBackend(Backend):
         m.batcher = DynamicBatcher(
             m.spec.name,
             self._runner(m, pipe),
+            prepare=pipe.prepare if self.settings.pipelining else None,
             max_batch_size=m.max_batch_size,
             max_delay_ms=m.max_delay_ms,
             max_queue=m.max_queue,
@@ -201,8 +208,9 @@ class EmbeddedBackend(Backend):
     def _runner(self, m: _Model, pipe: TimedPipeline) -> Any:
         name, task, metrics = m.spec.name, pipe.task, self.metrics
 
-        def run(payloads: list[bytes], params: list[Mapping[str, Any] | None]) -> list[Any]:
-            results = pipe.handle(payloads, params)
+        def run(*args: Any) -> list[Any]:
+            # (payloads, params), or with pipelining the result of ``pipe.prepare`` on them
+            results = pipe.handle(*args) if len(args) == 2 else pipe.run(*args)
             for phase, seconds in pipe.take_phases().items():
                 metrics.phase.labels(name, phase).observe(seconds)
             errors = sum(isinstance(r, Exception) for r in results)

@@ -175,6 +175,7 @@ def test_models_listing(client: TestClient) -> None:
         "max_batch_size": 8,
         "max_delay_ms": 5.0,
         "adaptive": True,
+        "pipelining": True,
         "max_queue": 64,
     }
 

@@ -191,3 +191,111 @@ def test_stop_drains_the_queue_then_refuses() -> None:
 
     asyncio.run(main())
     assert sum(len(x) for x in runner.batches) == 3
+
+
+# -- two stages: prepare (decode) overlaps run (inference) ---------------------------------
+class TwoStage:
+    """``prepare`` tags the batch; ``run`` can be held until the next batch's prepare started."""
+
+    def __init__(self, fail_prepare_on: bytes | None = None) -> None:
+        self.events: list[tuple[str, list[bytes]]] = []
+        self.lock = threading.Lock()
+        self.second_prepare_started = threading.Event()
+        self.hold_first_run = False
+        self.fail_prepare_on = fail_prepare_on
+        self.overlapped = False
+
+    def prepare(self, payloads: list[bytes], params: list[Any]) -> Any:
+        with self.lock:
+            self.events.append(("prepare", list(payloads)))
+            if sum(kind == "prepare" for kind, _ in self.events) == 2:
+                self.second_prepare_started.set()
+        if self.fail_prepare_on is not None and self.fail_prepare_on in payloads:
+            raise ValueError("cannot prepare")
+        return [(p, q, "prepared") for p, q in zip(payloads, params, strict=True)]
+
+    def run(self, prepared: list[Any]) -> list[Any]:
+        with self.lock:
+            first = not any(kind == "run" for kind, _ in self.events)
+            self.events.append(("run", [p for p, _, _ in prepared]))
+        if first and self.hold_first_run:
+            # the worker must prepare the next batch while this one is still running
+            self.overlapped = self.second_prepare_started.wait(10)
+        return [{"echo": p, "params": q, "stage": s} for p, q, s in prepared]
+
+
+def make_two_stage(stages: TwoStage, **kw: Any) -> DynamicBatcher:
+    opts = {"max_batch_size": 2, "max_delay_ms": 20.0, "max_queue": 16, **kw}
+    return DynamicBatcher("m", stages.run, prepare=stages.prepare, metrics=Metrics(), **opts)
+
+
+def test_pipelined_batches_overlap_and_keep_order() -> None:
+    stages = TwoStage()
+    stages.hold_first_run = True
+
+    async def main() -> list[list[Any]]:
+        b = make_two_stage(stages)
+        b.start()
+        reqs = [b.submit([bytes([i])], [{"i": i}], far()) for i in range(6)]
+        out = await asyncio.gather(*reqs)
+        await b.stop()
+        return out
+
+    out = asyncio.run(main())
+    assert stages.overlapped  # batch 2 was prepared while batch 1 was still in run
+    for i, res in enumerate(out):
+        assert res == [{"echo": bytes([i]), "params": {"i": i}, "stage": "prepared"}]
+    runs = [batch for kind, batch in stages.events if kind == "run"]
+    prepares = [batch for kind, batch in stages.events if kind == "prepare"]
+    assert runs == prepares  # same batches, same order, each prepared before it ran
+    assert [p for batch in runs for p in batch] == [bytes([i]) for i in range(6)]
+
+
+def test_a_failing_prepare_fails_its_batch_only() -> None:
+    stages = TwoStage(fail_prepare_on=b"bad")
+
+    async def main() -> tuple[Any, Any, Any]:
+        b = make_two_stage(stages, max_batch_size=1)
+        b.start()
+        results = await asyncio.gather(
+            b.submit([b"ok1"], [None], far()),
+            b.submit([b"bad"], [None], far()),
+            b.submit([b"ok2"], [None], far()),
+            return_exceptions=True,
+        )
+        await b.stop()
+        return results[0], results[1], results[2]
+
+    first, bad, last = asyncio.run(main())
+    assert first[0]["echo"] == b"ok1" and last[0]["echo"] == b"ok2"
+    assert isinstance(bad, ValueError)
+
+
+def test_stop_finishes_the_batch_in_the_run_stage() -> None:
+    gate = threading.Event()
+    stages = TwoStage()
+    slow_run = stages.run
+
+    def run(prepared: list[Any]) -> list[Any]:
+        gate.wait(10)
+        return slow_run(prepared)
+
+    async def main() -> list[Any]:
+        b = DynamicBatcher(
+            "m", run, prepare=stages.prepare, metrics=Metrics(),
+            max_batch_size=2, max_delay_ms=1.0, max_queue=16,
+        )  # fmt: skip
+        b.start()
+        reqs = [asyncio.ensure_future(b.submit([bytes([i])], [None], far())) for i in range(4)]
+        await asyncio.sleep(0.1)  # batch 1 is held in run, batch 2 prepared and waiting
+        stopping = asyncio.ensure_future(b.stop(timeout=10))
+        await asyncio.sleep(0.05)
+        with pytest.raises(NotReadyError):  # refuses new work while it drains
+            await b.submit([b"late"], [None], far())
+        gate.set()
+        out = await asyncio.gather(*reqs)
+        await stopping
+        return out
+
+    out = asyncio.run(main())
+    assert [r[0]["echo"] for r in out] == [bytes([i]) for i in range(4)]
