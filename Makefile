@@ -78,7 +78,14 @@ DET := $(DET_MODEL) --steps 2000 --lr 3e-4 --warmup-steps 50 --curriculum-steps 
 SEG := $(SEG_MODEL) --steps 1500 --lr 3e-4 --warmup-steps 50 --curriculum-steps 1000
 DET2 := $(DET_MODEL) --steps 4000 --lr 2e-4 --warmup-steps 100 --first-image 32000
 SEG2 := $(SEG_MODEL) --steps 4000 --lr 2e-4 --warmup-steps 100 --first-image 24000
-DEMOS := cls:cls64 det:det128_full seg:seg128_full
+# the classifier then grows to 112 and 224 (each phase the whole previous model, unseen scenes);
+# the segmenter gets a third phase
+CLS2 := --task classify --img-size 112 --batch-size 32 --steps 2000 --lr 3e-4 --warmup-steps 100 \
+	--val-images 300 --first-image 384000
+CLS3 := --task classify --img-size 224 --batch-size 32 --steps 600 --lr 1e-4 --warmup-steps 30 \
+	--val-images 300 --first-image 448000
+SEG3 := $(SEG_MODEL) --steps 4500 --lr 1.5e-4 --warmup-steps 100 --first-image 88000
+DEMOS := cls:cls224 det:det128_full seg:seg128_p3
 
 models: $(STAMP)
 	# the classifier trains at 64x64 with the easy-to-full curriculum; the detector starts from its
@@ -88,10 +95,15 @@ models: $(STAMP)
 	$(TRAIN) $(CLS) --output $(RUNS)/cls64 & pid=$$!; \
 	  $(TRAIN) $(DET) --init-from $(CLS_MID) --output $(RUNS)/det128; rc=$$?; \
 	  wait $$pid && test $$rc = 0
-	$(TRAIN) $(SEG) --init-from $(RUNS)/cls64/model.safetensors --output $(RUNS)/seg128
+	$(TRAIN) $(CLS2) --init-from $(RUNS)/cls64/model.safetensors --output $(RUNS)/cls112 & \
+	  pid=$$!; $(TRAIN) $(SEG) --init-from $(RUNS)/cls64/model.safetensors \
+	  --output $(RUNS)/seg128; rc=$$?; wait $$pid && test $$rc = 0
 	$(TRAIN) $(DET2) --init-from $(RUNS)/det128/model.safetensors --output $(RUNS)/det128_full & \
 	  pid=$$!; $(TRAIN) $(SEG2) --init-from $(RUNS)/seg128/model.safetensors \
 	  --output $(RUNS)/seg128_full; rc=$$?; wait $$pid && test $$rc = 0
+	$(TRAIN) $(CLS3) --init-from $(RUNS)/cls112/model.safetensors --output $(RUNS)/cls224 & \
+	  pid=$$!; $(TRAIN) $(SEG3) --init-from $(RUNS)/seg128_full/model.safetensors \
+	  --output $(RUNS)/seg128_p3; rc=$$?; wait $$pid && test $$rc = 0
 	for pair in $(DEMOS); do \
 	  m=sepvit_lite_shapes_$${pair%%:*}; run=$${pair##*:}; \
 	  cp $(RUNS)/$$run/model.safetensors model_store/$$m/model.safetensors && \

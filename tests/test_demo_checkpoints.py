@@ -22,7 +22,7 @@ from sepvit.data import ShapesDataset
 from sepvit.evaluate import evaluate
 from sepvit.registry import create_model, model_config
 
-SEG_FLOOR = 0.73
+SEG_FLOOR = 0.77
 STORE = Path(__file__).resolve().parents[1] / "model_store"
 # name: (task, {metric: (200-image floor, 500-image target)})
 DEMOS = {
@@ -33,7 +33,6 @@ DEMOS = {
 # (name, metric) pairs whose 500-image figure is still below the target
 BELOW_TARGET = {
     ("sepvit_lite_shapes_cls", "top1"),
-    ("sepvit_lite_shapes_seg", "mIoU"),
 }
 
 
