@@ -5,9 +5,10 @@ Two bars per metric:
 
 * **floor**: what the shipped checkpoints reach today, minus a margin for the smaller sample. A
   regression (a worse checkpoint, or a pipeline change that breaks them) fails the test.
-* **target**: issue 3's acceptance figures. The current checkpoints do not reach every one yet
-  (training on 2 CPU cores; see docs/shapes.md), so those checks are strict ``xfail``: they fail
-  loudly once a retrained checkpoint meets the target, so the marker is then removed.
+* **target**: issue 3's acceptance figures, which the shipped checkpoints meet (classification
+  top-1 0.976, detection mAP@.5 0.882 / mAP 0.752, segmentation mIoU 0.801). A retrained
+  checkpoint that misses one goes into ``BELOW_TARGET``, a strict ``xfail`` that fails loudly
+  once the target is met again.
 """
 
 from __future__ import annotations
@@ -26,14 +27,12 @@ SEG_FLOOR = 0.77
 STORE = Path(__file__).resolve().parents[1] / "model_store"
 # name: (task, {metric: (200-image floor, 500-image target)})
 DEMOS = {
-    "sepvit_lite_shapes_cls": ("classify", {"top1": (0.86, 0.97)}),
+    "sepvit_lite_shapes_cls": ("classify", {"top1": (0.94, 0.97)}),
     "sepvit_lite_shapes_det": ("detect", {"mAP50": (0.85, 0.85), "mAP": (0.71, 0.60)}),
     "sepvit_lite_shapes_seg": ("segment", {"mIoU": (SEG_FLOOR, 0.80)}),
 }
 # (name, metric) pairs whose 500-image figure is still below the target
-BELOW_TARGET = {
-    ("sepvit_lite_shapes_cls", "top1"),
-}
+BELOW_TARGET: set[tuple[str, str]] = set()
 
 
 def _checkpoint(name: str) -> Path:

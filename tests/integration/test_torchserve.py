@@ -177,7 +177,7 @@ def _check_against_ground_truth(answers: dict[str, list[bytes]]) -> None:
 
 def _check_all(send) -> None:  # type: ignore[no-untyped-def]
     """``send(task, image_bytes) -> body``: right answers and exactly the pipeline's answers."""
-    circle = _png(_scene_with("classify", CLASSES.index("circle"), 64))
+    circle = _png(_scene_with("classify", CLASSES.index("circle"), 224))
     body = send("classify", circle)
     assert json.loads(body)["top_k"][0]["label"] == "circle", body
     _same_answer(json.loads(body), _pipeline("classify").handle([circle])[0])
@@ -236,7 +236,7 @@ def test_grpc_predictions(torchserve: TorchServeProcess, tmp_path: Path) -> None
 def test_concurrent_requests_are_batched_and_a_bad_image_fails_alone(
     torchserve: TorchServeProcess,
 ) -> None:
-    good = _png(_scene_with("classify", CLASSES.index("circle"), 64))
+    good = _png(_scene_with("classify", CLASSES.index("circle"), 224))
     truncated = good[: len(good) // 2]
     shared_batch = False
     for _attempt in range(5):
