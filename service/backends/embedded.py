@@ -152,10 +152,11 @@ class EmbeddedBackend(Backend):
             log.error("model %s failed to load: %s", m.spec.name, m.info.error)
             return
         m.pipeline = pipe
+        run, prepare = self._runner(m, pipe)
         m.batcher = DynamicBatcher(
             m.spec.name,
-            self._runner(m, pipe),
-            prepare=pipe.prepare if self.settings.pipelining else None,
+            run,
+            prepare=prepare,
             max_batch_size=m.max_batch_size,
             max_delay_ms=m.max_delay_ms,
             max_queue=m.max_queue,
@@ -205,12 +206,12 @@ class EmbeddedBackend(Backend):
         m.info.input_size = list(pipe.input_size)
         return pipe
 
-    def _runner(self, m: _Model, pipe: TimedPipeline) -> Any:
+    def _runner(self, m: _Model, pipe: TimedPipeline) -> tuple[Any, Any]:
+        """The batcher's ``run`` and ``prepare``: with pipelining, ``pipe.prepare`` is the first
+        stage and ``run`` takes its result; without, ``run`` answers the whole batch."""
         name, task, metrics = m.spec.name, pipe.task, self.metrics
 
-        def run(*args: Any) -> list[Any]:
-            # (payloads, params), or with pipelining the result of ``pipe.prepare`` on them
-            results = pipe.handle(*args) if len(args) == 2 else pipe.run(*args)
+        def record(results: list[Any]) -> list[Any]:
             for phase, seconds in pipe.take_phases().items():
                 metrics.phase.labels(name, phase).observe(seconds)
             errors = sum(isinstance(r, Exception) for r in results)
@@ -222,7 +223,9 @@ class EmbeddedBackend(Backend):
             metrics.images.labels(name, task, "ok").inc(len(results) - errors)
             return results
 
-        return run
+        if self.settings.pipelining:
+            return (lambda prepared: record(pipe.run(prepared))), pipe.prepare
+        return (lambda payloads, params: record(pipe.handle(payloads, params))), None
 
     async def stop(self, timeout: float) -> None:
         for t in self._tasks:

@@ -473,3 +473,16 @@ def test_concurrency_limit_is_shared_by_http_and_grpc(checkpoints: dict[str, Pat
             == 200
         )
         assert limit.active == 0
+
+
+def test_pipelining_off_gives_the_same_answers(
+    client: TestClient, checkpoints: dict[str, Path]
+) -> None:
+    body = files(png(seed=1), b"garbage", png(70, 30, 2))
+    with make_client(checkpoints, pipelining=False) as plain:
+        wait_ready(plain)
+        assert plain.get("/models").json()["models"][0]["batching"]["pipelining"] is False
+        off = plain.post("/classify?top_k=3", files=body)
+    on = client.post("/classify?top_k=3", files=body)
+    assert off.status_code == on.status_code == 200
+    assert off.json()["results"] == on.json()["results"]
