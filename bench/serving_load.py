@@ -366,7 +366,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         doc["settings"]["weights"] = weights
         ts_cfg = yaml.safe_load(base_cfg.read_text()) or {}
         batch, delay = int(ts_cfg.get("batchSize", 8)), float(ts_cfg.get("maxBatchDelay", 5))
-        doc["settings"]["model_config"] = {"batchSize": batch, "maxBatchDelay": delay}
+        doc["settings"]["model_config"] = {
+            "batchSize": batch,
+            "maxBatchDelay": delay,
+            "runtime": (ts_cfg.get("handler") or {}).get("runtime", "eager"),  # the default
+        }
         payloads = images("classify", 224)
         body_path = "/classify?model=cls"
 
@@ -548,6 +552,9 @@ def ratios(doc: dict[str, Any]) -> dict[str, Any]:
             a, b = best(f"embedded-{runtime}-batch"), best("embedded-eager-batch")
             if runtime != "eager" and a and b:
                 out[f"embedded-{runtime}_vs_eager"] = round(a / b, 3)
+        default = doc["settings"].get("model_config", {}).get("runtime")
+        if default and f"embedded-{default}_vs_eager" in out:
+            out["default_runtime_vs_eager"] = out[f"embedded-{default}_vs_eager"]
     return out
 
 

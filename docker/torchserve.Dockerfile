@@ -77,13 +77,15 @@ FROM base
 LABEL org.opencontainers.image.title="sepvit-torchserve" \
       org.opencontainers.image.description="TorchServe with the SepViT handlers and demo archives" \
       org.opencontainers.image.licenses="Apache-2.0"
-# TEMP: TorchServe's Java temp dir; LOG_LOCATION/METRICS_LOCATION: its log files. Both are
-# writable mounts on Kubernetes, where the root filesystem is read-only.
+# SEPVIT_CACHE_DIR: ONNX exports and TensorRT engines; TEMP: TorchServe's Java temp dir;
+# LOG_LOCATION/METRICS_LOCATION: its log files. All are on writable mounts on Kubernetes, where
+# the root filesystem is read-only.
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     OMP_WAIT_POLICY=PASSIVE \
     OMP_NUM_THREADS=1 \
+    SEPVIT_CACHE_DIR=/tmp/sepvit-cache \
     TEMP=/tmp \
     LOG_LOCATION=/home/model-server/logs \
     METRICS_LOCATION=/home/model-server/logs
