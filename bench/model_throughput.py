@@ -140,6 +140,58 @@ def tensorrt_unavailable() -> str | None:
     return None
 
 
+def write(
+    args: argparse.Namespace,
+    started: str,
+    results: list[dict[str, Any]],
+    skipped: dict[str, str],
+    failed: list[dict[str, Any]],
+    complete: bool,
+) -> None:
+    """Write the JSON document so far: rows, failures, best runtime per cell, ratios to eager."""
+    best: dict[str, dict[str, Any]] = {}
+    for r in results:
+        key = f"{r['variant']}/batch{r['batch']}/threads{r['threads']}"
+        if key not in best or r["img_per_s_median"] > best[key]["img_per_s_median"]:
+            best[key] = {"runtime": r["runtime"], "img_per_s_median": r["img_per_s_median"]}
+    # ratios taken within this run: each runtime over eager at the same cell
+    eager = {
+        (r["variant"], r["batch"], r["threads"]): r["img_per_s_median"]
+        for r in results
+        if r["runtime"] == "eager"
+    }
+    for r in results:
+        base = eager.get((r["variant"], r["batch"], r["threads"]))
+        r["vs_eager"] = round(r["img_per_s_median"] / base, 3) if base else None
+    doc: dict[str, Any] = {
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z") if complete else None,
+        "benchmark": "model_throughput",
+        "started": started,
+        "machine": machine_info(),
+        "settings": {
+            "img_size": args.img_size,
+            "dtype": "float32",
+            "repeats": args.repeats,
+            "min_seconds_per_repeat": args.min_seconds,
+            "statistic": "median of repeats",
+            "variants": args.variants,
+            "runtimes": args.runtimes,
+            "batches": args.batches,
+            "threads": args.threads,
+            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+        },
+        "complete": complete,
+        "results": results,
+        "skipped": skipped,
+        "failed": failed,
+        "best_runtime": best,
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    staged = args.output.with_suffix(".json.tmp")
+    staged.write_text(json.dumps(doc, indent=2) + "\n")
+    staged.replace(args.output)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -166,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         runtimes.remove("tensorrt")
         skipped["tensorrt"] = why
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    failed: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         for variant in args.variants:
             model = create_model(variant, num_classes=1000, img_size=args.img_size).eval()
@@ -179,8 +232,25 @@ def main(argv: list[str] | None = None) -> int:
                     for batch in args.batches:
                         x = torch.randn(batch, 3, args.img_size, args.img_size)
                         t0 = time.perf_counter()
-                        run = make_runner(runtime, model, x, threads, onnx_path)
-                        rates = time_fn(run, batch, args.repeats, args.min_seconds)
+                        cell = f"{variant:13s} {runtime:12s} threads={threads} batch={batch:2d}"
+                        try:
+                            run = make_runner(runtime, model, x, threads, onnx_path)
+                            rates = time_fn(run, batch, args.repeats, args.min_seconds)
+                        except Exception as exc:  # a runtime that cannot run a cell is a result
+                            last = (str(exc).strip().splitlines() or [""])[-1]
+                            msg = f"{type(exc).__name__}: {last}"[:500]
+                            failed.append(
+                                {
+                                    "variant": variant,
+                                    "runtime": runtime,
+                                    "batch": batch,
+                                    "threads": threads,
+                                    "error": msg,
+                                }
+                            )
+                            print(f"{cell} FAILED {msg}", flush=True)
+                            torch._dynamo.reset()
+                            continue
                         row = {
                             "variant": variant,
                             "runtime": runtime,
@@ -191,49 +261,11 @@ def main(argv: list[str] | None = None) -> int:
                             "wall_s": round(time.perf_counter() - t0, 1),
                         }
                         results.append(row)
-                        print(
-                            f"{variant:13s} {runtime:12s} threads={threads} batch={batch:2d} "
-                            f"{row['img_per_s_median']:8.2f} img/s",
-                            flush=True,
-                        )
+                        print(f"{cell} {row['img_per_s_median']:8.2f} img/s", flush=True)
                         torch._dynamo.reset()
-
-    best: dict[str, dict[str, Any]] = {}
-    for r in results:
-        key = f"{r['variant']}/batch{r['batch']}/threads{r['threads']}"
-        if key not in best or r["img_per_s_median"] > best[key]["img_per_s_median"]:
-            best[key] = {"runtime": r["runtime"], "img_per_s_median": r["img_per_s_median"]}
-    # ratios taken within this run: each runtime over eager at the same cell
-    eager = {
-        (r["variant"], r["batch"], r["threads"]): r["img_per_s_median"]
-        for r in results
-        if r["runtime"] == "eager"
-    }
-    for r in results:
-        base = eager.get((r["variant"], r["batch"], r["threads"]))
-        r["vs_eager"] = round(r["img_per_s_median"] / base, 3) if base else None
-    doc = {
-        "benchmark": "model_throughput",
-        "started": started,
-        "machine": machine_info(),
-        "settings": {
-            "img_size": args.img_size,
-            "dtype": "float32",
-            "repeats": args.repeats,
-            "min_seconds_per_repeat": args.min_seconds,
-            "statistic": "median of repeats",
-            "variants": args.variants,
-            "runtimes": args.runtimes,
-            "batches": args.batches,
-            "threads": args.threads,
-            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
-        },
-        "results": results,
-        "skipped": skipped,
-        "best_runtime": best,
-    }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(doc, indent=2) + "\n")
+                        # written after every cell: a long run that dies keeps what it measured
+                        write(args, started, results, skipped, failed, complete=False)
+    write(args, started, results, skipped, failed, complete=True)
     print(f"wrote {args.output}")
     return 0
 

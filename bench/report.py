@@ -289,13 +289,6 @@ def main(argv: list[str] | None = None) -> int:
     lines = [HEADER]
     lines += model_section(_load(args.results / "model_throughput.json"), img, "img")
     lines += serving_section(_load(args.results / "serving_load.json"), img, "img")
-    # a separate run with TorchServe only (its own embedded reference, so its ratios hold)
-    ts_doc = _load(args.results / "serving_load_torchserve.json")
-    if ts_doc is not None:
-        title = "## 2b. Embedded backend vs TorchServe (`/classify`, same archive and runtime)"
-        lines += serving_section(
-            ts_doc, img, "img", title, "serving_load_torchserve.json", "serving_torchserve"
-        )
     out = args.docs / "performance.md"
     out.write_text("\n".join(lines).rstrip() + "\n")
     print(f"wrote {out}")

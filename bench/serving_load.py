@@ -546,6 +546,14 @@ def ratios(doc: dict[str, Any]) -> dict[str, Any]:
             for other in (f"torchserve-backend-{runtime}", f"torchserve-direct-{runtime}"):
                 if best(gw) and best(other):
                     out[f"{gw}_vs_{other}"] = round(best(gw) / best(other), 3)  # type: ignore[operator]
+                    # per concurrency too: at saturation both sides are bound by the same runtime
+                    per: dict[str, float] = {}
+                    for cell in sc[gw]["cells"]:
+                        c = cell["concurrency"]
+                        theirs = at(other, c, "throughput_rps")
+                        if theirs:
+                            per[str(c)] = round(cell["throughput_rps"] / theirs, 3)
+                    out[f"{gw}_vs_{other}_by_concurrency"] = per
     rts = doc["settings"]["runtimes"]
     if "eager" in rts:
         for runtime in rts:
