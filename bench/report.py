@@ -79,6 +79,12 @@ def model_section(doc: dict[str, Any] | None, img: Path, rel: str) -> list[str]:
             out.append(f"| {variant} | {threads} | " + " | ".join(vals) + " |")
     if doc.get("skipped"):
         out += ["", "Not run: " + "; ".join(f"{k}: {v}" for k, v in doc["skipped"].items()) + "."]
+    if doc.get("failed"):
+        cells = ", ".join(
+            f"{f['variant']} {f['runtime']} b{f['batch']} threads {f['threads']}"
+            for f in doc["failed"]
+        )
+        out += ["", f"Failed (`-` above; the error is in the JSON): {cells}."]
     _plot_models(doc, img / "model_throughput.png")
     out += ["", f"![model throughput]({rel}/model_throughput.png)", ""]
     return out
