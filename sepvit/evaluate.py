@@ -20,12 +20,14 @@ from torch import Tensor, nn
 __all__ = [
     "BoxPrediction",
     "coco_map",
+    "detection_recall",
     "evaluate",
     "segmentation_metrics",
     "topk_accuracy",
 ]
 
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
+SERVED_SCORE_THRESHOLD = 0.3  # the demo detector's handler setting (model-config.yaml)
 RECALL_POINTS = np.linspace(0.0, 1.0, 101)
 
 
@@ -136,6 +138,35 @@ def coco_map(
     }
 
 
+def detection_recall(
+    predictions: Sequence[BoxPrediction],
+    gt_boxes: Sequence[np.ndarray],
+    gt_labels: Sequence[np.ndarray],
+    iou: float = 0.5,
+    score_threshold: float = SERVED_SCORE_THRESHOLD,
+) -> dict[str, float]:
+    """Recall and precision of the detections a user sees (score >= ``score_threshold``): each
+    detection, best score first, takes the unmatched ground truth of its class with the highest
+    IoU >= ``iou``."""
+    hits = n_gt = n_det = 0
+    for pred, gb, gl in zip(predictions, gt_boxes, gt_labels, strict=True):
+        keep = np.nonzero(pred.scores >= score_threshold)[0]
+        keep = keep[np.argsort(-pred.scores[keep], kind="mergesort")]
+        ious = _iou_matrix(pred.boxes[keep], gb)
+        taken = np.zeros(len(gb), bool)
+        for di, k in enumerate(keep):
+            cand = np.where((gl == pred.labels[k]) & ~taken, ious[di], -1.0)
+            if len(cand) and cand.max() >= iou:
+                taken[int(cand.argmax())] = True
+        hits += int(taken.sum())
+        n_gt += len(gb)
+        n_det += len(keep)
+    return {
+        f"recall{round(iou * 100)}": hits / max(n_gt, 1),
+        f"precision{round(iou * 100)}": hits / max(n_det, 1),
+    }
+
+
 def segmentation_metrics(
     preds: Iterable[np.ndarray],
     targets: Iterable[np.ndarray],
@@ -212,6 +243,7 @@ def evaluate(
         result.update(topk_accuracy(torch.cat(logits_all), torch.tensor(labels_all)))
     elif task == "detect":
         result.update(coco_map(preds, gt_boxes, gt_labels, cfg["num_classes"]))
+        result.update(detection_recall(preds, gt_boxes, gt_labels))
     else:
         result.update(segmentation_metrics(seg_preds, seg_targets, cfg["num_classes"]))
     return result

@@ -56,6 +56,7 @@ class TrainConfig:
     train_images: int = 0  # 0: a fresh scene for every sample; N: cycle over N scenes
     first_image: int = 0  # index of the first training scene (a continuation sees new scenes)
     curriculum_steps: int = 0  # 0: full difficulty throughout; see difficulty_at()
+    style: int = 1  # scene recipe (sepvit.data.shapes.STYLES): 2 is domain-randomised
     stop_after: int = 0  # >0: save the state at this step and return (resume later to finish)
     log_every: int = 10
     save_every: int = 50
@@ -254,6 +255,7 @@ def train(cfg: TrainConfig, output: str | Path, log: Any = sys.stderr) -> dict[s
         cfg.img_size,
         length=cfg.first_image + cfg.steps * cfg.batch_size,
         seed=None,
+        style=cfg.style,
     )
     t_start = time.perf_counter()
     ema: float | None = None
@@ -313,13 +315,14 @@ def train(cfg: TrainConfig, output: str | Path, log: Any = sys.stderr) -> dict[s
     elapsed = elapsed_before + time.perf_counter() - t_start
 
     model.eval()
-    val = ShapesDataset("val", cfg.task, cfg.img_size, length=cfg.val_images)
+    val = ShapesDataset("val", cfg.task, cfg.img_size, length=cfg.val_images, style=cfg.style)
     metrics = evaluate(model.cpu(), val)
     provenance = {
         "dataset": {
             "name": "SepViT-Shapes",
             "train_seed": ds.seed,
             "val_seed": val.seed,
+            "style": cfg.style,
             "classes": list(CLASSES),
         },
         "train_config": asdict(cfg),
@@ -352,6 +355,8 @@ def _comparable(cfg: TrainConfig) -> dict[str, Any]:
     d = asdict(cfg)
     for k in ("log_every", "save_every", "threads", "val_images", "device", "stop_after"):
         d.pop(k)
+    if d["style"] == 1:  # runs written before styles existed resume unchanged
+        d.pop("style")
     return json.loads(json.dumps(d))
 
 

@@ -1,4 +1,5 @@
-"""``sepvit-eval``: evaluate a native checkpoint on a SepViT-Shapes split."""
+"""``sepvit-eval``: evaluate a native checkpoint on a SepViT-Shapes split, or on the independent
+matplotlib-drawn set (``--split independent``: the whole set, then its plain and varied halves)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import sys
 from pathlib import Path
 
 from ..checkpoint import CheckpointError, read_metadata
+from ..data.independent import VARIANTS, IndependentShapes
 from ..data.shapes import ShapesDataset
 from ..evaluate import evaluate
 from ..registry import create_model, model_config
@@ -22,10 +24,19 @@ def _table(metrics: dict) -> str:
     return "\n".join(lines)
 
 
+def _mpl_version() -> str:
+    import matplotlib
+
+    return str(matplotlib.__version__)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="sepvit-eval", description="Evaluate on SepViT-Shapes.")
     p.add_argument("--checkpoint", type=Path, required=True)
-    p.add_argument("--split", choices=("train", "val", "test"), default="test")
+    p.add_argument("--split", choices=("train", "val", "test", "independent"), default="test")
+    p.add_argument(
+        "--style", type=int, choices=(1, 2), default=1, help="scene recipe of a Shapes split"
+    )
     p.add_argument("--num-images", type=int, default=500)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--json", type=Path, default=None, help="write the metrics here")
@@ -37,7 +48,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sepvit-eval: {exc}", file=sys.stderr)
         return 2
     size = int(model_config(model)["input_size"][1])
-    ds = ShapesDataset(a.split, meta["task"], size, length=a.num_images)
+    ds: ShapesDataset | IndependentShapes
+    if a.split == "independent":
+        ds = IndependentShapes(meta["task"], size, length=a.num_images)
+    else:
+        ds = ShapesDataset(a.split, meta["task"], size, length=a.num_images, style=a.style)
     metrics = evaluate(model, ds, batch_size=a.batch_size)
     metrics.update(
         {
@@ -47,7 +62,15 @@ def main(argv: list[str] | None = None) -> int:
             "input_size": size,
         }
     )
+    if isinstance(ds, ShapesDataset):
+        metrics["style"] = a.style
     print(_table(metrics))
+    if isinstance(ds, IndependentShapes):
+        metrics["renderer"] = "matplotlib " + _mpl_version()
+        for variant in VARIANTS:
+            half = IndependentShapes(meta["task"], size, a.num_images // 2, variant=variant)
+            metrics[variant] = evaluate(model, half, batch_size=a.batch_size)
+            print(f"\n{variant} half:\n{_table(metrics[variant])}")
     if a.json:
         a.json.parent.mkdir(parents=True, exist_ok=True)
         a.json.write_text(json.dumps(metrics, indent=2) + "\n")

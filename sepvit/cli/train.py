@@ -51,6 +51,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="easy-to-full scene curriculum over this many steps (0: full difficulty throughout)",
     )
     p.add_argument(
+        "--style",
+        type=int,
+        choices=(1, 2),
+        default=d.style,
+        help="scene recipe: 1 the original, 2 domain-randomised (docs/shapes.md)",
+    )
+    p.add_argument(
         "--stop-after",
         type=int,
         default=0,
@@ -90,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         train_images=a.train_images,
         first_image=a.first_image,
         curriculum_steps=a.curriculum_steps,
+        style=a.style,
         stop_after=a.stop_after,
         log_every=a.log_every,
         save_every=a.save_every,

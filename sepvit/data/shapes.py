@@ -54,6 +54,9 @@ CLASSES: tuple[str, ...] = (
 )
 SPLIT_SEEDS = {"train": 1_000, "val": 2_000, "test": 3_000}
 TASKS = ("classify", "detect", "segment")
+# scene recipes: 1 the original (near-mean backgrounds; the own splits' figures), 2 domain
+# randomisation (sepvit.data.randomised). A style never changes once published.
+STYLES = (1, 2)
 
 
 @dataclass
@@ -76,11 +79,18 @@ class Scene:
 
 
 def shape_polygon(
-    cls: int, center: tuple[float, float], radius: float, angle: float, aspect: float = 0.55
+    cls: int,
+    center: tuple[float, float],
+    radius: float,
+    angle: float,
+    aspect: float = 0.55,
+    star_inner: float = 0.42,
+    cross_arm: float = 0.32,
 ) -> list[tuple[float, float]]:
     """Vertices of class ``cls`` inscribed in a circle of ``radius`` around ``center``.
 
-    ``aspect`` is the minor/major axis ratio used by ellipses.
+    ``aspect`` is the minor/major axis ratio used by ellipses, ``star_inner`` the star's inner
+    radius (relative) and ``cross_arm`` the cross's arm half-width relative to its arm length.
     """
     name = CLASSES[cls]
     if name in ("circle", "ellipse"):
@@ -92,10 +102,13 @@ def shape_polygon(
         pts = np.stack([np.cos(t), np.sin(t)], 1)
     elif name == "star":
         t = np.arange(10) * math.pi / 5 + math.pi / 2
-        r = np.where(np.arange(10) % 2 == 0, 1.0, 0.42)
+        r = np.where(np.arange(10) % 2 == 0, 1.0, star_inner)
         pts = np.stack([r * np.cos(t), r * np.sin(t)], 1)
     elif name == "cross":
-        a, b = 0.32, 1.0 / math.sqrt(1 + 0.32**2)  # arm half-width, arm length (tips on circle)
+        a, b = (
+            cross_arm,
+            1.0 / math.sqrt(1 + cross_arm**2),
+        )  # arm half-width, length (tips on circle)
         a *= b
         pts = np.array(
             [
@@ -239,12 +252,7 @@ def render_scene(
             area = int(mask.sum())
             if area < 20:
                 continue
-            # every existing object must keep >= min_visible of its own pixels
-            ok = all(
-                (v & ~mask).sum() >= min_visible * f.sum()
-                for v, f in zip(visible, full_masks, strict=True)
-            )
-            if ok:
+            if visible_enough(mask, visible, full_masks, min_visible):
                 break
         else:
             if k > 0:
@@ -258,9 +266,25 @@ def render_scene(
         full_masks.append(mask)
         labels.append(cls)
 
-    seg = np.zeros((size, size), np.uint8)
+    return _scene_from_masks(img, labels, visible)
+
+
+def visible_enough(
+    mask: np.ndarray, visible: list[np.ndarray], full: list[np.ndarray], min_visible: float
+) -> bool:
+    """Whether every placed object keeps ``min_visible`` of its own pixels under ``mask``."""
+    return all(
+        (v & ~mask).sum() >= min_visible * f.sum() for v, f in zip(visible, full, strict=True)
+    )
+
+
+def _scene_from_masks(img: np.ndarray, labels: list[int], visible: list[np.ndarray]) -> Scene:
+    """The scene's boxes and segmentation map, both from the visible masks."""
+    kept = [(c, v) for c, v in zip(labels, visible, strict=True) if v.any()]
+    labels, visible = [c for c, _ in kept], [v for _, v in kept]
+    seg = np.zeros(img.shape[:2], np.uint8)
     boxes = []
-    for cls, v in zip(labels, visible, strict=True):
+    for cls, v in kept:
         seg[v] = cls + 1
         ys, xs = np.nonzero(v)
         boxes.append((float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)))
@@ -281,6 +305,7 @@ class ShapesDataset:
         size: int = 224,
         length: int = 10_000,
         seed: int | None = None,
+        style: int = 1,
     ) -> None:
         if split not in SPLIT_SEEDS:
             raise ValueError(f"unknown split {split!r}; expected one of {sorted(SPLIT_SEEDS)}")
@@ -292,7 +317,10 @@ class ShapesDataset:
         self.task = task
         self.size = int(size)
         self.length = int(length)
+        if style not in STYLES:
+            raise ValueError(f"unknown style {style!r}; expected one of {STYLES}")
         self.seed = SPLIT_SEEDS[split] if seed is None else int(seed)
+        self.style = int(style)
         self.classes = CLASSES
 
     def __len__(self) -> int:
@@ -300,7 +328,8 @@ class ShapesDataset:
 
     def rng(self, index: int) -> np.random.Generator:
         task_id = TASKS.index(self.task) if self.task == "classify" else 1  # det/seg share scenes
-        return np.random.default_rng([self.seed, task_id, self.size, int(index)])
+        key = [self.seed, task_id, self.size, int(index)]
+        return np.random.default_rng(key if self.style == 1 else [*key, self.style])
 
     def __getitem__(self, index: int) -> Scene:
         return self.get(index)
@@ -311,6 +340,15 @@ class ShapesDataset:
         if not 0 <= index < self.length:
             raise IndexError(index)
         rng = self.rng(index)
+        if self.style == 2:
+            from .randomised import render_randomised
+
+            if difficulty != 1.0:
+                raise ValueError("the curriculum (difficulty < 1) applies to style 1 only")
+            if self.task == "classify":
+                return render_randomised(rng, self.size, 1, size_range=(0.2, 0.85))
+            n = int(rng.integers(1, 7))
+            return render_randomised(rng, self.size, n, size_range=(0.1, 0.5))
         if self.task == "classify":
             return render_scene(rng, self.size, 1, size_range=(0.20, 0.50), difficulty=difficulty)
         n = int(rng.integers(1, 7))
@@ -328,6 +366,7 @@ class ShapesDataset:
             "size": self.size,
             "length": self.length,
             "seed": self.seed,
+            "style": self.style,
             "classes": list(self.classes),
         }
 
