@@ -91,7 +91,7 @@ def _patch(name: str, cx: float, cy: float, r: float, angle: float, rng: np.rand
     quarter = [(w, h), (w, w), (h, w)]
     pts = []
     for q in range(4):  # the three corners of each quarter, turned by 90 degrees each time
-        a = angle + q * math.pi / 2
+        a = angle - q * math.pi / 2
         c, s = math.cos(a), math.sin(a)
         pts.extend((cx + x * c - y * s, cy + x * s + y * c) for x, y in quarter)
     return [patches.Polygon(np.array(pts))]
