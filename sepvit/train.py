@@ -57,6 +57,7 @@ class TrainConfig:
     first_image: int = 0  # index of the first training scene (a continuation sees new scenes)
     curriculum_steps: int = 0  # 0: full difficulty throughout; see difficulty_at()
     style: int = 1  # scene recipe (sepvit.data.shapes.STYLES): 2 is domain-randomised
+    replay: float = 0.0  # with style > 1: this fraction of scenes is style 1 (see _scene)
     stop_after: int = 0  # >0: save the state at this step and return (resume later to finish)
     log_every: int = 10
     save_every: int = 50
@@ -128,11 +129,20 @@ def collate(
     return x, torch.from_numpy(np.stack(maps)).long()
 
 
+def _scene(ds: ShapesDataset, replay: ShapesDataset, i: int, step: int, cfg: TrainConfig) -> Scene:
+    """Training scene ``i``: from ``ds``, or with probability ``cfg.replay`` (fixed per index)
+    the style-1 scene of the same index, so a fine-tune on a new style keeps the old one."""
+    if cfg.replay and np.random.default_rng([cfg.seed, 11, i]).random() < cfg.replay:
+        return replay.get(i, difficulty_at(step, i, cfg))
+    return ds.get(i, difficulty_at(step, i, cfg))
+
+
 def _batches(
     ds: ShapesDataset, cfg: TrainConfig, start: int, mean: list[float], std: list[float]
 ) -> Iterator[tuple[Tensor, Any]]:
     """Render batches ``start..steps-1`` in a background thread (one batch ahead)."""
     q: Queue[tuple[Tensor, Any] | BaseException | None] = Queue(maxsize=2)
+    replay = ShapesDataset("train", cfg.task, cfg.img_size, length=len(ds)) if cfg.replay else ds
     stop = threading.Event()
 
     def produce() -> None:
@@ -149,7 +159,7 @@ def _batches(
             idx: Sequence[int] = range(first, first + cfg.batch_size)
             if cfg.train_images:
                 idx = [i % cfg.train_images for i in idx]
-            scenes = [ds.get(i, difficulty_at(k, i, cfg)) for i in idx]
+            scenes = [_scene(ds, replay, i, k, cfg) for i in idx]
             q.put(collate(scenes, cfg.task, mean, std))
         q.put(None)
 
@@ -355,8 +365,9 @@ def _comparable(cfg: TrainConfig) -> dict[str, Any]:
     d = asdict(cfg)
     for k in ("log_every", "save_every", "threads", "val_images", "device", "stop_after"):
         d.pop(k)
-    if d["style"] == 1:  # runs written before styles existed resume unchanged
-        d.pop("style")
+    for key, default in (("style", 1), ("replay", 0.0)):
+        if d[key] == default:  # runs written before these options existed resume unchanged
+            d.pop(key)
     return json.loads(json.dumps(d))
 
 

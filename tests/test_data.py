@@ -108,3 +108,46 @@ def test_difficulty_one_is_the_default_scene_and_zero_is_plain() -> None:
     assert fg.min() >= 215 - 20 and np.abs(fg[:, 0] - fg[:, 1]).max() <= 20  # light grey objects
     with pytest.raises(ValueError):
         ds.get(0, difficulty=1.5)
+
+
+def test_style_one_is_the_default_and_keeps_its_seeding() -> None:
+    """The published splits do not move: style 1 is the default, seeded as before styles."""
+    from sepvit.data import render_scene
+
+    ds, same = (
+        ShapesDataset("test", "classify", 64, length=3),
+        ShapesDataset("test", "classify", 64, length=3, style=1),
+    )
+    for i in range(3):
+        rng = np.random.default_rng([SPLIT_SEEDS["test"], 0, 64, i])
+        ref = render_scene(rng, 64, 1, size_range=(0.20, 0.50))
+        assert np.array_equal(ds[i].image, ref.image) and ds[i].labels == ref.labels
+        assert np.array_equal(same[i].image, ref.image)
+    with pytest.raises(ValueError, match="style"):
+        ShapesDataset("test", style=3)
+
+
+@pytest.mark.parametrize("task", ["classify", "detect"])
+def test_style_two_is_deterministic_varied_and_consistent(task: str) -> None:
+    ds = ShapesDataset("val", task, 96, length=24, style=2)
+    again = ShapesDataset("val", task, 96, length=24, style=2)
+    plain = ShapesDataset("val", task, 96, length=24)
+    border_colours = []
+    for i in range(24):
+        sc = ds[i]
+        assert np.array_equal(sc.image, again[i].image) and sc.boxes == again[i].boxes
+        assert not np.array_equal(sc.image, plain[i].image)
+        assert 1 <= len(sc.labels) <= (1 if task == "classify" else 6)
+        covered = np.zeros((96, 96), bool)
+        for cls, box, mask in zip(sc.labels, sc.boxes, sc.masks, strict=True):
+            ys, xs = np.nonzero(mask)
+            assert box == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+            assert (sc.segmentation[mask] == cls + 1).all() and not (covered & mask).any()
+            covered |= mask
+        assert (sc.segmentation[~covered] == 0).all()
+        border_colours.append(sc.image[0, 0].astype(int))
+    # backgrounds are no longer near the normalisation mean: saturated and dark/bright ones occur
+    spread = np.array(border_colours)
+    assert (spread.max(1) - spread.min(1)).max() > 120 and spread.std(0).min() > 40
+    with pytest.raises(ValueError, match="curriculum"):
+        ds.get(0, difficulty=0.5)

@@ -112,3 +112,21 @@ def test_topk_accuracy_by_hand() -> None:
     acc = topk_accuracy(logits, targets, ks=(1, 2))
     assert acc["top1"] == pytest.approx(1 / 3)
     assert acc["top2"] == pytest.approx(2 / 3)  # row 1: class 2 is 2nd (hit); row 2: class 0 is 3rd
+
+
+def test_detection_recall_counts_only_served_detections_of_the_right_class() -> None:
+    from sepvit.evaluate import detection_recall
+
+    gt = [np.array([[0, 0, 10, 10], [20, 20, 30, 30]], float), np.array([[0, 0, 8, 8]], float)]
+    gl = [np.array([0, 1]), np.array([2])]
+    preds = [
+        BoxPrediction(
+            np.array([[0, 0, 10, 10], [0, 0, 10, 10], [20, 20, 30, 30]], float),
+            np.array([0.9, 0.8, 0.2]),  # a duplicate, and a hit below the served threshold
+            np.array([0, 0, 1]),
+        ),
+        BoxPrediction(np.array([[0, 0, 8, 8]], float), np.array([0.5]), np.array([3])),  # class
+    ]
+    out = detection_recall(preds, gt, gl, score_threshold=0.3)
+    assert out == {"recall50": 1 / 3, "precision50": 1 / 3}
+    assert detection_recall(preds, gt, gl, score_threshold=0.1)["recall50"] == 2 / 3

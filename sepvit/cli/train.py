@@ -58,6 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="scene recipe: 1 the original, 2 domain-randomised (docs/shapes.md)",
     )
     p.add_argument(
+        "--replay",
+        type=float,
+        default=d.replay,
+        help="with --style 2: fraction of training scenes drawn from style 1 instead",
+    )
+    p.add_argument(
         "--stop-after",
         type=int,
         default=0,
@@ -98,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         first_image=a.first_image,
         curriculum_steps=a.curriculum_steps,
         style=a.style,
+        replay=a.replay,
         stop_after=a.stop_after,
         log_every=a.log_every,
         save_every=a.save_every,
