@@ -230,3 +230,20 @@ def test_a_continuation_past_the_first_images_trains_to_the_end(tmp_path: Path) 
     cfg = _cfg("classify", 3, train_images=0, batch_size=2, first_image=5, val_images=2)
     train(cfg, tmp_path, log=open("/dev/null", "w"))  # noqa: SIM115
     assert len(_losses(tmp_path)) == 3
+
+
+def test_replay_mixes_style_one_scenes_into_a_style_two_run() -> None:
+    import numpy as np
+
+    from sepvit.data import ShapesDataset
+    from sepvit.train import _comparable, _scene
+
+    cfg = _cfg("classify", 4, style=2, replay=0.5)
+    new, old = (ShapesDataset("train", "classify", 64, length=40, style=s) for s in (2, 1))
+    picks = [np.array_equal(_scene(new, old, i, 0, cfg).image, old[i].image) for i in range(40)]
+    assert 8 <= sum(picks) <= 32  # about half, fixed per index
+    assert picks == [
+        np.array_equal(_scene(new, old, i, 3, cfg).image, old[i].image) for i in range(40)
+    ]
+    # the defaults leave the resume guard of runs written before style and replay unchanged
+    assert "style" not in _comparable(_cfg("classify", 4)) and "replay" in _comparable(cfg)
