@@ -111,6 +111,13 @@ def _split_kwargs(cls: Callable[..., nn.Module], kwargs: dict[str, Any]) -> tupl
     return backbone, rest
 
 
+def head_args(variant: str, model_args: dict[str, Any]) -> dict[str, Any]:
+    """The model arguments of ``variant`` that its backbone does not take (the task head's)."""
+    if variant not in _BACKBONES:
+        raise UnknownModelError(f"unknown model {variant!r}")
+    return _split_kwargs(_BACKBONES[variant][0], model_args)[1]
+
+
 def _as_hw(size: int | Sequence[int]) -> tuple[int, int]:
     if isinstance(size, int):
         return (size, size)

@@ -194,20 +194,20 @@ def _build(cfg: TrainConfig) -> nn.Module:
 def _init_from(model: nn.Module, path: str) -> str:
     """Initialise ``model`` from a native checkpoint.
 
-    A checkpoint of the same variant, task and model arguments initialises the whole model (a
-    continuation, e.g. a longer run at full difficulty); any other initialises the backbone only
+    A checkpoint of the same variant, task and head arguments initialises the whole model (a
+    continuation, e.g. a longer run at full difficulty, or one with a backbone input option such
+    as ``center_input``); any other initialises the backbone only
     (e.g. a dense model from the Shapes classifier). The backbone family's checkpoint filter
     adapts resolution-dependent tables; tensors whose shapes still differ keep their init.
     """
-    from .registry import filter_checkpoint
+    from .registry import filter_checkpoint, head_args
 
     state, meta = load_native(path)
     cfg = model_config(model)
-    same = (meta["task"], meta["variant"], meta["model_args"]) == (
-        cfg["task"],
-        cfg["variant"],
-        getattr(model, "model_args", None),
-    )
+    own_args = getattr(model, "model_args", None) or {}
+    same = (meta["task"], meta["variant"]) == (cfg["task"], cfg["variant"]) and head_args(
+        meta["variant"], meta["model_args"]
+    ) == head_args(cfg["variant"], own_args)
     src, heads = state, {}
     if meta["task"] != "classify":  # a dense model: its backbone, and its heads if the same model
         src = {

@@ -331,6 +331,17 @@ class SepViTBlock(nn.Module):
 # ---------------------------------------------------------------------------------------------
 # model
 # ---------------------------------------------------------------------------------------------
+EDGE = 2  # pixels of the top and left edges that estimate the background
+
+
+def centre_on_edges(x: Tensor) -> Tensor:
+    """``x`` minus, per image and channel, the mean of its top ``EDGE`` rows and left ``EDGE``
+    columns. The top-left edges are image content under both the classification crop and the
+    top-left letterbox of detection/segmentation (padding is only ever right or bottom)."""
+    edges = torch.cat([x[:, :, :EDGE, :].flatten(2), x[:, :, EDGE:, :EDGE].flatten(2)], dim=2)
+    return x - edges.mean(dim=2)[:, :, None, None]
+
+
 class SepViT(nn.Module):
     """SepViT backbone and classifier.
 
@@ -344,6 +355,9 @@ class SepViT(nn.Module):
         layout_size: reference resolution that decides which blocks carry PSA (classifier only).
         dense: build the detection/segmentation layout (see the module docstring).
         out_indices: stages returned by :meth:`forward_intermediates` in the dense layout.
+        center_input: subtract each image's background estimate (the mean colour of its top
+            and left edges, :func:`centre_on_edges`) before the first stage, so a drawing on any
+            solid background looks like one on the normalisation mean (issue 18).
     """
 
     def __init__(
@@ -364,8 +378,10 @@ class SepViT(nn.Module):
         attn_drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
         out_indices: Sequence[int] = (0, 1, 2, 3),
+        center_input: bool = False,
     ) -> None:
         super().__init__()
+        self.center_input = bool(center_input)
         n_stages = len(depths)
         for name, seq in (("embed_dims", embed_dims), ("num_heads", num_heads)):
             if len(seq) != n_stages:
@@ -466,6 +482,8 @@ class SepViT(nn.Module):
     # -- forward passes ------------------------------------------------------------------------
     def _stage(self, i: int, x: Tensor) -> Tensor:
         """Run stage ``i``: ``[B, C_in, H, W] -> [B, H', W', C]``."""
+        if i == 0 and self.center_input:
+            x = centre_on_edges(x)
         x = self.pos_drops[i](self.patch_embeds[i](x))
         stage: nn.ModuleList = self.blocks[i]  # type: ignore[assignment]
         for j, blk in enumerate(stage):
