@@ -126,3 +126,18 @@ def test_export_leaves_the_callers_model_alone(tmp_path: Path) -> None:
     assert model.training
     with pytest.raises(ValueError, match="check_batch"):
         export_onnx(model, tmp_path / "m.onnx", check_batch=1)
+
+
+def test_onnx_export_of_a_model_that_centres_its_input(tmp_path: Path) -> None:
+    model = create_model(
+        "sepvit_lite",
+        task="segment",
+        num_classes=4,
+        img_size=64,
+        center_input=True,
+        **TASK_ARGS["segment"],
+    )
+    result = export_onnx(model, tmp_path / "centred.onnx")
+    assert result.ok and all(v <= 1e-4 for v in result.max_abs_diff.values())
+    diffs = onnx_parity(model, result.path, torch.randn(3, 3, 64, 64) + 0.7)
+    assert all(v <= 1e-4 for v in diffs.values())

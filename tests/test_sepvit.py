@@ -242,3 +242,37 @@ def test_non_square_window_token_grids_resample_correctly() -> None:
 def test_dense_is_chosen_by_task() -> None:
     with pytest.raises(TypeError, match="task"):
         create_model("sepvit_lite", dense=True)
+
+
+@pytest.mark.parametrize("task", ["classify", "detect"])
+def test_center_input_ignores_the_background_colour(task: str) -> None:
+    """With ``center_input`` a drawing on any solid background gives the same outputs: the
+    background colour (read from the top/left edges) is subtracted before the first stage."""
+    from sepvit.backbones.sepvit import centre_on_edges
+
+    torch.manual_seed(0)
+    x = torch.zeros(1, 3, 64, 64)
+    x[:, :, 20:44, 16:40] = torch.tensor([1.5, -0.5, 0.8])[:, None, None]  # a square
+    shifted = x + torch.tensor([-1.2, 0.9, 2.0])[None, :, None, None]  # another background
+    assert torch.allclose(centre_on_edges(shifted), x, atol=1e-6)
+    model = SepViT(
+        **_lite(), num_classes=8, img_size=64, center_input=True, dense=task != "classify"
+    )
+    plain = SepViT(**_lite(), num_classes=8, img_size=64, dense=task != "classify")
+    for name, p in model.named_parameters():  # trained-like biases: at init they are all zero,
+        if name.endswith("bias"):  # and a LayerNorm of an all-zero token amplifies rounding
+            p.data.normal_(0, 0.1)
+    plain.load_state_dict(model.state_dict())  # no new parameters
+    model.eval(), plain.eval()
+    with torch.no_grad():
+        for a, b in zip(_flat(model(shifted)), _flat(model(x)), strict=True):
+            assert torch.allclose(a, b, atol=1e-4)
+        assert not torch.allclose(_flat(plain(shifted))[0], _flat(plain(x))[0], atol=1e-2)
+
+
+def _lite() -> dict[str, object]:
+    return {k: v for k, v in SEPVIT_VARIANTS["sepvit_lite"].items() if k != "official_name"}
+
+
+def _flat(out: torch.Tensor | list[torch.Tensor]) -> list[torch.Tensor]:
+    return out if isinstance(out, list) else [out]
