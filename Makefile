@@ -92,10 +92,11 @@ SEG3 := $(SEG_MODEL) --steps 4500 --lr 1.5e-4 --warmup-steps 100 --first-image 8
 DR := --style 2 --replay 0.2 --save-every 25
 CLS_DR := --task classify --img-size 224 --batch-size 16 --steps 500 --lr 1.2e-4 --warmup-steps 20 \
 	--val-images 200 $(DR) --model-args '{"center_input": true}'
-DET_DR := --task detect --img-size 128 --batch-size 16 --steps DET_STEPS --lr 1e-4 --warmup-steps 20 \
-	--val-images 100 $(DR) --model-args '{"fpn_channels": 96, "head_channels": 96, "head_convs": 2, \
-	"head_norm": "gn", "center_input": true}'
-SEG_DR := --task segment --img-size 128 --batch-size 16 --steps SEG_STEPS --lr 1e-4 --warmup-steps 20 \
+# the detector is centred without training (--steps 0: the shipped weights, center_input on)
+DET_DR := --task detect --img-size 128 --batch-size 16 --steps 0 --val-images 100 $(DR) \
+	--model-args '{"fpn_channels": 96, "head_channels": 96, "head_convs": 2, "head_norm": "gn", \
+	"center_input": true}'
+SEG_DR := --task segment --img-size 128 --batch-size 16 --steps 300 --lr 1e-4 --warmup-steps 20 \
 	--val-images 100 $(DR) --model-args '{"fpn_channels": 64, "head_channels": 64, "center_input": true}'
 DEMOS := cls:cls224_dr det:det128_dr seg:seg128_dr
 
