@@ -24,6 +24,7 @@ Masks are each shape rendered alone without anti-aliasing, minus the shapes draw
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -67,7 +68,9 @@ def _far(
     return c
 
 
-def _patch(name: str, cx: float, cy: float, r: float, angle: float, rng: np.random.Generator):  # type: ignore[no-untyped-def]
+def _patch(
+    name: str, cx: float, cy: float, r: float, angle: float, rng: np.random.Generator
+) -> list[Any]:
     """matplotlib patches (a list) of class ``name``, the shape's
     circumscribed radius ``r`` around ``(cx, cy)``, rotated by ``angle`` radians."""
     from matplotlib import patches
@@ -89,7 +92,7 @@ def _patch(name: str, cx: float, cy: float, r: float, angle: float, rng: np.rand
     w = r * rng.uniform(0.24, 0.36)
     h = math.sqrt(r * r - w * w)
     quarter = [(w, h), (w, w), (h, w)]
-    pts = []
+    pts: list[tuple[float, float]] = []
     for q in range(4):  # the three corners of each quarter, turned by 90 degrees each time
         a = angle - q * math.pi / 2
         c, s = math.cos(a), math.sin(a)
@@ -163,6 +166,10 @@ class IndependentShapes:
 
     def __len__(self) -> int:
         return self.length
+
+    def __iter__(self) -> Iterator[Scene]:
+        for i in range(self.length):
+            yield self[i]
 
     def variant(self, index: int) -> str:
         return VARIANTS[index % 2]
