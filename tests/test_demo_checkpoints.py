@@ -41,7 +41,9 @@ SETS: dict[str, tuple[int, str, int, dict[str, dict[str, tuple[float, float]]]]]
         "eval_test.json",
         500,
         {
-            "sepvit_lite_shapes_cls": {"top1": (0.94, 0.97)},
+            # issue 18 sets the classifier's own-split target at 0.95 (issue 3 had 0.97 at 224;
+            # the domain-randomised fine-tune went from 0.976 to 0.966)
+            "sepvit_lite_shapes_cls": {"top1": (0.94, 0.95)},
             "sepvit_lite_shapes_det": {"mAP50": (0.85, 0.85), "mAP": (0.71, 0.60)},
             "sepvit_lite_shapes_seg": {"mIoU": (0.77, 0.80)},
         },
@@ -51,14 +53,16 @@ SETS: dict[str, tuple[int, str, int, dict[str, dict[str, tuple[float, float]]]]]
         "eval_independent.json",
         400,
         {
-            "sepvit_lite_shapes_cls": {"top1": (0.0, 0.95)},
-            "sepvit_lite_shapes_det": {"recall50": (0.0, 0.85)},
+            "sepvit_lite_shapes_cls": {"top1": (0.75, 0.95)},
+            "sepvit_lite_shapes_det": {"recall50": (0.85, 0.85)},
             "sepvit_lite_shapes_seg": {"mIoU": (0.0, 0.75)},
         },
     ),
 }
 # (set, name, metric) whose JSON figure is still below the target
-BELOW_TARGET: set[tuple[str, str, str]] = set()
+BELOW_TARGET: set[tuple[str, str, str]] = {
+    ("independent", "sepvit_lite_shapes_cls", "top1"),  # 0.845 (plain half 0.965, varied 0.725)
+}
 
 
 def _checkpoint(name: str) -> Path:
