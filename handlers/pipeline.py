@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from .decode import DecodeLimits, decode_image
 from .errors import BadParameterError, PipelineError, TooManyImagesError
-from .geometry import Letterbox, classify_transform, letterbox
+from .geometry import Letterbox, classify_transform, keep_ratio_resize, letterbox
 from .outputs import label_map_png, overlay_png, segments_from_labels
 from .runtime import Runtime, build_runtime, check_parity, golden_inputs
 
@@ -136,6 +136,13 @@ class Pipeline:
         self.mean = torch.tensor(self.cfg["mean"]).view(1, 3, 1, 1)
         self.std = torch.tensor(self.cfg["std"]).view(1, 3, 1, 1)
         self.buckets = self.config.buckets or [self.input_size]
+        # OpenMMLab presets: keep-ratio resize and pad per image (configured buckets override)
+        self.keep_ratio = (
+            self.task != "classify"
+            and self.cfg.get("resize") == "keep_ratio"
+            and not self.config.buckets
+        )
+        self.pad_divisor = int(self.cfg.get("pad_divisor") or 1)
         self.background = 0 if (self.labels and self.labels[0] == "background") else None
         self.runtime, self.parity = self._load_runtime()
 
@@ -149,6 +156,11 @@ class Pipeline:
             raise ValueError("non-eager runtimes serve one shape bucket; configure a single bucket")
         size = self.buckets[0] if self.task != "classify" else self.input_size
         try:
+            if self.keep_ratio:
+                raise ValueError(
+                    "keep-ratio preprocessing gives each image its own shape; configure one "
+                    "shape bucket (handler option buckets) for a non-eager runtime"
+                )
             candidate = build_runtime(
                 name,
                 self.model,
@@ -181,11 +193,21 @@ class Pipeline:
         if self.task == "classify":
             crop = float(self.cfg.get("crop_pct", 0.875))
             return classify_transform(image, self.input_size, crop, interp), None
+        if self.keep_ratio:
+            return keep_ratio_resize(image, self.input_size, self.pad_divisor)
         return letterbox(image, self.buckets, interpolation="bilinear")
 
-    def _to_batch(self, arrays: Sequence[np.ndarray]) -> Tensor:
+    def _to_batch(
+        self, arrays: Sequence[np.ndarray], valid: Sequence[tuple[int, int]] | None = None
+    ) -> Tensor:
+        """Normalised ``[B, 3, H, W]``; with ``valid`` sizes, the padding beyond them is zero
+        *after* normalisation (mmdet/mmseg pad the normalised batch)."""
         x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().div_(255.0)
-        return (x - self.mean) / self.std
+        x = (x - self.mean) / self.std
+        for i, (vh, vw) in enumerate(valid or ()):
+            x[i, :, vh:] = 0.0
+            x[i, :, :, vw:] = 0.0
+        return x
 
     def infer(self, batch: Tensor) -> list[Tensor]:
         return [t.cpu() for t in self.runtime(batch)]
@@ -215,6 +237,7 @@ class Pipeline:
                     hw,
                     score_thresh=thresh,
                     max_detections=self.config.max_detections,
+                    clip_size=it.box.valid_hw if self.keep_ratio and it.box else None,
                 )
                 out.append(self._detect_result(det, it))
             return out
@@ -322,7 +345,8 @@ class Pipeline:
         """The second half of :meth:`handle`: infer each shape group, postprocess, in order."""
         results = prepared.results
         for hw, items in prepared.groups.items():
-            raw = self.infer(self._to_batch([it.tensor for it in items]))
+            valid = [it.box.valid_hw for it in items if it.box] if self.keep_ratio else None
+            raw = self.infer(self._to_batch([it.tensor for it in items], valid))
             for it, res in zip(items, self.postprocess(raw, items, hw), strict=True):
                 results[it.index] = res
         return [r for r in results if r is not None]

@@ -35,6 +35,7 @@ from .checkpoint import (
     load_openmmlab_into,
     openmmlab_classes,
     openmmlab_state,
+    read_metadata,
     read_official,
 )
 from .heads import HEADS, HeadSpec, get_head
@@ -43,9 +44,12 @@ from .presets import PRESETS, preset_cfg
 __all__ = [
     "TASKS",
     "UnknownModelError",
+    "checkpoint_info",
     "create_model",
     "filter_checkpoint",
+    "list_heads",
     "list_models",
+    "load_model",
     "model_config",
     "register_backbone",
 ]
@@ -107,6 +111,60 @@ def list_models(task: str | None = None) -> list[str]:
     if task is not None and task not in TASKS:
         raise UnknownModelError(f"unknown task {task!r}; expected one of {TASKS}")
     return sorted(_BACKBONES)
+
+
+def list_heads(task: str) -> list[str]:
+    """Registered heads of a dense task (``detect``, ``segment``)."""
+    return sorted(n for t, n in HEADS if t == task)
+
+
+def _variant_of(state: dict[str, Tensor]) -> str:
+    """The SepViT variant whose widths and depths the ``backbone.*`` tensors have."""
+    dims, depths = [], []
+    for s in range(4):
+        w = state.get(f"backbone.patch_embeds.{s}.proj.weight")
+        if w is None:
+            raise CheckpointError("checkpoint has no SepViT backbone (backbone.patch_embeds.*)")
+        dims.append(int(w.shape[0]))
+        n = 0
+        while f"backbone.blocks.{s}.{n}.norm1.weight" in state:
+            n += 1
+        depths.append(n)
+    for name, cfg in SEPVIT_VARIANTS.items():
+        if list(cfg["embed_dims"]) == dims and list(cfg["depths"]) == depths:
+            return name
+    raise CheckpointError(f"no SepViT variant has widths {dims} and depths {depths}")
+
+
+def checkpoint_info(checkpoint: str | Path) -> dict[str, Any]:
+    """``variant``, ``task`` and ``head`` of a native or OpenMMLab checkpoint: what
+    :func:`create_model` needs to rebuild it (the variant of an OpenMMLab checkpoint is read from
+    its backbone's shapes)."""
+    if is_native_checkpoint(checkpoint):
+        meta = read_metadata(checkpoint)
+        head = meta.get("head") or meta["pretrained_cfg"].get("head")
+        if head is None and meta["task"] != "classify":
+            head = get_head(meta["task"], None).name
+        return {"variant": meta["variant"], "task": meta["task"], "head": head}
+    state = openmmlab_state(read_official(checkpoint))
+    spec = next((s for s in HEADS.values() if s.signature in state), None)
+    if spec is None:
+        raise CheckpointError(
+            f"{checkpoint} is neither a native checkpoint nor an mmdet/mmseg checkpoint of a "
+            f"registered head ({', '.join(f'{t}/{n}' for t, n in sorted(HEADS))})"
+        )
+    return {"variant": _variant_of(state), "task": spec.task, "head": spec.name}
+
+
+def load_model(checkpoint: str | Path, task: str | None = None, **kwargs: Any) -> nn.Module:
+    """Build a model from a native or OpenMMLab checkpoint alone (see :func:`checkpoint_info`);
+    ``task``, when given, must be the checkpoint's."""
+    info = checkpoint_info(checkpoint)
+    if task is not None and task != info["task"]:
+        raise CheckpointError(f"{checkpoint} is a {info['task']} model, not {task}")
+    return create_model(
+        info["variant"], task=info["task"], head=info["head"], checkpoint=checkpoint, **kwargs
+    )
 
 
 def _split_kwargs(cls: Callable[..., nn.Module], kwargs: dict[str, Any]) -> tuple[dict, dict]:

@@ -273,8 +273,12 @@ class RetinaNet(nn.Module):
         image_size: tuple[int, int],
         score_thresh: float | None = None,
         max_detections: int | None = None,
+        clip_size: tuple[int, int] | None = None,
     ) -> list[Detections]:
         """Decode raw outputs into ``{boxes [n, 4], scores [n], labels [n]}`` per image.
+
+        ``clip_size`` (default ``image_size``) is where boxes are clipped: mmdet clips to the
+        resized image (``img_shape``), not to its padding.
 
         mmdet's ``_predict_by_feat_single`` and ``_bbox_post_process``: per level, the
         (anchor, class) scores above ``score_thresh``, best ``topk_candidates`` (``nms_pre``)
@@ -286,6 +290,7 @@ class RetinaNet(nn.Module):
         limit = self.max_detections if max_detections is None else max_detections
         level_anchors = self.anchors(image_size, cls.device)
         counts = [a.shape[0] for a in level_anchors]
+        clip = image_size if clip_size is None else clip_size
         results: list[Detections] = []
         for i in range(cls.shape[0]):
             all_boxes, all_scores, all_labels = [], [], []
@@ -298,7 +303,7 @@ class RetinaNet(nn.Module):
                 keep = keep[order]
                 anchor_idx = keep // self.num_classes
                 boxes = self.box_coder.decode(r[anchor_idx].float(), anc[anchor_idx])
-                all_boxes.append(clip_boxes(boxes, image_size))
+                all_boxes.append(clip_boxes(boxes, clip))
                 all_scores.append(scores[keep])
                 all_labels.append(keep % self.num_classes)
             boxes = torch.cat(all_boxes)
