@@ -66,6 +66,7 @@ class FPNHead(nn.Module):
         self.dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
         self.conv_seg = nn.Conv2d(channels, num_classes, 1)
         nn.init.normal_(self.conv_seg.weight, std=0.01)
+        assert self.conv_seg.bias is not None
         nn.init.zeros_(self.conv_seg.bias)
 
     def forward(self, feats: list[Tensor]) -> Tensor:
