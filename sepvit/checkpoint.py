@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -210,14 +211,74 @@ def _safe_globals() -> list[Any]:
 _SAFE_GLOBALS = _safe_globals()
 
 
+class _Placeholder:
+    """Stands in for a foreign class named in a checkpoint; holds nothing, runs nothing."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def __call__(self, *args: Any, **kwargs: Any) -> _Placeholder:
+        return _Placeholder()
+
+    def __setstate__(self, state: Any) -> None:
+        pass
+
+    def __repr__(self) -> str:
+        return f"<placeholder for {type(self).__module__}.{type(self).__name__}>"
+
+
+# training state that mmengine (mmdet 3.x, mmseg 1.x) saves beside the weights: its message
+# hub's HistoryBuffers hold numpy arrays (pickled through numpy's reconstructor and getattr)
+_TRAINING_STATE_GLOBALS = frozenset(
+    {
+        "mmengine.logging.history_buffer.HistoryBuffer",
+        "numpy.ndarray",
+        "numpy.dtype",
+        "numpy.core.multiarray._reconstruct",
+        "numpy._core.multiarray._reconstruct",
+        "builtins.getattr",
+    }
+)
+
+
+def _load_with_placeholders(p: Path) -> Any:
+    """``weights_only`` loading where the known training-state globals (``_TRAINING_STATE_GLOBALS``)
+    become inert placeholders; any other foreign global is still refused.
+
+    Nothing the file names is imported or called: the weights-only unpickler only ever sees
+    classes defined here. The tensors and plain metadata (class names) come through.
+    """
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(str(p))
+        foreign = sorted(set(names) - _TRAINING_STATE_GLOBALS)
+        if foreign:
+            raise pickle.UnpicklingError(f"unsupported globals {foreign}")
+        stand_ins = [
+            (type(n.rsplit(".", 1)[-1], (_Placeholder,), {"__module__": n.rsplit(".", 1)[0]}), n)
+            for n in names
+        ]
+        with torch.serialization.safe_globals([*_SAFE_GLOBALS, *stand_ins]):
+            obj = torch.load(str(p), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"cannot read {p} as a weights-only torch checkpoint: {exc}") from exc
+    log.info("%s: read with placeholders for %s", p, ", ".join(names))
+    return obj
+
+
 def read_official(path: str | Path) -> dict[str, Any]:
-    """Read an official ``.pth`` checkpoint without unpickling arbitrary objects."""
+    """Read an official ``.pth`` checkpoint without unpickling arbitrary objects.
+
+    Foreign objects beside the weights (an mmengine training checkpoint's message hub, numpy
+    arrays) are read as inert placeholders, see :func:`_load_with_placeholders`.
+    """
     p = Path(path)
     if not p.is_file():
         raise CheckpointError(f"checkpoint not found: {p}")
     try:
         with torch.serialization.safe_globals(_SAFE_GLOBALS):
             obj = torch.load(str(p), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        obj = _load_with_placeholders(p)
     except Exception as exc:
         raise CheckpointError(f"cannot read {p} as a weights-only torch checkpoint: {exc}") from exc
     if not isinstance(obj, Mapping):

@@ -124,6 +124,40 @@ def test_pickled_objects_are_refused(tmp_path: Path) -> None:
         create_model("sepvit_lite", checkpoint=path)
 
 
+def test_mmengine_training_state_is_read_as_placeholders(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unstripped mmdet 3.x / mmseg 1.x checkpoint carries mmengine's message hub (its
+    HistoryBuffers hold numpy arrays): read as inert placeholders, the weights load; a class
+    outside that list is still refused."""
+    import sys
+    import types
+
+    fake = types.ModuleType("mmengine.logging.history_buffer")
+
+    class HistoryBuffer:
+        def __init__(self) -> None:
+            self._log_history = np.arange(3.0)
+
+    HistoryBuffer.__module__ = fake.__name__
+    HistoryBuffer.__qualname__ = "HistoryBuffer"
+    fake.HistoryBuffer = HistoryBuffer  # type: ignore[attr-defined]
+    for name in ("mmengine", "mmengine.logging"):  # pickle imports the parents too
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    monkeypatch.setitem(sys.modules, fake.__name__, fake)
+    src = _randomize(create_model("sepvit_lite", task="segment", num_classes=3, fpn_channels=16))
+    path = tmp_path / "fpn.pth"
+    hub = {"log_scalars": {"train/loss": HistoryBuffer()}, "runtime_info": {"iter": 10}}
+    torch.save({"meta": {"iter": 10}, "state_dict": src.state_dict(), "message_hub": hub}, path)
+    for name in ("mmengine", "mmengine.logging", fake.__name__):
+        monkeypatch.delitem(sys.modules, name)
+    model = create_model("sepvit_lite", task="segment", checkpoint=path)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in src.state_dict().items())
+    torch.save({"state_dict": src.state_dict(), "extra": Payload()}, path)
+    with pytest.raises(CheckpointError, match="weights-only"):
+        create_model("sepvit_lite", task="segment", checkpoint=path)
+
+
 def test_training_script_extras_are_accepted(tmp_path: Path) -> None:
     """DeiT-style checkpoints carry argparse args and numpy scalars beside the weights."""
     src = _randomize(create_model("sepvit_lite"))
