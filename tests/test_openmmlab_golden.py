@@ -1,12 +1,12 @@
 """Official-layout checkpoints answer as OpenMMLab itself does (mmdet 3.x RetinaNet, mmseg 1.x
 Semantic FPN, both on the official SepViT-T detection backbone).
 
-``tests/data/openmmlab_golden.safetensors`` was written by ``tools/golden/openmmlab.py`` (run by
-hand in a separate environment with mmdet/mmseg): it holds OpenMMLab's outputs, and in its metadata
-the key template of each model's ``state_dict()`` as mmdet/mmseg name it, the weight seeds and
-per-tensor checksums. Here the same checkpoint is rebuilt from the template and seed (too large to
-commit: SepViT-T plus a 256-channel RetinaNet is ~180 MB), written in mmengine's layout, loaded
-through ``create_model`` and run on the same seeded input.
+``tests/data/openmmlab_<head>.safetensors`` were written by ``tools/golden/openmmlab.py`` (run by
+hand in a separate environment with mmdet/mmseg): each holds OpenMMLab's outputs, and in its
+metadata the key template of the model's ``state_dict()`` as mmdet/mmseg name it, the weight
+seed and per-tensor checksums. Here the same checkpoint is rebuilt from the template and seed
+(too large to commit: SepViT-T plus a 256-channel RetinaNet is ~180 MB), written in mmengine's
+layout, loaded through ``create_model`` and run on the same seeded input.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
-import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
@@ -28,14 +27,14 @@ from sepvit.presets import ADE20K_CLASSES, COCO_CLASSES
 
 from .golden import seeded_input, seeded_openmmlab_state
 
-GOLDEN = Path(__file__).parent / "data" / "openmmlab_golden.safetensors"
+DATA = Path(__file__).parent / "data"
 
 
-@pytest.fixture(scope="module")
-def golden() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    with safe_open(str(GOLDEN), framework="pt") as f:
+def load_golden(head: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    path = DATA / f"openmmlab_{head}.safetensors"
+    with safe_open(str(path), framework="pt") as f:
         meta = json.loads((f.metadata() or {})["openmmlab"])
-    return load_file(str(GOLDEN)), meta
+    return load_file(str(path)), meta
 
 
 def _checkpoint(meta: dict[str, Any], path: Path, classes: tuple[str, ...]) -> Path:
@@ -54,9 +53,9 @@ def _input(meta: dict[str, Any]) -> torch.Tensor:
     return seeded_input(tuple(meta["input"]["shape"]), meta["input"]["seed"])
 
 
-def test_retinanet_matches_mmdet(golden: tuple[dict, dict], tmp_path: Path) -> None:
-    ref, meta = golden
-    path = _checkpoint(meta["retinanet"], tmp_path / "retinanet.pth", COCO_CLASSES)
+def test_retinanet_matches_mmdet(tmp_path: Path) -> None:
+    ref, meta = load_golden("retinanet")
+    path = _checkpoint(meta, tmp_path / "retinanet.pth", COCO_CLASSES)
     model = create_model("sepvit_tiny", task="detect", checkpoint=path).eval()
     assert model.load_report.dropped_keys == [
         "backbone.head.bias", "backbone.head.weight", "backbone.norm.bias", "backbone.norm.weight"
@@ -77,9 +76,9 @@ def test_retinanet_matches_mmdet(golden: tuple[dict, dict], tmp_path: Path) -> N
     assert ok.any(1).all() and ok.any(0).all()
 
 
-def test_semantic_fpn_matches_mmseg(golden: tuple[dict, dict], tmp_path: Path) -> None:
-    ref, meta = golden
-    path = _checkpoint(meta["semantic_fpn"], tmp_path / "fpn.pth", ADE20K_CLASSES)
+def test_semantic_fpn_matches_mmseg(tmp_path: Path) -> None:
+    ref, meta = load_golden("semantic_fpn")
+    path = _checkpoint(meta, tmp_path / "fpn.pth", ADE20K_CLASSES)
     model = create_model("sepvit_tiny", task="segment", checkpoint=path).eval()
     cfg = model.pretrained_cfg
     assert (cfg["head"], cfg["num_classes"], cfg["dataset"]) == ("semantic_fpn", 150, "ade20k")

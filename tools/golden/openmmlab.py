@@ -20,9 +20,13 @@ What it does, per model:
    (:func:`tests.golden.seeded_openmmlab_state`) and writes the checkpoint with mmengine's own
    ``save_checkpoint`` (``--keep-checkpoints``: kept beside the goldens, too large to commit);
 3. runs ``model.predict`` on a seeded normalised input (``rescale=False``; whole-mode inference);
-4. stores in ``tests/data/openmmlab_golden.safetensors``: the detections; the segmenter's logits at
-   seeded pixel positions, its full label map and per-class logit means and maxima; and, as JSON
-   metadata, the key template (names, shapes, dtypes), seeds, per-tensor checksums and versions.
+4. stores in ``tests/data/openmmlab_<head>.safetensors``: the detections; the segmenter's logits
+   at seeded pixel positions, its full label map and per-class logit means and maxima; and, as
+   JSON metadata, the key template (names, shapes, dtypes), seeds, per-tensor checksums and
+   versions.
+
+Another head is one more :class:`Golden` entry in ``GOLDENS`` (its config, seed and run function);
+``--only`` regenerates some of them.
 
 mmcv-lite has no compiled ops. ``mmcv._ext`` is provided here: ``nms`` in pure torch, following
 mmcv's CPU kernel (sort by score, suppress IoU ``> iou_threshold``, ``offset`` added to widths),
@@ -38,6 +42,7 @@ import logging
 import sys
 import types
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +54,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests.golden import seeded_input, seeded_openmmlab_state  # noqa: E402
 
-OUT = ROOT / "tests" / "data" / "openmmlab_golden.safetensors"
+OUT_DIR = ROOT / "tests" / "data"
 MEAN = [123.675, 116.28, 103.53]
 STD = [58.395, 57.12, 57.375]
 INPUT_HW = (256, 320)
@@ -259,10 +264,68 @@ def meta_info(h: int, w: int) -> dict[str, Any]:
     )
 
 
+def run_detector(model: nn.Module, x: Tensor) -> dict[str, Tensor]:
+    """mmdet ``predict(rescale=False)``: detections in ``x``'s pixels."""
+    from mmdet.structures import DetDataSample
+
+    h, w = x.shape[-2:]
+    with torch.no_grad():
+        (res,) = model.predict(x, [DetDataSample(metainfo=meta_info(h, w))], rescale=False)
+    inst = res.pred_instances
+    print(f"  {len(inst.scores)} detections, lowest score {float(inst.scores.min()):.4f}")
+    return {
+        "det_boxes": inst.bboxes.float().contiguous(),
+        "det_scores": inst.scores.float().contiguous(),
+        "det_labels": inst.labels.long().contiguous(),
+    }
+
+
+def run_segmenter(model: nn.Module, x: Tensor) -> dict[str, Tensor]:
+    """mmseg ``predict`` (whole mode): logits at ``x``'s size, stored at seeded pixels plus the
+    label map and per-class means and maxima (the full map is too large to commit)."""
+    from mmseg.structures import SegDataSample
+
+    h, w = x.shape[-2:]
+    with torch.no_grad():
+        (out,) = model.predict(x, [SegDataSample(metainfo=meta_info(h, w))])
+    logits = out.seg_logits.data.float()  # [C, H, W]
+    g = torch.Generator().manual_seed(PIXELS_SEED)
+    rows = torch.randint(0, h, (N_PIXELS,), generator=g)
+    cols = torch.randint(0, w, (N_PIXELS,), generator=g)
+    print(f"  logits {tuple(logits.shape)}, |max| {float(logits.abs().max()):.3f}")
+    return {
+        "seg_positions": torch.stack((rows, cols), 1),
+        "seg_logits_at": logits[:, rows, cols].T.contiguous(),  # [P, C]
+        "seg_labels": logits.argmax(0).to(torch.uint8),
+        "seg_channel_mean": logits.mean((1, 2)),
+        "seg_channel_max": logits.amax((1, 2)),
+    }
+
+
+@dataclass(frozen=True)
+class Golden:
+    """One model to run: written to ``tests/data/openmmlab_<name>.safetensors``."""
+
+    name: str  # the sepvit head name
+    scope: str  # "mmdet" or "mmseg"
+    config: Callable[[], dict[str, Any]]
+    seed: int
+    run: Callable[[nn.Module, Tensor], dict[str, Tensor]]
+    overrides: dict[str, float] = field(default_factory=dict)
+
+
+GOLDENS = [
+    Golden("retinanet", "mmdet", retinanet_cfg, DET_SEED, run_detector,
+           {"bbox_head.retina_cls.bias": DET_CLS_BIAS}),
+    Golden("semantic_fpn", "mmseg", semantic_fpn_cfg, SEG_SEED, run_segmenter),
+]  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--official-sepvit", type=Path, required=True, help="detection/sepvit.py")
-    ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--only", nargs="+", choices=[g.name for g in GOLDENS], help="these models")
+    ap.add_argument("--out-dir", type=Path, default=OUT_DIR)
     ap.add_argument("--keep-checkpoints", type=Path, help="also write the .pth files here")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -271,88 +334,51 @@ def main() -> None:
     import mmdet
     import mmseg
     from mmdet.registry import MODELS as DET_MODELS
-    from mmdet.structures import DetDataSample
     from mmdet.utils import register_all_modules as register_mmdet
     from mmengine.config import ConfigDict
+    from mmengine.registry import DefaultScope
     from mmengine.runner.checkpoint import get_state_dict, save_checkpoint
     from mmseg.registry import MODELS as SEG_MODELS
-    from mmseg.structures import SegDataSample
     from mmseg.utils import register_all_modules as register_mmseg
     from safetensors.torch import save_file
 
     backbone = load_official_backbone(args.official_sepvit)
     register_mmdet(init_default_scope=False)
     register_mmseg(init_default_scope=False)
-    DET_MODELS.register_module(name="SepViT_Tiny", module=backbone, force=True)
-    SEG_MODELS.register_module(name="SepViT_Tiny", module=backbone, force=True)
-
+    registries = {"mmdet": DET_MODELS, "mmseg": SEG_MODELS}
     h, w = INPUT_HW
     x = seeded_input((1, 3, h, w), INPUT_SEED)
-    tensors: dict[str, Tensor] = {}
-    meta: dict[str, Any] = {
-        "input": {"shape": [1, 3, h, w], "seed": INPUT_SEED},
-        "versions": {
-            "torch": torch.__version__,
-            "mmdet": mmdet.__version__,
-            "mmseg": mmseg.__version__,
-            "official_sepvit_sha256": hashlib.sha256(args.official_sepvit.read_bytes()).hexdigest(),
-        },
+    versions = {
+        "torch": torch.__version__,
+        "mmdet": mmdet.__version__,
+        "mmseg": mmseg.__version__,
+        "official_sepvit_sha256": hashlib.sha256(args.official_sepvit.read_bytes()).hexdigest(),
     }
-
-    # -- RetinaNet ------------------------------------------------------------------------------
-    from mmengine.registry import DefaultScope
-
-    with DefaultScope.overwrite_default_scope("mmdet"):
-        det = DET_MODELS.build(ConfigDict(retinanet_cfg())).eval()
-    overrides = {"bbox_head.retina_cls.bias": DET_CLS_BIAS}
-    template, checksums = seed_model(det, DET_SEED, overrides)
-    with torch.no_grad():
-        (res,) = det.predict(x, [DetDataSample(metainfo=meta_info(h, w))], rescale=False)
-    inst = res.pred_instances
-    tensors["det_boxes"] = inst.bboxes.float().contiguous()
-    tensors["det_scores"] = inst.scores.float().contiguous()
-    tensors["det_labels"] = inst.labels.long().contiguous()
-    meta["retinanet"] = {
-        "seed": DET_SEED,
-        "overrides": overrides,
-        "template": template,
-        "checksums": checksums,
-        "classes": 80,
-    }
-    print(f"retinanet: {len(inst.scores)} detections, scores {inst.scores.min():.4f}..")
-
-    # -- Semantic FPN ---------------------------------------------------------------------------
-    with DefaultScope.overwrite_default_scope("mmseg"):
-        seg = SEG_MODELS.build(ConfigDict(semantic_fpn_cfg())).eval()
-    template, checksums = seed_model(seg, SEG_SEED, {})
-    with torch.no_grad():
-        (out,) = seg.predict(x, [SegDataSample(metainfo=meta_info(h, w))])
-    logits = out.seg_logits.data.float()  # [C, H, W]
-    g = torch.Generator().manual_seed(PIXELS_SEED)
-    rows = torch.randint(0, h, (N_PIXELS,), generator=g)
-    cols = torch.randint(0, w, (N_PIXELS,), generator=g)
-    pos = torch.stack((rows, cols), 1)
-    tensors["seg_positions"] = pos
-    tensors["seg_logits_at"] = logits[:, pos[:, 0], pos[:, 1]].T.contiguous()  # [P, C]
-    tensors["seg_labels"] = logits.argmax(0).to(torch.uint8)
-    tensors["seg_channel_mean"] = logits.mean((1, 2))
-    tensors["seg_channel_max"] = logits.amax((1, 2))
-    meta["semantic_fpn"] = {
-        "seed": SEG_SEED,
-        "overrides": {},
-        "template": template,
-        "checksums": checksums,
-        "classes": 150,
-    }
-    print(f"semantic_fpn: logits {tuple(logits.shape)}, |max| {logits.abs().max():.3f}")
-
-    if args.keep_checkpoints:
-        args.keep_checkpoints.mkdir(parents=True, exist_ok=True)
-        for name, model, ds in (("retinanet", det, "coco"), ("semantic_fpn", seg, "ade20k")):
-            ckpt = {"meta": {"dataset": ds}, "state_dict": get_state_dict(model)}
-            save_checkpoint(ckpt, str(args.keep_checkpoints / f"{name}_sepvit_t.pth"))
-    save_file(tensors, str(args.out), metadata={"openmmlab": json.dumps(meta, sort_keys=True)})
-    print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.2f} MB)")
+    for golden in GOLDENS:
+        if args.only and golden.name not in args.only:
+            continue
+        print(golden.name)
+        registry = registries[golden.scope]
+        registry.register_module(name="SepViT_Tiny", module=backbone, force=True)
+        with DefaultScope.overwrite_default_scope(golden.scope):
+            model = registry.build(ConfigDict(golden.config())).eval()
+        template, checksums = seed_model(model, golden.seed, golden.overrides)
+        tensors = golden.run(model, x)
+        meta = {
+            "input": {"shape": [1, 3, h, w], "seed": INPUT_SEED},
+            "seed": golden.seed,
+            "overrides": golden.overrides,
+            "template": template,
+            "checksums": checksums,
+            "versions": versions,
+        }
+        out = args.out_dir / f"openmmlab_{golden.name}.safetensors"
+        save_file(tensors, str(out), metadata={"openmmlab": json.dumps(meta, sort_keys=True)})
+        print(f"  wrote {out} ({out.stat().st_size / 1e6:.2f} MB)")
+        if args.keep_checkpoints:
+            args.keep_checkpoints.mkdir(parents=True, exist_ok=True)
+            ckpt = {"meta": {"seed": golden.seed}, "state_dict": get_state_dict(model)}
+            save_checkpoint(ckpt, str(args.keep_checkpoints / f"{golden.name}_sepvit_t.pth"))
 
 
 if __name__ == "__main__":
