@@ -52,6 +52,7 @@ __all__ = [
     "load_model",
     "model_config",
     "register_backbone",
+    "upgrade_native",
 ]
 
 log = logging.getLogger(__name__)
@@ -210,6 +211,25 @@ def _build(
     return spec.build(backbone, num_classes, **head_kwargs)
 
 
+def upgrade_native(
+    state: dict[str, Tensor], meta: dict[str, Any]
+) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """A native checkpoint's state and metadata in the current layout.
+
+    Version-1 detectors and segmenters (no ``head`` in the metadata: written before the heads took
+    OpenMMLab's module layout) are converted by their head's ``legacy`` rule, which renames the
+    keys and adds the model arguments that keep their answers; other checkpoints pass through.
+    """
+    if meta["task"] == "classify" or meta.get("head") or meta["pretrained_cfg"].get("head"):
+        head = meta.get("head") or meta["pretrained_cfg"].get("head")
+        return state, ({**meta, "head": head} if head else meta)
+    spec = get_head(meta["task"], None)
+    if spec.legacy is None:
+        raise CheckpointError(f"no conversion of version-1 checkpoints for head {spec.name!r}")
+    state, args = spec.legacy(state, dict(meta["model_args"]))
+    return state, {**meta, "head": spec.name, "model_args": args}
+
+
 def _openmmlab_head(task: str, head: str | None, state: dict[str, Tensor]) -> HeadSpec | None:
     """The registered head whose checkpoints look like ``state``; ``None`` for a backbone-only
     checkpoint. A head of another task or name than asked for is a :class:`CheckpointError`."""
@@ -308,11 +328,9 @@ def create_model(
             saved_head = meta.get("head") or saved_cfg.get("head")
             if head is not None and saved_head is not None and head != saved_head:
                 raise CheckpointError(f"{checkpoint} has head {saved_head!r}, not {head!r}")
-            spec = get_head(task, saved_head or head)
-            if saved_head is None:  # version 1: the heads' own pre-OpenMMLab layout
-                if spec.legacy is None:
-                    raise CheckpointError(f"{checkpoint}: no conversion for head {spec.name!r}")
-                state, model_args = spec.legacy(state, model_args)
+            state, meta = upgrade_native(state, meta)
+            spec = get_head(task, meta["head"])
+            model_args = dict(meta["model_args"])
         kwargs = {**model_args, **kwargs}
         saved_hw = _as_hw(saved_cfg["input_size"][1:])
         img_size = img_size if img_size is not None else saved_hw
