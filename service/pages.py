@@ -1,7 +1,8 @@
-"""The gateway's own pages: the demo page at ``/`` and the API docs at ``/docs`` (Swagger UI) and
-``/redoc``. Every file they load comes from this gateway: the demo page from ``service/static/``,
-the Swagger UI and ReDoc bundles from the pinned ``fastapi-offline`` package. Nothing is fetched
-from another host, so the pages work in an air-gapped cluster and tell no third party who looks.
+"""The gateway's own pages: the demo page at ``/`` and the API docs at ``/docs`` (Swagger UI).
+Every file they load comes from this gateway: the demo page from ``service/static/``, the Swagger
+UI bundle from the pinned ``fastapi-offline`` package. Nothing is fetched from another host, so
+the pages work in an air-gapped cluster and tell no third party who looks. There is no
+``/redoc``: ReDoc loads its logo from its vendor's CDN whatever its options.
 
 The pages and their assets are public even with auth on (they hold no data; the demo page asks
 for the token and sends it with its API calls), and so is ``/openapi.json``, which the docs
@@ -15,7 +16,7 @@ from importlib.resources import files
 from pathlib import Path
 
 from fastapi import FastAPI
-from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
@@ -23,7 +24,7 @@ __all__ = ["add_pages", "is_public"]
 
 STATIC = Path(__file__).resolve().parent / "static"
 DOCS_ASSETS = Path(str(files("fastapi_offline") / "static"))
-PUBLIC_PATHS = frozenset({"/", "/docs", "/redoc", "/openapi.json"})
+PUBLIC_PATHS = frozenset({"/", "/docs", "/openapi.json"})
 # Swagger UI's defaults would ask validator.swagger.io to check the schema
 SWAGGER_PARAMETERS = {"validatorUrl": None}
 
@@ -33,8 +34,8 @@ def is_public(path: str) -> bool:
 
 
 def add_pages(app: FastAPI) -> None:
-    """Mount the static files and the three pages (the app is built with ``docs_url=None`` and
-    ``redoc_url=None``, FastAPI's versions of the docs pages load their assets from a CDN)."""
+    """Mount the static files and the two pages (the app is built with ``docs_url=None`` and
+    ``redoc_url=None``: FastAPI's own docs pages load their assets from a CDN)."""
     app.mount("/static/docs", StaticFiles(directory=DOCS_ASSETS), name="docs-assets")
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     title = app.title
@@ -55,12 +56,3 @@ def add_pages(app: FastAPI) -> None:
             swagger_ui_parameters=SWAGGER_PARAMETERS,
         )
 
-    @app.get("/redoc", include_in_schema=False)
-    async def redoc() -> HTMLResponse:
-        return get_redoc_html(
-            openapi_url="openapi.json",
-            title=f"{title} - ReDoc",
-            redoc_js_url="static/docs/redoc.standalone.js",
-            redoc_favicon_url=favicon,
-            with_google_fonts=False,
-        )
