@@ -55,4 +55,3 @@ def add_pages(app: FastAPI) -> None:
             swagger_favicon_url=favicon,
             swagger_ui_parameters=SWAGGER_PARAMETERS,
         )
-

@@ -3,6 +3,7 @@ script can run the README's commands exactly as written."""
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,11 @@ class Block:
     @property
     def section(self) -> str:
         return self.headings[-1] if self.headings else ""
+
+    @property
+    def digest(self) -> str:
+        """Short content hash: what a transcript of the block was made from."""
+        return hashlib.sha256(self.text.encode()).hexdigest()[:16]
 
 
 def blocks(path: Path = README) -> list[Block]:

@@ -18,6 +18,7 @@ import os
 import shutil
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -56,6 +57,19 @@ def netns_available() -> bool:
     return probe.returncode == 0
 
 
+def group_alive(pgid: int, grace: float) -> bool:
+    """Whether a process of the group is still there after ``grace`` seconds."""
+    deadline = time.monotonic() + grace
+    while True:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return False
+        if time.monotonic() > deadline:
+            return True
+        time.sleep(0.5)
+
+
 def _path() -> str:
     return f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin"
 
@@ -82,23 +96,21 @@ def test_readme_torchserve_commands_as_written(tmp_path: Path) -> None:
         "OMP_WAIT_POLICY": "PASSIVE",
     }
     cmd = ["unshare", "-rn", "bash", "-c", 'ip link set lo up && exec bash -e "$0"', str(script)]
-    proc = subprocess.Popen(
-        cmd,
-        cwd=repo,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        out, _ = proc.communicate(timeout=TIMEOUT)
-    except subprocess.TimeoutExpired:
-        out = b"(timed out)"
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    text = out.decode(errors="replace")
+    output = tmp_path / "output.txt"  # a file, not a pipe: the java daemon inherits it
+    with output.open("wb") as out:
+        proc = subprocess.Popen(
+            cmd, cwd=repo, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        try:
+            proc.wait(timeout=TIMEOUT)
+            left_running = group_alive(proc.pid, grace=30)
+        except subprocess.TimeoutExpired:
+            left_running = True
+        finally:  # the block's --stop should have stopped TorchServe: this is in case it did not
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    text = output.read_text(errors="replace")
     logs = "\n".join(p.read_text()[-3000:] for p in (repo / "logs").glob("*_log.log"))
     assert proc.returncode == 0, f"block at README.md:{block.line} failed:\n{text}\n{logs}"
 
@@ -111,10 +123,11 @@ def test_readme_torchserve_commands_as_written(tmp_path: Path) -> None:
     assert len(answers) == 2, text
     rest, grpc = answers
     # REST: the first circle of the test split, top 3
-    assert [c["label"] for c in rest["top_k"]][0] == "circle", rest
+    assert rest["top_k"][0]["label"] == "circle", rest
     assert len(rest["top_k"]) == 3
     # gRPC: the first detection test scene holds a cross, a square, a circle and a pentagon
     labels = {d["label"] for d in grpc["detections"]}
     assert labels and labels <= set(CLASSES), grpc
     assert {"cross", "square"} <= labels, grpc
     assert "TorchServe has stopped" in text, text
+    assert not left_running, "TorchServe still ran 30 s after the block's --stop"

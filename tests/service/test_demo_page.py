@@ -154,7 +154,9 @@ def test_classify_with_the_file_chooser(page: Any) -> None:
     choose(page, "sepvit_lite_shapes_cls")
     page.fill("#top-k", "3")
     circle = encode(first_scene("classify", 224, "circle"), "PNG")
-    page.set_input_files("#file", files=[{"name": "c.png", "mimeType": "image/png", "buffer": circle}])
+    page.set_input_files(
+        "#file", files=[{"name": "c.png", "mimeType": "image/png", "buffer": circle}]
+    )
     got = wait_done(page)
     assert got["labels"][0] == "circle", got["labels"]
     assert len(got["labels"]) == 3 and page.locator("#items .bar").count() == 3
