@@ -142,10 +142,12 @@
       ctx.strokeRect(x1, y1, x2 - x1, y2 - y1);
       const text = `${d.label} ${d.score.toFixed(2)}`;
       const th = parseInt(ctx.font, 10) + 4;
+      const tw = ctx.measureText(text).width + 8;
+      const tx = Math.max(0, Math.min(x1 - line / 2, w - tw)); // the label stays inside
       const ty = y1 - th < 0 ? y1 + th : y1;
-      ctx.fillRect(x1 - line / 2, ty - th, ctx.measureText(text).width + 8, th);
+      ctx.fillRect(tx, ty - th, tw, th);
       ctx.fillStyle = "#fff";
-      ctx.fillText(text, x1 + 4, ty - 2);
+      ctx.fillText(text, tx + 4, ty - 2);
     }
     ctx.canvas.dataset.drawn = String(result.detections.length);
     return result.detections.map((d) => item(d.label, d.score.toFixed(3), d.index));
