@@ -1,8 +1,8 @@
 """Run every command block of ``README.md`` as written and record what happened in
 ``docs/readme_transcript.md``.
 
-Each fenced block gets one plan (:data:`PLANS`, by section and position, so a new block without a
-plan stops the script):
+Each fenced block gets one plan: by its language, unless a string in it names a special case
+(:data:`SPECIAL`):
 
 - ``run``: a ``bash`` block runs under ``bash -e``, a ``python`` block under ``.venv/bin/python``;
 - ``session``: a ``text`` block of ``$ command`` lines (the README's terminal sessions): each
@@ -11,7 +11,8 @@ plan stops the script):
   answers 200; ``keep`` leaves it up for the blocks after it (``make serve`` for the endpoint
   sessions), otherwise it runs in a network namespace of its own and is stopped at once;
 - ``skip``: not run, with the reason (a Docker engine, a cluster, a GPU, hours of training, or a
-  file that is not shipped). Nothing is pretended.
+  file that is not shipped). Nothing is pretended;
+- ``config``: not a command (YAML, a diagram, a listing).
 
 Everything runs in a copy of the checkout as git would check it out (no build outputs), with this
 checkout's ``.venv`` linked in and its ONNX export cache shared (``SEPVIT_CACHE_DIR``), inside a
@@ -55,58 +56,62 @@ class Plan:
     stop: str = ""  # serve: what stops the rest of it, besides the process group
 
 
-PLANS: dict[tuple[str, int], Plan] = {
-    ("Quick start", 0): Plan(
-        "skip",
-        "`make test` is what CI runs on every submission (.ci/run) and takes about 20 min; "
-        "`make serve` is the server that the Gateway block below starts",
+# Blocks that are not simply run, found by a string in them (first match wins). Every other
+# block follows its language: bash and python run, a text block of "$ " lines is a session, and
+# anything else (YAML, diagrams, listings) is not a command.
+SPECIAL: list[tuple[str, Plan]] = [
+    (
+        "make test ",
+        Plan(
+            "skip",
+            "`make test` is what CI runs on every submission (.ci/run), about 20 min; "
+            "`make serve` is the server that the Gateway block starts",
+        ),
     ),
-    ("Using the model library", 0): Plan("run"),
-    ("Using the model library", 1): Plan(
-        "skip", "needs SepViT_Tiny.pth, the official ImageNet checkpoint, which is not shipped"
+    (
+        "SepViT_Tiny.pth",
+        Plan("skip", "needs SepViT_Tiny.pth, the official ImageNet checkpoint, not shipped here"),
     ),
-    ("Export", 0): Plan("run"),
-    ("Export", 1): Plan("skip", "needs a CUDA GPU with TensorRT"),
-    ("Dataset, training and evaluation", 0): Plan(
-        "skip",
-        "hours of CPU training (`make models`: about 3 hours on 2 cores; docs/shapes.md has the "
-        "runs' logs and timings); the evaluation line needs those runs",
+    ("--format tensorrt", Plan("skip", "needs a CUDA GPU with TensorRT")),
+    (
+        "sepvit-train ",
+        Plan(
+            "skip",
+            "hours of CPU training (`make models`: about 3 hours on 2 cores; docs/shapes.md has "
+            "the runs' logs and timings); the evaluation line needs those runs",
+        ),
     ),
-    ("Pipelines", 0): Plan("run"),
-    ("Pipelines", 1): Plan("run"),
-    ("TorchServe (optional backend)", 0): Plan("run"),
-    ("TorchServe (optional backend)", 1): Plan("run"),
-    ("Gateway", 0): Plan(
-        "serve",
-        "kept running for the Endpoints sessions",
-        "http://127.0.0.1:8000/v2/health/ready",
-        keep=True,
+    ("docker compose", Plan("skip", "needs a Docker engine and a Kubernetes cluster with Helm")),
+    (
+        "--backend torchserve",
+        Plan(
+            "serve",
+            "in a network namespace of its own (the gateway of `make serve` holds port 8000)",
+            "http://127.0.0.1:8000/v2/health/ready",
+            stop=".venv/bin/torchserve --stop",
+        ),
     ),
-    ("Gateway", 1): Plan("config", "a models file (configuration, not a command)"),
-    ("Gateway", 2): Plan(
-        "serve",
-        "in a network namespace of its own (the gateway of `make serve` holds port 8000)",
-        "http://127.0.0.1:8000/v2/health/ready",
-        stop=".venv/bin/torchserve --stop",
+    (
+        "make serve ",
+        Plan(
+            "serve",
+            "kept running for the Endpoints sessions",
+            "http://127.0.0.1:8000/v2/health/ready",
+            keep=True,
+        ),
     ),
-    ("Endpoints", 0): Plan("session"),
-    ("Endpoints", 1): Plan("session"),
-    ("Endpoints", 2): Plan("session"),
-    ("Endpoints", 3): Plan("run", "the tritonclient example, against the `make serve` gateway"),
-    ("Architecture", 0): Plan("config", "a diagram"),
-    ("Deployment", 0): Plan("skip", "needs a Docker engine and a Kubernetes cluster with Helm"),
-    ("Layout", 0): Plan("config", "a directory listing"),
-}
+]
 
 
-def plan_for(block: Block, index: int) -> Plan:
-    try:
-        return PLANS[(block.section, index)]
-    except KeyError:
-        raise SystemExit(
-            f"README.md:{block.line}: block {index} of {block.section!r} has no plan in "
-            "scripts/readme_transcript.py: add one"
-        ) from None
+def plan_for(block: Block) -> Plan:
+    for needle, plan in SPECIAL:
+        if needle in block.text:
+            return plan
+    if block.lang in ("bash", "python"):
+        return Plan("run")
+    if block.lang == "text" and session_commands(block.text):
+        return Plan("session")
+    return Plan("config", f"a {block.lang or 'plain'} block (configuration, diagram or listing)")
 
 
 def clean_copy(dest: Path) -> Path:
@@ -329,13 +334,10 @@ def main(argv: list[str] | None = None) -> int:
         "",
     ]
     summary: dict[str, int] = {}
-    counts: dict[str, int] = {}
     try:
         for block in readme:
-            index = counts.get(block.section, 0)
-            counts[block.section] = index + 1
-            plan = plan_for(block, index)
-            head = f"## README.md:{block.line} · {block.section} · block {index}"
+            plan = plan_for(block)
+            head = f"## README.md:{block.line} · {block.section}"
             meta = f"<!-- block {block.digest} -->"
             if plan.kind in ("skip", "config"):
                 verdict = (

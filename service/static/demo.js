@@ -290,10 +290,19 @@
   });
   $("model").addEventListener("change", () => { showParams(); run(); });
   for (const id of ["top-k", "threshold", "seg-format"]) $(id).addEventListener("change", run);
-  $("file").addEventListener("change", (e) => take(e.target.files[0]));
+  $("file").addEventListener("change", (e) => {
+    take(e.target.files[0]);
+    e.target.value = ""; // choosing the same file again still sends it
+  });
   const drop = $("drop");
   drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
   drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+  drop.addEventListener("keydown", (e) => {
+    if (e.key === "Enter" || e.key === " ") {
+      e.preventDefault();
+      $("file").click();
+    }
+  });
   drop.addEventListener("drop", (e) => {
     e.preventDefault();
     drop.classList.remove("over");
