@@ -41,7 +41,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.readme_blocks import Block, blocks  # noqa: E402
+from tests.readme_blocks import Block, blocks, clean_copy  # noqa: E402
 
 OUT = ROOT / "docs" / "readme_transcript.md"
 MAX_LINES = 30
@@ -112,22 +112,6 @@ def plan_for(block: Block) -> Plan:
     if block.lang == "text" and session_commands(block.text):
         return Plan("session")
     return Plan("config", f"a {block.lang or 'plain'} block (configuration, diagram or listing)")
-
-
-def clean_copy(dest: Path) -> Path:
-    names = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-    ).stdout.split(b"\0")
-    for raw in filter(None, names):
-        src = ROOT / os.fsdecode(raw)
-        if src.is_file():
-            (dest / src.relative_to(ROOT)).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest / src.relative_to(ROOT))
-    (dest / ".venv").symlink_to(ROOT / ".venv")
-    return dest
 
 
 def clip(text: str) -> str:

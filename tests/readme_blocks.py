@@ -1,17 +1,21 @@
-"""The fenced code blocks of ``README.md``, each with the headings it sits under, so a test or
-script can run the README's commands exactly as written."""
+"""The fenced code blocks of ``README.md``, each with the headings it sits under, and a clean copy
+of the checkout to run them in, so a test or script can run the README's commands exactly as
+written."""
 
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+import shutil
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 
-__all__ = ["README", "Block", "blocks", "section_block"]
+__all__ = ["README", "Block", "blocks", "clean_copy", "section_block"]
 
 _FENCE = re.compile(r"^```(\w*)\s*$")
 _HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*$")
@@ -63,3 +67,22 @@ def section_block(section: str, lang: str = "bash", index: int = 0) -> Block:
     if len(found) <= index:
         raise LookupError(f"README.md has no {lang} block {index} under {section!r}")
     return found[index]
+
+
+def clean_copy(dest: Path) -> Path:
+    """The files a checkout of this tree would have (tracked, and new files git does not ignore;
+    none of the ignored build outputs), with this checkout's ``.venv`` linked in. Modification
+    times are kept, so make sees the venv as up to date."""
+    names = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    ).stdout.split(b"\0")
+    for raw in filter(None, names):
+        src = ROOT / os.fsdecode(raw)
+        if src.is_file():  # a tracked file deleted in the working tree is left out
+            (dest / src.relative_to(ROOT)).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / src.relative_to(ROOT))
+    (dest / ".venv").symlink_to(ROOT / ".venv")
+    return dest

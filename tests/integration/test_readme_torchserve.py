@@ -25,30 +25,13 @@ from pathlib import Path
 import pytest
 
 from sepvit.data.shapes import CLASSES
-from tests.readme_blocks import ROOT, section_block
+from tests.readme_blocks import ROOT, clean_copy, section_block
 from tests.torchserve_process import require_torchserve
 
 pytestmark = pytest.mark.integration
 
 SECTION = "TorchServe (optional backend)"
 TIMEOUT = 480
-
-
-def clean_copy(dest: Path) -> Path:
-    """The files a checkout of this tree would have (tracked and untracked-unignored)."""
-    names = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-    ).stdout.split(b"\0")
-    for raw in filter(None, names):
-        src = ROOT / os.fsdecode(raw)
-        if src.is_file():  # deleted-but-tracked files are skipped
-            (dest / src.relative_to(ROOT)).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest / src.relative_to(ROOT))  # mtimes kept: make sees no change
-    (dest / ".venv").symlink_to(ROOT / ".venv")
-    return dest
 
 
 def netns_available() -> bool:
