@@ -130,7 +130,7 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
         description="Classification, detection and segmentation with SepViT models: task "
         "routes, the Open Inference Protocol v2 and Prometheus metrics.",
         lifespan=lifespan,
-        docs_url=None,  # service/pages.py serves /docs and /redoc without a CDN
+        docs_url=None,  # service/pages.py serves /docs without a CDN (and no /redoc)
         redoc_url=None,
     )
     app.state.settings = settings

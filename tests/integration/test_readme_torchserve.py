@@ -2,9 +2,10 @@
 
 The block is copied out of ``README.md`` and run by bash (``-e``) in a copy of the checkout that
 holds what git would check out (tracked and new files, none of the ignored build outputs: no
-archives, keys, logs or caches). The copy shares this checkout's ``.venv`` (a symlink), and the
-ONNX export cache through ``SEPVIT_CACHE_DIR`` (exports are keyed by content), so the test does
-not reinstall or re-export. The README's ports are fixed (8080, 7070, ...): the block runs in a
+archives, keys, logs or caches). The copy shares this checkout's ``.venv`` (a symlink; its
+editable install imports the same package files from this checkout), and the ONNX export cache
+through ``SEPVIT_CACHE_DIR`` (exports are keyed by content), so the test does not reinstall or
+re-export. The README's ports are fixed (8080, 7070, ...): the block runs in a
 private network namespace (``unshare -rn``) where they are free by construction and invisible
 to the rest of the machine. TorchServe's pid file lives in a private ``TMPDIR``, so its
 ``--stop`` stops this TorchServe only; whatever is left in the process group is killed at the end.
