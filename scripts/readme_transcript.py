@@ -310,11 +310,13 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"Written by `scripts/readme_transcript.py` from commit {commit}"
         + (" plus uncommitted changes" if dirty.strip() else "")
-        + ". Every fenced block of README.md, in order, with what was done with it: run as",
-        "written in a copy of the checkout (no build outputs; this checkout's `.venv` and ONNX",
-        "export cache), inside a private network namespace, or not run, and why. Outputs are",
-        f"clipped to {MAX_LINES} lines. `tests/test_readme_transcript.py` fails when a block of",
-        "the README changes without a new transcript.",
+        + ".",
+        "",
+        "Every fenced block of README.md, in order, and what was done with it: run as written in",
+        "a copy of the checkout (no build outputs; this checkout's `.venv` and ONNX export cache),",
+        "inside a private network namespace, or not run, and why. Outputs are clipped to",
+        f"{MAX_LINES} lines. `tests/test_readme_transcript.py` fails when a block of the README",
+        "changes without a new transcript.",
         "",
     ]
     summary: dict[str, int] = {}
@@ -350,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
         runner.close()
         shutil.rmtree(work, ignore_errors=True)
     counted = ", ".join(f"{v} {k}" for k, v in sorted(summary.items()))
-    lines[8:8] = [f"Blocks: {counted}.", ""]
+    lines[10:10] = [f"Blocks: {counted}.", ""]
     a.output.write_text("\n".join(lines).rstrip() + "\n")
     print(f"wrote {a.output}: {counted}")
     return 1 if any(k.startswith("FAILED") for k in summary) else 0
