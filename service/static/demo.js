@@ -137,14 +137,20 @@
     ctx.textBaseline = "bottom";
     for (const d of result.detections) {
       const [x1, y1, x2, y2] = d.box;
-      ctx.strokeStyle = ctx.fillStyle = colour(d.index);
+      ctx.strokeStyle = colour(d.index);
       ctx.lineWidth = line;
       ctx.strokeRect(x1, y1, x2 - x1, y2 - y1);
+    }
+    // labels after all boxes, the best-scoring last so that it stays readable on top
+    const byScore = [...result.detections].sort((a, b) => a.score - b.score);
+    for (const d of byScore) {
+      const [x1, y1] = d.box;
       const text = `${d.label} ${d.score.toFixed(2)}`;
       const th = parseInt(ctx.font, 10) + 4;
       const tw = ctx.measureText(text).width + 8;
       const tx = Math.max(0, Math.min(x1 - line / 2, w - tw)); // the label stays inside
       const ty = y1 - th < 0 ? y1 + th : y1;
+      ctx.fillStyle = colour(d.index);
       ctx.fillRect(tx, ty - th, tw, th);
       ctx.fillStyle = "#fff";
       ctx.fillText(text, tx + 4, ty - 2);
