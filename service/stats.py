@@ -80,9 +80,7 @@ class InferenceStats:
         """One request left the queue for its batch after ``seconds``."""
         self._model(model).inference["queue"].add(_ns(seconds))
 
-    def executed(
-        self, model: str, requests: int, images: int, phases: Mapping[str, float]
-    ) -> None:
+    def executed(self, model: str, requests: int, images: int, phases: Mapping[str, float]) -> None:
         """A batch of ``requests`` requests (``images`` images) ran; ``phases`` in seconds."""
         m = self._model(model)
         m.execution_count += 1
