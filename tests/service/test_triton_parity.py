@@ -98,12 +98,14 @@ def test_stream_answers_every_request_like_unary_and_survives_errors(gateway: Ga
                     [c["score"] for c in unary["top_k"]],
                     atol=1e-4,
                 )
-        # the same client streams again, and unary calls were never disturbed
+        # the same client streams again; a request's own deadline is its timeout parameter (us)
         answers = _stream(client)
+        client.async_stream_infer("cls", [batch_input(grpcclient, [good])], timeout=1)
         client.async_stream_infer("cls", [batch_input(grpcclient, [good])], request_id="again")
         client.stop_stream()
-        result, error = answers.get_nowait()
-        assert error is None and result.get_response().id == "again"
+        got = [answers.get_nowait() for _ in range(2)]
+        assert [r.get_response().id for r, e in got if e is None] == ["again"]
+        assert [str(e).split("]")[0] for _, e in got if e] == ["[StatusCode.DEADLINE_EXCEEDED"]
     finally:
         client.close()
 
