@@ -12,6 +12,7 @@ exactly as a unary ``ModelInfer``: both go through :meth:`InferenceServicer._adm
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -83,6 +84,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             if info.http_status >= 500 and info.code == "internal":
                 log.exception("gRPC %s failed", method)
             code = info.grpc_code
+            raise
+        except asyncio.CancelledError:  # the client cancelled or went away
+            code = "CANCELLED"
             raise
         finally:
             if counted:

@@ -137,6 +137,8 @@ def test_stopping_the_stream_cancels_its_queued_work(gateway: Gateway) -> None:
         time.sleep(0.05)
     # every request that had not been answered was cancelled, queued ones included
     assert metric(text, key) - before == STREAM_LIMIT - done >= 2
+    cancelled = 'sepvit_requests_total{code="CANCELLED",route="grpc:ModelStreamInfer"}'
+    assert metric(text, cancelled) == STREAM_LIMIT - done
     assert metric(text, depth) == 0
     stats = httpx.get(f"{gateway.url}/v2/models/slow/stats").json()["model_stats"][0]
     assert stats["inference_stats"]["fail"]["count"] >= STREAM_LIMIT - done
