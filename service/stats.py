@@ -2,10 +2,11 @@
 ``GET /v2/models[/{name}[/versions/{v}]]/stats`` (REST), in Triton's message shape.
 
 The figures are the batcher's own: it records a request's queue wait and a batch's phase times
-here in the same statement that observes them for ``/metrics``, so the two agree
-(``sepvit_queue_wait_seconds`` sum = ``queue.ns``; ``sepvit_phase_duration_seconds`` sums = the
-``batch_stats`` compute sums; ``sepvit_batch_size`` count and sum = ``execution_count`` and
-``inference_count``). Phases map as preprocess (decode + preprocess) -> ``compute_input``,
+here beside the statements that observe them for ``/metrics``, from the same values, so the two
+agree: ``sepvit_queue_wait_seconds`` sum = ``queue.ns``; ``sepvit_phase_duration_seconds`` sums
+= the ``batch_stats`` compute sums; ``sepvit_batch_size`` count and sum = ``execution_count`` and
+``inference_count`` (a batch whose run raised is in ``/metrics`` only: the statistics count the
+batches that ran). Phases map as preprocess (decode + preprocess) -> ``compute_input``,
 inference -> ``compute_infer``, postprocess -> ``compute_output``.
 
 Per request, as Triton counts them: ``success``/``fail`` time a request from the moment its model
