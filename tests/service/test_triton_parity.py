@@ -86,7 +86,9 @@ def test_stream_answers_every_request_like_unary_and_survives_errors(gateway: Ga
         assert sorted(results) == sorted(f"r{i}" for i in range(200) if i % 4 < 2)
         assert len(errors) == 100
         assert errors.count("[StatusCode.NOT_FOUND] unknown model 'nope'") == 50
-        assert sum(e.startswith("[StatusCode.INVALID_ARGUMENT] input datatype") for e in errors)
+        assert (
+            sum(e.startswith("[StatusCode.INVALID_ARGUMENT] input datatype") for e in errors) == 50
+        )
         for rid, result in results.items():
             out = json.loads(result.as_numpy("RESULT")[0])
             if int(rid[1:]) % 4 == 1:  # a corrupt image: answered in RESULT, as unary is
