@@ -37,7 +37,7 @@ def gateway(
             "checkpoint": str(checkpoints["slow"]),
             "max_batch_size": 1,
             "max_delay_ms": 0,
-            "max_queue": 16,
+            "max_queue": 64,
         },
     ]
     gw = start_gateway(
@@ -113,37 +113,50 @@ def test_stream_answers_every_request_like_unary_and_survives_errors(gateway: Ga
 
 
 def test_stopping_the_stream_cancels_its_queued_work(gateway: Gateway) -> None:
-    key = 'sepvit_cancelled_requests_total{model="slow",reason="client"}'
+    cancelled = 'sepvit_cancelled_requests_total{model="slow",reason="client"}'
+    grpc_cancelled = 'sepvit_requests_total{code="CANCELLED",route="grpc:ModelStreamInfer"}'
     depth = 'sepvit_queue_depth{model="slow"}'
-    before = metric(httpx.get(f"{gateway.url}/metrics").text, key)
+
+    def figures() -> tuple[float, float, float, int, int]:
+        text = httpx.get(f"{gateway.url}/metrics").text
+        doc = httpx.get(f"{gateway.url}/v2/models/slow/stats").json()["model_stats"][0]
+        counts = doc["inference_stats"]
+        return (
+            metric(text, cancelled),
+            metric(text, grpc_cancelled),
+            metric(text, depth),
+            counts["success"]["count"],
+            counts["fail"]["count"],
+        )
+
+    before = figures()
     client = grpcclient.InferenceServerClient(gateway.grpc_url)
     try:
         answers = _stream(client)
-        for i in range(STREAM_LIMIT):  # one runs at a time, the others queue
-            client.async_stream_infer("slow", [batch_input(grpcclient, [png()])], request_id=str(i))
+        images = [png()] * 6  # each request a batch of its own, long enough to be caught
+        for i in range(STREAM_LIMIT):  # one runs, one is prepared, the others queue
+            client.async_stream_infer("slow", [batch_input(grpcclient, images)], request_id=str(i))
         for _ in range(400):
-            if metric(httpx.get(f"{gateway.url}/metrics").text, depth) >= 2:
+            if figures()[2] >= 2 * len(images):
                 break
             time.sleep(0.01)
         else:
             pytest.fail("the stream's requests never queued")
         client.stop_stream(cancel_requests=True)
-        answered = [answers.get_nowait() for _ in range(answers.qsize())]
+        received = [answers.get_nowait() for _ in range(answers.qsize())]
     finally:
         client.close()
-    done = sum(e is None for _, e in answered)
-    for _ in range(100):
-        text = httpx.get(f"{gateway.url}/metrics").text
-        if metric(text, depth) == 0 and metric(text, key) - before >= STREAM_LIMIT - done:
+    for _ in range(100):  # every request of the stream has ended, one way or the other
+        after = figures()
+        if after[2] == 0 and (after[3] + after[4]) - (before[3] + before[4]) == STREAM_LIMIT:
             break
         time.sleep(0.05)
-    # every request that had not been answered was cancelled, queued ones included
-    assert metric(text, key) - before == STREAM_LIMIT - done >= 2
-    cancelled = 'sepvit_requests_total{code="CANCELLED",route="grpc:ModelStreamInfer"}'
-    assert metric(text, cancelled) == STREAM_LIMIT - done
-    assert metric(text, depth) == 0
-    stats = httpx.get(f"{gateway.url}/v2/models/slow/stats").json()["model_stats"][0]
-    assert stats["inference_stats"]["fail"]["count"] >= STREAM_LIMIT - done
+    delta = [a - b for a, b in zip(after, before, strict=True)]
+    # the queued ones (and any still running) were cancelled: out of the queue, counted as
+    # cancelled by the batcher, as CANCELLED by the gRPC metrics and as failures in the stats
+    assert delta[0] == delta[1] == delta[4] >= 2
+    assert after[2] == 0 and delta[3] + delta[4] == STREAM_LIMIT
+    assert sum(e is None for _, e in received) <= delta[3]  # no answer for a cancelled one
 
 
 def _counts(gateway: Gateway) -> dict[str, int]:
