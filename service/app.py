@@ -99,7 +99,7 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
     settings = settings or load_settings()
     metrics = Metrics()
     backend = backend or create_backend(settings, metrics)
-    plane = DataPlane(settings, backend)
+    plane = DataPlane(settings, backend, metrics.stats)
     tokens = TokenChecker(settings.tokens())
     limit = ConcurrencyLimit(settings.max_concurrent_requests, settings.retry_after_s, metrics)
 
