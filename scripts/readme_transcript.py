@@ -54,6 +54,7 @@ class Plan:
     ready_url: str = ""  # serve: the URL that answers 200 once up
     keep: bool = False  # serve: leave it running for the blocks after it
     stop: str = ""  # serve: what stops the rest of it, besides the process group
+    continues: bool = False  # run: the block goes on from the previous one of its language
 
 
 # Blocks that are not simply run, found by a string in them (first match wins). Every other
@@ -82,6 +83,10 @@ SPECIAL: list[tuple[str, Plan]] = [
         ),
     ),
     ("docker compose", Plan("skip", "needs a Docker engine and a Kubernetes cluster with Helm")),
+    (
+        "client.start_stream(",
+        Plan("run", "goes on from the block before it (its client and images)", continues=True),
+    ),
     (
         "--backend torchserve",
         Plan(
@@ -173,10 +178,10 @@ class Runner:
             out.seek(0)
             return rc, out.read().decode(errors="replace"), time.monotonic() - t0
 
-    def run(self, block: Block) -> tuple[int, str, float]:
+    def run(self, block: Block, before: str = "") -> tuple[int, str, float]:
         if block.lang == "python":
-            return self.sh([".venv/bin/python", "-"], stdin=block.text)
-        return self.sh(["bash", "-e", "-c", block.text])
+            return self.sh([".venv/bin/python", "-"], stdin=before + block.text)
+        return self.sh(["bash", "-e", "-c", before + block.text])
 
     def session(self, block: Block) -> tuple[int, str, float]:
         parts, worst, total = [], 0, 0.0
@@ -320,9 +325,12 @@ def main(argv: list[str] | None = None) -> int:
         "",
     ]
     summary: dict[str, int] = {}
+    previous: dict[str, str] = {}  # the last block of each language, for blocks that go on
     try:
         for block in readme:
             plan = plan_for(block)
+            before = previous.get(block.lang, "") if plan.continues else ""
+            previous[block.lang] = before + block.text
             head = f"## README.md:{block.line} · {block.section}"
             meta = f"<!-- block {block.digest} -->"
             if plan.kind in ("skip", "config"):
@@ -336,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             print(f"README.md:{block.line} ({block.section}): {plan.kind}", flush=True)
             if plan.kind == "run":
-                rc, out, dt = runner.run(block)
+                rc, out, dt = runner.run(block, before)
             elif plan.kind == "session":
                 rc, out, dt = runner.session(block)
             else:
