@@ -1,11 +1,14 @@
 """Official-config detectors and segmenters on CPU: images/s at the COCO and ADE20K test sizes.
 
 The models are the OpenMMLab layouts served for official checkpoints (random weights: speed does
-not depend on them): RetinaNet (FPN 256, 4 x 256 head convs) at 800 x 1333 and Semantic FPN (FPN
-256, head 128) at 512 x 2048, eager fp32, batch 1 by default. Two figures per cell:
+not depend on them, except Mask R-CNN's mask stage, which runs per detection: random weights give
+the full 100): RetinaNet (FPN 256, 4 x 256 head convs) and Mask R-CNN (RPN, 2 x 1024 fc box head,
+4-conv mask head) at 800 x 1333, Mask R-CNN also at 512 x 512, Semantic FPN (FPN 256, head 128)
+and UperNet (512 channels) at 512 x 2048, eager fp32, batch 1 by default. Two figures per cell:
 
-* ``model``: ``model(x)`` on the normalised input (backbone, neck, head, and for the detector
-  the mmdet post-processing: per-level top-1000, NMS, top-100);
+* ``model``: ``model(x)`` on the normalised input (backbone, neck, head, and for the detectors
+  the mmdet post-processing: per-level top-1000, NMS, top-100; Mask R-CNN's masks pasted at the
+  input size);
 * ``pipeline``: the served path for one 640 x 480 (detect) or 2048 x 1024 (segment) JPEG through
   :class:`handlers.pipeline.Pipeline` (decode, keep-ratio resize and pad, model, boxes or label
   map back at the original size).
@@ -15,6 +18,7 @@ the machine and versions in ``bench/results/openmmlab_throughput.json``.
 
     python bench/openmmlab_throughput.py                                   # Tiny, 1 and all threads
     python bench/openmmlab_throughput.py --variants sepvit_tiny sepvit_small --threads 4
+    python bench/openmmlab_throughput.py --configs retinanet mask_rcnn mask_rcnn_512
     python bench/openmmlab_throughput.py --repeats 1 --min-seconds 0 --output /tmp/smoke.json
 """
 
@@ -40,8 +44,14 @@ from bench.model_throughput import machine_info, time_fn  # noqa: E402
 from handlers.pipeline import Pipeline  # noqa: E402
 from sepvit import create_model  # noqa: E402
 
-# task -> (network input H x W, a typical original image H x W for the served path)
-SIZES = {"detect": ((800, 1333), (480, 640)), "segment": ((512, 2048), (1024, 2048))}
+# config -> (task, head, network input H x W, a typical original image H x W for the served path)
+CONFIGS = {
+    "retinanet": ("detect", "retinanet", (800, 1333), (480, 640)),
+    "mask_rcnn": ("detect", "mask_rcnn", (800, 1333), (480, 640)),
+    "mask_rcnn_512": ("detect", "mask_rcnn", (512, 512), (480, 640)),
+    "semantic_fpn": ("segment", "semantic_fpn", (512, 2048), (1024, 2048)),
+    "upernet": ("segment", "upernet", (512, 2048), (1024, 2048)),
+}
 
 
 def _jpeg(h: int, w: int) -> bytes:
@@ -52,12 +62,12 @@ def _jpeg(h: int, w: int) -> bytes:
 
 
 def bench_cell(
-    variant: str, task: str, threads: int, batch: int, repeats: int, min_seconds: float
+    variant: str, config: str, threads: int, batch: int, repeats: int, min_seconds: float
 ) -> dict[str, Any]:
     torch.set_num_threads(threads)
+    task, head, (h, w), orig = CONFIGS[config]
     preset = "coco" if task == "detect" else "ade20k"
-    model = create_model(variant, task=task, preset=preset).eval()
-    (h, w), orig = SIZES[task]
+    model = create_model(variant, task=task, head=head, preset=preset, img_size=(h, w)).eval()
     x = torch.randn(batch, 3, h, w)
 
     def run_model() -> object:
@@ -75,6 +85,7 @@ def bench_cell(
     pipe_rates = time_fn(run_pipeline, 1, repeats, min_seconds)
     return {
         "variant": variant,
+        "config": config,
         "task": task,
         "head": model.pretrained_cfg["head"],
         "input": [h, w],
@@ -91,7 +102,7 @@ def bench_cell(
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--variants", nargs="+", default=["sepvit_tiny"])
-    p.add_argument("--tasks", nargs="+", choices=sorted(SIZES), default=sorted(SIZES))
+    p.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
     p.add_argument("--threads", nargs="+", type=int, default=[1, os.cpu_count() or 1])
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--repeats", type=int, default=3)
@@ -102,12 +113,13 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     cells = []
     for variant in a.variants:
-        for task in a.tasks:
+        for config in a.configs:
             for threads in sorted(set(a.threads)):
-                cell = bench_cell(variant, task, threads, a.batch, a.repeats, a.min_seconds)
+                cell = bench_cell(variant, config, threads, a.batch, a.repeats, a.min_seconds)
                 cells.append(cell)
                 print(
-                    f"{variant} {task} {cell['input'][0]}x{cell['input'][1]} threads={threads}: "
+                    f"{variant} {config} {cell['input'][0]}x{cell['input'][1]} "
+                    f"threads={threads}: "
                     f"model {cell['model_img_s_median']:.3f} img/s, "
                     f"pipeline {cell['pipeline_img_s_median']:.3f} img/s",
                     flush=True,

@@ -38,7 +38,7 @@ from handlers.pipeline import Pipeline, PipelineConfig
 log = logging.getLogger(__name__)
 
 IMAGE_KEYS = ("body", "data", "file", "image")
-PARAM_KEYS = ("top_k", "score_threshold", "format")
+PARAM_KEYS = ("top_k", "score_threshold", "max_detections", "format")
 
 
 def _text(value: Any) -> str:

@@ -346,13 +346,17 @@ def openmmlab_classes(obj: Mapping[str, Any]) -> list[str] | None:
 
 
 def load_openmmlab_into(
-    model: nn.Module, state: Mapping[str, Tensor], prefixes: tuple[str, ...]
+    model: nn.Module,
+    state: Mapping[str, Tensor],
+    prefixes: tuple[str, ...],
+    unused: tuple[str, ...] = (),
 ) -> LoadReport:
     """Load an OpenMMLab detector/segmenter state dict into ``model``, every tensor.
 
     ``backbone.*`` passes through the backbone's checkpoint filter (which drops the official
     backbone's unused classifier ``norm``/``head``); keys under ``prefixes`` (``neck``,
-    ``bbox_head``, ...) load as they are. A missing, unexpected or mis-shaped key raises
+    ``bbox_head``, ...) load as they are; keys under ``unused`` (a training-only
+    ``auxiliary_head``) are dropped and reported. A missing, unexpected or mis-shaped key raises
     :class:`CheckpointError` naming the keys.
     """
     from .backbones.sepvit import SepViT, checkpoint_filter_fn
@@ -368,7 +372,9 @@ def load_openmmlab_into(
     for k, v in state.items():
         if k.startswith("backbone."):
             continue
-        if k.split(".", 1)[0] in prefixes:
+        if k.split(".", 1)[0] in unused:
+            dropped.append(k)
+        elif k.split(".", 1)[0] in prefixes:
             mapped[k] = v
         else:
             unexpected.append(k)

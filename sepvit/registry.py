@@ -239,7 +239,7 @@ def _openmmlab_head(task: str, head: str | None, state: dict[str, Tensor]) -> He
         if not any(h.endswith(("neck", "_head")) for h in heads):
             return None
         asked = get_head(task, head)
-        if not set(heads) <= set(asked.prefixes):
+        if not set(heads) <= set(asked.prefixes + asked.unused):
             raise CheckpointError(f"checkpoint holds a head no registered model matches: {heads}")
         return asked  # a damaged checkpoint of the asked head: the strict load names the keys
     if found.task != task or (head is not None and head != found.name):
@@ -394,7 +394,7 @@ def create_model(
     elif mm_state is not None and backbone_only is None:
         assert spec is not None
         try:
-            report = load_openmmlab_into(model, mm_state, spec.prefixes)
+            report = load_openmmlab_into(model, mm_state, spec.prefixes, spec.unused)
         except CheckpointError as exc:
             raise CheckpointError(f"{checkpoint}: {exc}") from exc
         log.info("%s: %s", checkpoint, report)

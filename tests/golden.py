@@ -39,6 +39,7 @@ def seeded_openmmlab_state(
     template: dict[str, tuple[tuple[int, ...], str]],
     seed: int = 0,
     overrides: dict[str, float] | None = None,
+    scales: dict[str, float] | None = None,
 ) -> dict[str, Tensor]:
     """Random but non-trivial weights for an OpenMMLab detector/segmenter state dict.
 
@@ -50,7 +51,8 @@ def seeded_openmmlab_state(
       stacked convs), norm weights ``1 + 0.1 n``, BN running means ``0.1 n`` and variances
       ``0.5 + |n|``, biases ``0.05 n``; ``num_batches_tracked`` 0;
     * ``overrides[key]`` shifts that tensor by a constant (e.g. the class bias, so that a known
-      share of the scores clears the detector's ``score_thr``).
+      share of the scores clears the detector's ``score_thr``); ``scales[key]`` multiplies it
+      first (e.g. wider class or mask logits).
     """
     g = torch.Generator().manual_seed(seed)
     out: dict[str, Tensor] = {}
@@ -76,5 +78,15 @@ def seeded_openmmlab_state(
             v = n / fan_in**0.5
         else:
             v = 0.05 * n
-        out[k] = v + (overrides or {}).get(k, 0.0)
+        out[k] = v * (scales or {}).get(k, 1.0) + (overrides or {}).get(k, 0.0)
     return out
+
+
+def unpack_masks(data: Tensor, shape: tuple[int, ...]) -> Tensor:
+    """Inverse of the golden generator's ``pack_masks``: zlib-compressed bits -> bool ``shape``."""
+    import zlib
+
+    import numpy as np
+
+    bits = np.unpackbits(np.frombuffer(zlib.decompress(data.numpy().tobytes()), np.uint8))
+    return torch.from_numpy(bits[: int(np.prod(shape))].reshape(shape).astype(bool))

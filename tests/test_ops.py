@@ -580,3 +580,14 @@ def test_anchor_generator_copies_and_pickles() -> None:
     first = gen([(2, 2)])
     for clone in (copy.deepcopy(gen), pickle.loads(pickle.dumps(gen))):
         assert torch.equal(clone([(2, 2)]), first)
+
+
+def test_batched_nms_split_path_keeps_the_same_boxes() -> None:
+    g = torch.Generator().manual_seed(5)
+    xy = torch.rand(300, 2, generator=g) * 50
+    boxes = torch.cat((xy, xy + 5 + torch.rand(300, 2, generator=g) * 20), 1)
+    scores = torch.rand(300, generator=g)
+    idxs = torch.randint(0, 4, (300,), generator=g)
+    one = batched_nms(boxes, scores, idxs, 0.5)
+    per_class = batched_nms(boxes, scores, idxs, 0.5, split=10)
+    assert torch.equal(one, per_class) and 20 < len(one) < 300

@@ -50,6 +50,8 @@ class HeadSpec:
         legacy: converts a version-1 native checkpoint (written before the heads took
             OpenMMLab's layout) to this layout: ``(state, model_args) -> (state, model_args)``.
         preset: the dataset preset (``sepvit.presets``) of this head's official configs.
+        unused: top-level modules that the checkpoints hold but inference never runs (mmseg's
+            ``auxiliary_head``): accepted, dropped and listed in the load report.
     """
 
     task: str
@@ -61,6 +63,7 @@ class HeadSpec:
     infer_kwargs: Callable[[StateDict], dict[str, Any]] = field(default=lambda sd: {})
     legacy: LegacyFn | None = None
     preset: str | None = None
+    unused: tuple[str, ...] = ()
 
 
 HEADS: dict[tuple[str, str], HeadSpec] = {}

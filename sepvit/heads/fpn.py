@@ -74,6 +74,8 @@ class FPN(nn.Module):
         extra_levels: stride-2 3x3 convs after the coarsest level (``num_outs`` minus the used
             levels). The first reads the coarsest *input* (``add_extra_convs='on_input'``); later
             ones read the previous extra level, through a ReLU when ``relu_before_extra_convs``.
+        pool_levels: extra levels without parameters after those: stride-2 max pooling
+            (kernel 1) of the previous output (``add_extra_convs=False``; Mask R-CNN's P6).
 
     Upsampling is nearest-neighbour to the lateral's exact size, so any input size works.
     """
@@ -85,6 +87,7 @@ class FPN(nn.Module):
         start_level: int = 0,
         extra_levels: int = 0,
         relu_before_extra_convs: bool = False,
+        pool_levels: int = 0,
     ) -> None:
         super().__init__()
         if not 0 <= start_level < len(in_channels):
@@ -93,6 +96,7 @@ class FPN(nn.Module):
         self.out_channels = out_channels
         self.start_level = start_level
         self.relu_before_extra_convs = relu_before_extra_convs
+        self.pool_levels = pool_levels
         used = self.in_channels[start_level:]
         self.lateral_convs = nn.ModuleList(
             [ConvModule(c, out_channels, 1, act=False) for c in used]
@@ -127,4 +131,6 @@ class FPN(nn.Module):
             else:
                 prev = outs[-1]
                 outs.append(conv(F.relu(prev) if self.relu_before_extra_convs else prev))
+        for _ in range(self.pool_levels):
+            outs.append(F.max_pool2d(outs[-1], 1, stride=2))
         return outs

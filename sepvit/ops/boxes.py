@@ -139,13 +139,26 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     return order[torch.tensor(keep, dtype=torch.long, device=boxes.device)]
 
 
-def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
+def batched_nms(
+    boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float, split: int = 4096
+) -> Tensor:
     """NMS independently per category ``idxs`` (boxes of different classes never suppress).
 
     Offsets each class's boxes by a distinct amount larger than any coordinate, then runs one NMS.
+    Above ``split`` boxes (Mask R-CNN: up to K x 1000 class-specific candidates) it runs one NMS
+    per category instead, so the overlap matrix stays per category (as mmcv's ``split_thr``);
+    both give the same kept set, in decreasing score order.
     """
     if boxes.numel() == 0:
         return torch.empty(0, dtype=torch.long, device=boxes.device)
+    if boxes.shape[0] > split:
+        keep = torch.cat(
+            [
+                ids[nms(boxes[ids], scores[ids], iou_threshold)]
+                for ids in (torch.nonzero(idxs == c).squeeze(1) for c in torch.unique(idxs))
+            ]
+        )
+        return keep[torch.argsort(scores[keep], descending=True, stable=True)]
     span = boxes.max() - boxes.min() + 1
     shifted = boxes - boxes.min() + (idxs.to(boxes) * span)[:, None]
     return nms(shifted, scores, iou_threshold)
