@@ -24,8 +24,7 @@ from PIL import Image
 
 from handlers.errors import ImageDecodeError, ImageTooLargeError, UnsupportedImageError
 from handlers.pipeline import Pipeline, PipelineConfig
-from sepvit import create_model
-from sepvit.checkpoint import read_metadata
+from sepvit import load_model
 
 from ..batcher import DynamicBatcher
 from ..metrics import Metrics
@@ -157,6 +156,7 @@ class EmbeddedBackend(Backend):
             m.spec.name,
             run,
             prepare=prepare,
+            phases=pipe.take_phases,
             max_batch_size=m.max_batch_size,
             max_delay_ms=m.max_delay_ms,
             max_queue=m.max_queue,
@@ -182,10 +182,7 @@ class EmbeddedBackend(Backend):
                 f"checkpoint {spec.checkpoint} not found (the demo models come from "
                 "`make models`; or configure other models)"
             )
-        meta = read_metadata(spec.checkpoint)
-        if spec.task is not None and meta["task"] != spec.task:
-            raise ValueError(f"{spec.checkpoint} is a {meta['task']} model, not {spec.task}")
-        model = create_model(meta["variant"], task=meta["task"], checkpoint=spec.checkpoint)
+        model = load_model(spec.checkpoint, task=spec.task)  # native or OpenMMLab
         handler: dict[str, Any] = {**(m.ts_config.get("handler") or {}), **spec.handler}
         if spec.runtime:
             handler["runtime"] = spec.runtime
@@ -212,8 +209,6 @@ class EmbeddedBackend(Backend):
         name, task, metrics = m.spec.name, pipe.task, self.metrics
 
         def record(results: list[Any]) -> list[Any]:
-            for phase, seconds in pipe.take_phases().items():
-                metrics.phase.labels(name, phase).observe(seconds)
             errors = sum(isinstance(r, Exception) for r in results)
             decode_errors = sum(isinstance(r, _DECODE_ERRORS) for r in results)
             if errors:
