@@ -8,7 +8,7 @@ export OMP_WAIT_POLICY ?= PASSIVE
 PYTEST_ARGS ?=
 
 .PHONY: venv test lint typecheck unit bench models clean serve protos archives lint-deploy images \
-	browser
+	browser segmenter-dr
 
 venv: $(STAMP)
 
@@ -108,11 +108,12 @@ CLS_DR2 := --task classify --img-size 224 --batch-size 16 --steps 400 --lr 8e-5 
 DET_DR := --task detect --img-size 128 --batch-size 16 --steps 0 --val-images 100 $(DR) \
 	--model-args '{"fpn_channels": 96, "head_channels": 96, "head_convs": 2, "head_norm": "gn", \
 	"center_input": true}'
+# the segmenter's fine-tunes (make segmenter-dr), not shipped: both miss its own-split target
 SEG_DR_ARGS := --task segment --img-size 128 --batch-size 16 --lr 1e-4 --warmup-steps 20 \
 	--val-images 100 --model-args '{"fpn_channels": 64, "head_channels": 64, "center_input": true}'
 SEG_DR := $(SEG_DR_ARGS) $(DR) --steps 300
 SEG_DR2 := $(SEG_DR_ARGS) --style 2 --replay 0.4 --save-every 25 --steps 900 --first-image 4800
-DEMOS := cls:cls224_dr2 det:det128_dr seg:seg128_dr2
+DEMOS := cls:cls224_dr2 det:det128_dr seg:seg128_p3
 
 models: $(STAMP)
 	# the classifier trains at 64x64 with the easy-to-full curriculum; the detector starts from its
@@ -134,8 +135,6 @@ models: $(STAMP)
 	  --output $(RUNS)/seg128_p3; rc=$$?; wait $$pid && test $$rc = 0
 	$(TRAIN) $(CLS_DR) --init-from $(RUNS)/cls224b/model.safetensors --output $(RUNS)/cls224_dr
 	$(TRAIN) $(CLS_DR2) --init-from $(RUNS)/cls224_dr/model.safetensors --output $(RUNS)/cls224_dr2
-	$(TRAIN) $(SEG_DR) --init-from $(RUNS)/seg128_p3/model.safetensors --output $(RUNS)/seg128_dr
-	$(TRAIN) $(SEG_DR2) --init-from $(RUNS)/seg128_dr/model.safetensors --output $(RUNS)/seg128_dr2
 	$(TRAIN) $(DET_DR) --init-from $(RUNS)/det128_full/model.safetensors --output $(RUNS)/det128_dr
 	for pair in $(DEMOS); do \
 	  m=sepvit_lite_shapes_$${pair%%:*}; run=$${pair##*:}; \
@@ -146,6 +145,10 @@ models: $(STAMP)
 	  $(VENV)/bin/sepvit-eval --checkpoint model_store/$$m/model.safetensors --split independent \
 	    --num-images 400 --json model_store/$$m/eval_independent.json || exit 1; \
 	done
+
+segmenter-dr: $(STAMP)
+	$(TRAIN) $(SEG_DR) --init-from $(RUNS)/seg128_p3/model.safetensors --output $(RUNS)/seg128_dr
+	$(TRAIN) $(SEG_DR2) --init-from $(RUNS)/seg128_dr/model.safetensors --output $(RUNS)/seg128_dr2
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

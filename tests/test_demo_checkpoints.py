@@ -55,13 +55,15 @@ SETS: dict[str, tuple[int, str, int, dict[str, dict[str, tuple[float, float]]]]]
         {
             "sepvit_lite_shapes_cls": {"top1": (0.75, 0.95)},
             "sepvit_lite_shapes_det": {"recall50": (0.85, 0.85)},
-            "sepvit_lite_shapes_seg": {"mIoU": (0.0, 0.75)},
+            "sepvit_lite_shapes_seg": {"mIoU": (0.05, 0.75)},
         },
     ),
 }
 # (set, name, metric) whose JSON figure is still below the target
 BELOW_TARGET: set[tuple[str, str, str]] = {
     ("independent", "sepvit_lite_shapes_cls", "top1"),  # 0.845 (plain half 0.965, varied 0.725)
+    # the previous segmenter: the fine-tuned ones miss the own-split target (docs/shapes.md)
+    ("independent", "sepvit_lite_shapes_seg", "mIoU"),
 }
 
 
