@@ -30,7 +30,8 @@ from .decode import DecodeLimits, decode_image
 from .errors import BadParameterError, PipelineError, TooManyImagesError
 from .geometry import Letterbox, classify_transform, letterbox
 from .outputs import label_map_png, overlay_png, segments_from_labels
-from .runtime import Runtime, build_runtime, check_parity, golden_inputs
+from .cpu_runtimes import gate, gate_inputs
+from .runtime import GATED, Runtime, build_runtime, check_parity, golden_inputs
 
 __all__ = ["Pipeline", "PipelineConfig", "Prepared", "RequestParams"]
 
@@ -46,7 +47,7 @@ MAX_UPSAMPLE_ELEMENTS = 64_000_000
 class PipelineConfig:
     """Per-model handler options (``model-config.yaml`` ``handler:`` section)."""
 
-    runtime: str = "eager"
+    runtime: str = "eager"  # eager | onnxruntime | tensorrt | bf16 | int8 | auto
     on_parity_failure: str = "fallback"  # or "fail"
     top_k: int = 5
     score_threshold: float | None = None  # detection; None: the model's own
@@ -143,6 +144,8 @@ class Pipeline:
     def _load_runtime(self) -> tuple[Runtime, Any]:
         eager = build_runtime("eager", self.model, self.input_size)
         name = self.config.runtime
+        # what /models reports: the runtime asked for and the one serving, with auto's decision
+        self.runtime_info: dict[str, Any] = {"requested": name, "chosen": "eager"}
         if name == "eager":
             return eager, None
         if self.task != "classify" and len(self.buckets) > 1:
@@ -156,8 +159,11 @@ class Pipeline:
                 threads=self.config.threads,
                 options=self.config.runtime_options,
             )
-            decode = self._decode_raw if self.task == "detect" else None
-            checked = check_parity(self.task, candidate, eager, golden_inputs(size), decode=decode)
+            self.runtime_info.update(candidate.info)
+            if candidate.name == "eager":  # auto found nothing faster that passed its gate
+                log.info("runtime %s -> eager", name)
+                return candidate, None
+            checked = self._check(name, candidate, eager, size)
         except Exception as exc:  # a runtime that cannot load is a parity failure too
             report = None
             reason = f"{name} runtime unavailable: {exc}"
@@ -165,12 +171,23 @@ class Pipeline:
             report = checked
             if checked.ok:
                 log.info("runtime %s", checked)
+                self.runtime_info["chosen"] = candidate.name
                 return candidate, checked
             reason = str(checked)
         if self.config.on_parity_failure == "fail":
             raise RuntimeError(f"refusing to load: {reason}")
         log.warning("%s; falling back to eager", reason)
+        self.runtime_info["fallback"] = reason
         return eager, report
+
+    def _check(self, name: str, candidate: Runtime, eager: Runtime, size: tuple[int, int]) -> Any:
+        """Reduced-precision runtimes: the accuracy gate on dataset images (a short one when auto
+        has just gated it, or cached the decision); others: parity on the golden inputs."""
+        decode = self._decode_raw if self.task == "detect" else None
+        if candidate.name in GATED:
+            inputs = gate_inputs(self.model, size, quick=name == "auto")
+            return gate(self.task, candidate, eager, inputs, decode=decode)
+        return check_parity(self.task, candidate, eager, golden_inputs(size), decode=decode)
 
     # -- stages ------------------------------------------------------------------------------
     def decode(self, payload: bytes) -> np.ndarray:

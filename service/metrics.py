@@ -93,6 +93,13 @@ class Metrics:
         self.model_ready = Gauge(
             "sepvit_model_ready", "1 when the model takes requests.", ["model"], registry=r
         )
+        self.model_runtime = Gauge(
+            "sepvit_model_runtime_img_per_s",
+            "The runtime serving each model (label runtime; requested: as configured, e.g. auto) "
+            "and its speed measured at load by runtime auto (img/s at batch 8; 0 if not measured).",
+            ["model", "runtime", "requested"],
+            registry=r,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

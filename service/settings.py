@@ -41,7 +41,7 @@ class ModelSpec(BaseModel):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     checkpoint: Path
     task: Literal["classify", "detect", "segment"] | None = None  # None: from the checkpoint
-    runtime: Literal["eager", "onnxruntime", "tensorrt"] | None = None
+    runtime: Literal["eager", "onnxruntime", "tensorrt", "bf16", "int8", "auto"] | None = None
     max_batch_size: int | None = Field(default=None, ge=1, le=256)
     max_delay_ms: float | None = Field(default=None, ge=0, le=10_000)
     adaptive_batching: bool | None = None  # None: the server's adaptive_batching

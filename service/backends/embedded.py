@@ -203,6 +203,10 @@ class EmbeddedBackend(Backend):
         m.info.task = pipe.task
         m.info.labels = pipe.labels
         m.info.runtime = pipe.runtime.name
+        m.info.runtime_info = pipe.runtime_info
+        self.metrics.model_runtime.labels(
+            m.spec.name, pipe.runtime.name, pipe.runtime_info["requested"]
+        ).set(pipe.runtime_info.get("img_per_s") or 0)
         m.info.input_size = list(pipe.input_size)
         return pipe
 

@@ -1,0 +1,533 @@
+"""Fast CPU runtimes: ``bf16``, ``int8``, their accuracy gate, and ``auto``.
+
+* ``bf16``: where the CPU computes bf16 natively (``avx512_bf16`` or AMX). Engine ``openvino``
+  (the ONNX export compiled with ``INFERENCE_PRECISION_HINT=bf16``) when the optional
+  ``openvino`` package is installed, else ``torch`` (the model with bf16 weights, bf16 input).
+* ``int8``: the ONNX export statically quantized by ONNX Runtime (QDQ, int8 weights, uint8
+  activations calibrated on SepViT-Shapes *train* images) and run by ONNX Runtime (VNNI kernels
+  where the CPU has them). The quantized graph is cached by content.
+* ``auto``: tries the candidates this host supports (``/proc/cpuinfo`` flags), times each at the
+  serving batch, gates each against fp32, and keeps the fastest that passes. The decision is
+  cached under ``$SEPVIT_CACHE_DIR/auto/`` keyed by the model digest, the CPU flags, the thread
+  count and the library versions, so a later load builds the winner directly.
+
+The gate (:func:`gate`) compares task-level answers with eager fp32 on real images: the first
+:data:`GATE_IMAGES` scenes of the SepViT-Shapes *validation* split for the model's task and
+input size, plus the synthetic golden inputs. Classification needs top-1 agreement >= 99 %;
+detection and segmentation use :func:`handlers.runtime.check_parity`'s matching rules.
+
+``SEPVIT_CPU_FLAGS_MASK=avx512_bf16,amx_bf16`` hides flags from the host check (to see what
+``auto`` picks on a host without them).
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import hashlib
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .runtime import (
+    ParityReport,
+    Runtime,
+    RuntimeUnavailable,
+    _cached_onnx,
+    _onnxruntime,
+    _stage_into_cache,
+    check_parity,
+    golden_inputs,
+    model_digest,
+)
+
+__all__ = [
+    "AUTO_CANDIDATES",
+    "GATE_IMAGES",
+    "auto_runtime",
+    "bf16_runtime",
+    "cpu_flags",
+    "gate",
+    "gate_inputs",
+    "int8_runtime",
+    "library_versions",
+]
+
+log = logging.getLogger(__name__)
+
+GATE_IMAGES = 100  # classification: 99 % top-1 agreement allows one disagreement
+GATE_IMAGES_DENSE = 24  # detection/segmentation scenes (each holds 1-6 objects)
+QUICK_GATE_IMAGES = 16  # a cached decision is re-checked on the first images of the same set
+CALIBRATION_IMAGES = 32
+TIMING_BATCH = 8
+TIMING_SECONDS = 1.0
+AUTO_CANDIDATES = ("eager", "onnxruntime", "bf16", "int8")
+# reduced precision moves probabilities a little without changing answers; the task-level
+# thresholds (top-1, pixel, box matching) are the gate, this only catches a broken graph
+GATE_TOLERANCES = {"prob": 1.0}
+CPU_FLAGS = (
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512_bf16",
+    "avx512_vnni",
+    "avx_vnni",
+    "amx_bf16",
+    "amx_int8",
+)
+_LOCK = threading.Lock()
+
+
+# -- host ---------------------------------------------------------------------------------------
+def cpu_flags(path: str | Path = "/proc/cpuinfo") -> dict[str, bool]:
+    """The :data:`CPU_FLAGS` of the first processor, less ``$SEPVIT_CPU_FLAGS_MASK``."""
+    try:
+        text = Path(path).read_text()
+    except OSError:
+        text = ""
+    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
+    have = set(line.partition(":")[2].split())
+    masked = {f.strip() for f in os.environ.get("SEPVIT_CPU_FLAGS_MASK", "").split(",")}
+    return {f: f in have and f not in masked for f in CPU_FLAGS}
+
+
+def native_bf16(flags: dict[str, bool]) -> bool:
+    return bool(flags.get("avx512_bf16") or flags.get("amx_bf16"))
+
+
+def library_versions() -> dict[str, str]:
+    out = {"torch": torch.__version__, "numpy": np.__version__}
+    for mod in ("onnxruntime", "openvino"):
+        try:
+            out[mod] = str(__import__(mod).__version__)
+        except (ImportError, AttributeError):
+            continue
+    return out
+
+
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+# -- engines ------------------------------------------------------------------------------------
+def _openvino(onnx_path: Path, precision: str, threads: int, cache: Path | None) -> Any:
+    import openvino as ov
+
+    core = ov.Core()
+    if cache is not None:  # compiled blobs: a later load skips OpenVINO's graph compilation
+        try:
+            cache.mkdir(parents=True, exist_ok=True)
+            core.set_property({"CACHE_DIR": str(cache)})
+        except (OSError, RuntimeError) as exc:
+            log.warning("cannot use the OpenVINO cache %s: %s", cache, exc)
+    config: dict[str, Any] = {
+        "INFERENCE_PRECISION_HINT": precision,
+        "PERFORMANCE_HINT": "LATENCY",
+        "NUM_STREAMS": 1,
+    }
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = threads
+    compiled = core.compile_model(core.read_model(str(onnx_path)), "CPU", config)
+    local = threading.local()  # one infer request per calling thread
+
+    def run(batch: Tensor) -> list[Tensor]:
+        req = getattr(local, "req", None)
+        if req is None:
+            req = local.req = compiled.create_infer_request()
+        res = req.infer({0: batch.detach().cpu().float().contiguous().numpy()})
+        # the request reuses its output buffers: copy before the next call
+        return [torch.from_numpy(np.array(res[o], dtype=np.float32)) for o in compiled.outputs]
+
+    return run
+
+
+def _torch_bf16(model: nn.Module) -> Callable[[Tensor], list[Tensor]]:
+    from sepvit.export import exportable
+
+    module = exportable(copy.deepcopy(model).cpu().to(torch.bfloat16)).eval()
+
+    def run(batch: Tensor) -> list[Tensor]:
+        with torch.inference_mode():
+            out = module(batch.to(torch.bfloat16))
+        return [t.float() for t in (out if isinstance(out, tuple | list) else [out])]
+
+    return run
+
+
+def bf16_runtime(
+    model: nn.Module,
+    img_size: tuple[int, int],
+    workdir: Path,
+    root: Path,
+    threads: int,
+    options: dict[str, Any],
+) -> Runtime:
+    """bf16 inference; ``options["bf16_engine"]``: ``openvino`` (default when installed) or
+    ``torch``. Refuses hosts without native bf16, where it would be emulated (slow)."""
+    flags = cpu_flags()
+    if not native_bf16(flags):
+        raise RuntimeUnavailable("the bf16 runtime needs native bf16 (avx512_bf16 or amx_bf16)")
+    engine = options.get("bf16_engine") or ("openvino" if _has("openvino") else "torch")
+    if engine == "openvino":
+        if not _has("openvino"):
+            raise RuntimeUnavailable("bf16_engine openvino needs the 'openvino' package")
+        cache = root / "onnx" if options.get("cache", True) else None
+        path = _cached_onnx(model, img_size, workdir, cache)
+        run = _openvino(path, "bf16", threads, root / "openvino" if cache else None)
+    elif engine == "torch":
+        run = _torch_bf16(model)
+    else:
+        raise ValueError(f"bf16_engine must be openvino or torch, got {engine!r}")
+    return Runtime("bf16", run, torch.device("cpu"), {"engine": engine})
+
+
+def calibration_batches(
+    task: str, img_size: tuple[int, int], mean: list[float], std: list[float]
+) -> list[np.ndarray]:
+    """SepViT-Shapes *train* images (never the gate's validation images), batches of 8."""
+    x = _dataset_images(task, img_size, "train", CALIBRATION_IMAGES, tuple(mean), tuple(std))
+    return [x[i : i + 8].numpy() for i in range(0, len(x), 8)]
+
+
+def _quantize(
+    onnx_path: Path, out: Path, batches: list[np.ndarray], method: str, per_channel: bool
+) -> None:  # the int8 graph of ``onnx_path``
+    try:
+        from onnxruntime.quantization import (
+            CalibrationDataReader,
+            QuantFormat,
+            QuantType,
+            quantize_dynamic,
+            quantize_static,
+        )
+    except ImportError as exc:
+        raise RuntimeUnavailable("the int8 runtime needs the 'onnxruntime' package") from exc
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if method == "dynamic":
+        quantize_dynamic(str(onnx_path), str(out), weight_type=QuantType.QInt8)
+        return
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.it = iter(batches)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            b = next(self.it, None)
+            return None if b is None else {"images": b}
+
+    quantize_static(
+        str(onnx_path),
+        str(out),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        per_channel=per_channel,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        op_types_to_quantize=["Conv", "MatMul", "Gemm"],
+        extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
+    )
+
+
+def int8_runtime(
+    model: nn.Module,
+    img_size: tuple[int, int],
+    workdir: Path,
+    root: Path,
+    threads: int,
+    options: dict[str, Any],
+) -> Runtime:
+    """ONNX Runtime on the quantized ONNX export; ``options["int8_method"]``: ``static``
+    (default: QDQ, calibrated) or ``dynamic`` (int8 weights, activations quantized per call);
+    ``options["int8_per_channel"]`` (default False) quantizes weights per output channel.
+
+    OpenVINO 2026.4 does not compile ONNX Runtime's QDQ graphs of SepViT (its MatMul
+    low-precision transformation fails on the attention's quantized concat), so int8 runs in
+    ONNX Runtime only.
+    """
+    from sepvit import model_config
+
+    method = options.get("int8_method", "static")
+    if method not in ("static", "dynamic"):
+        raise ValueError(f"int8_method must be static or dynamic, got {method!r}")
+    per_channel = bool(options.get("int8_per_channel", False))
+    use_cache = options.get("cache", True)
+    fp32 = _cached_onnx(model, img_size, workdir, root / "onnx" if use_cache else None)
+    cfg = model_config(model)
+    tag = f"int8-{method}-{per_channel}-{library_versions().get('onnxruntime')}"
+    entry = root / "onnx-int8" / model_digest(model, img_size, tag)
+    if use_cache and (entry / "model.onnx").is_file():
+        path = entry / "model.onnx"
+    else:
+        staged = workdir / "int8"
+        batches = calibration_batches(cfg["task"], img_size, cfg["mean"], cfg["std"])
+        _quantize(fp32, staged / "model.onnx", batches, method, per_channel)
+        path = _stage_into_cache(staged, entry) if use_cache else staged / "model.onnx"
+    rt = _onnxruntime(path, threads, "int8")
+    rt.info = {"engine": "onnxruntime", "method": method, "per_channel": per_channel}
+    return rt
+
+
+# -- the gate -----------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=16)
+def _dataset_images(
+    task: str,
+    img_size: tuple[int, int],
+    split: str,
+    n: int,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+) -> Tensor:
+    """``n`` SepViT-Shapes scenes of ``split`` for ``task``, resized to ``img_size`` and
+    normalised like the pipeline does ([n, 3, H, W] float32)."""
+    from PIL import Image
+
+    from sepvit.data import ShapesDataset
+
+    h, w = img_size
+    ds = ShapesDataset(split, task, size=max(h, w), length=n)
+    arrays = []
+    for scene in ds:
+        img = scene.image
+        if img.shape[:2] != (h, w):
+            img = np.asarray(Image.fromarray(img).resize((w, h), Image.Resampling.BILINEAR))
+        arrays.append(img)
+    x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().div_(255.0)
+    return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+
+
+def gate_inputs(model: nn.Module, img_size: tuple[int, int], quick: bool = False) -> Tensor:
+    """Validation-split scenes for the model's task at ``img_size`` plus the golden inputs."""
+    from sepvit import model_config
+
+    cfg = model_config(model)
+    n = GATE_IMAGES if cfg["task"] == "classify" else GATE_IMAGES_DENSE
+    n = QUICK_GATE_IMAGES if quick else n
+    real = _dataset_images(
+        cfg["task"], img_size, "val", n, tuple(cfg["mean"]), tuple(cfg["std"])
+    )
+    return torch.cat([real, golden_inputs(img_size)])
+
+
+def _chunked(rt: Runtime, size: int = 16) -> Runtime:
+    """``rt`` applied ``size`` images at a time (bounded memory on large gate sets)."""
+
+    def run(batch: Tensor) -> list[Tensor]:
+        parts = [rt(batch[i : i + size]) for i in range(0, len(batch), size)]
+        return [torch.cat(outs) for outs in zip(*parts, strict=True)]
+
+    return Runtime(rt.name, run, rt.device, rt.info)
+
+
+def gate(
+    task: str,
+    candidate: Runtime,
+    reference: Runtime | list[Tensor],
+    inputs: Tensor,
+    decode: Callable[[list[Tensor]], Any] | None = None,
+) -> ParityReport:
+    """Task-level agreement of ``candidate`` with fp32 ``reference`` (a runtime, or its outputs
+    on ``inputs`` already computed) on ``inputs`` (:func:`gate_inputs`): :func:`check_parity`
+    with reduced-precision probability slack."""
+    if isinstance(reference, Runtime):
+        ref = _chunked(reference)
+    else:
+        ref = Runtime("eager", lambda _x: reference, torch.device("cpu"))
+    return check_parity(task, _chunked(candidate), ref, inputs, GATE_TOLERANCES, decode)
+
+
+# -- auto ---------------------------------------------------------------------------------------
+def _rate(rt: Runtime, x: Tensor, threads: int) -> float:
+    """Images/s of ``rt`` on batch ``x``: one warm-up, then calls for ~:data:`TIMING_SECONDS`
+    (at least two), the best call (the host is shared; the best is the least disturbed)."""
+    prev = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)  # eager and torch-bf16 candidates use torch's pool
+    try:
+        rt(x)
+        best, t_end, calls = float("inf"), time.perf_counter() + TIMING_SECONDS, 0
+        while calls < 2 or time.perf_counter() < t_end:
+            t0 = time.perf_counter()
+            rt(x)
+            best = min(best, time.perf_counter() - t0)
+            calls += 1
+        return round(len(x) / best, 2)
+    finally:
+        torch.set_num_threads(prev)
+
+
+def _candidates(flags: dict[str, bool], options: dict[str, Any]) -> dict[str, str | None]:
+    """Each candidate and why it is skipped on this host (None: it is tried)."""
+    wanted = options.get("auto_candidates") or AUTO_CANDIDATES
+    out: dict[str, str | None] = {}
+    for name in wanted:
+        if name not in AUTO_CANDIDATES:
+            raise ValueError(f"auto_candidates: {name!r} is not one of {AUTO_CANDIDATES}")
+        why = None
+        if name in ("onnxruntime", "int8") and not _has("onnxruntime"):
+            why = "onnxruntime is not installed"
+        elif name == "bf16" and not native_bf16(flags):
+            why = "no native bf16 (avx512_bf16/amx_bf16 absent)"
+        elif name == "int8" and not (flags.get("avx2") or flags.get("avx512f")):
+            why = "no AVX2/AVX-512 int8 kernels"
+        out[name] = why
+    return out
+
+
+def _decision_key(
+    model: nn.Module, img_size: tuple[int, int], threads: int, flags: dict[str, bool], opts: Any
+) -> str:
+    facts = {
+        "model": model_digest(model, img_size, "auto"),
+        "flags": sorted(f for f, on in flags.items() if on),
+        "threads": threads or torch.get_num_threads(),
+        "versions": library_versions(),
+        "options": opts,
+        "gate": [GATE_IMAGES, GATE_IMAGES_DENSE, GATE_TOLERANCES, TIMING_BATCH],
+    }
+    return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _read_decision(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and data.get("chosen") in AUTO_CANDIDATES else None
+
+
+def _write_decision(path: Path, decision: dict[str, Any]) -> None:
+    try:  # an unwritable cache costs a new search next time, nothing more
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
+        tmp.write_text(json.dumps(decision, indent=2))
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.warning("cannot cache the auto decision in %s: %s", path.parent, exc)
+
+
+def auto_runtime(
+    model: nn.Module,
+    img_size: tuple[int, int],
+    build: Callable[[str], Runtime],
+    root: Path,
+    threads: int,
+    options: dict[str, Any],
+) -> Runtime:
+    """The fastest gated candidate (``build(name)`` makes one); see the module docstring.
+
+    The returned runtime's ``info`` holds the decision: ``chosen``, ``img_per_s`` (the winner's
+    speed at batch :data:`TIMING_BATCH`), per-candidate speed, gate metrics or the reason it was
+    skipped or failed, ``cached`` and the host facts of the key.
+    """
+    from sepvit import model_config
+
+    task = model_config(model)["task"]
+    flags = cpu_flags()
+    tried = _candidates(flags, options)
+    opts = {k: v for k, v in options.items() if k != "cache"}
+    key = _decision_key(model, img_size, threads, flags, opts)
+    path = root / "auto" / f"{key}.json"
+    use_cache = options.get("cache", True)
+    with _LOCK:  # concurrent loads in one process search once
+        decision = _read_decision(path) if use_cache else None
+        if decision is not None:
+            try:
+                rt = build(decision["chosen"])
+            except Exception as exc:  # e.g. a package removed since: search again
+                log.warning("cached auto choice %s cannot load (%s)", decision["chosen"], exc)
+            else:
+                rt.info = {**rt.info, **decision, "cached": True}
+                log.info(
+                    "runtime auto -> %s (%.1f img/s at batch %d, cached decision %s)",
+                    rt.name,
+                    decision["img_per_s"],
+                    TIMING_BATCH,
+                    path.name,
+                )
+                return rt
+        rt, decision = _search(model, img_size, task, build, tried, threads)
+        decision.update(flags=flags, versions=library_versions(), threads=threads, key=key)
+        if use_cache:
+            _write_decision(path, decision)
+    rt.info = {**rt.info, **decision, "cached": False}
+    return rt
+
+
+def _search(
+    model: nn.Module,
+    img_size: tuple[int, int],
+    task: str,
+    build: Callable[[str], Runtime],
+    tried: dict[str, str | None],
+    threads: int,
+) -> tuple[Runtime, dict[str, Any]]:
+    from .runtime import _eager
+
+    t_start = time.perf_counter()
+    eager = _eager(model)
+    inputs = gate_inputs(model, img_size)
+    want = _chunked(eager)(inputs)
+    decode = _detect_decoder(model, img_size) if task == "detect" else None
+    x = inputs[:TIMING_BATCH]
+    results: dict[str, dict[str, Any]] = {}
+    runtimes: dict[str, Runtime] = {}
+    for name, skip in tried.items():
+        if skip:
+            results[name] = {"skipped": skip}
+            continue
+        t0 = time.perf_counter()
+        try:
+            rt = eager if name == "eager" else build(name)
+            rate = _rate(rt, x, threads)
+            report = None if name == "eager" else gate(task, rt, want, inputs, decode)
+        except Exception as exc:  # a candidate that cannot load or run is not chosen
+            results[name] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
+            log.info("auto: %s unavailable: %s", name, results[name]["error"])
+            continue
+        results[name] = {"img_per_s": rate, "seconds": round(time.perf_counter() - t0, 2)}
+        if report is not None:
+            results[name].update(gate_ok=report.ok, gate=report.metrics)
+        if report is None or report.ok:
+            runtimes[name] = rt
+        log.info("auto: %s %.1f img/s, gate %s", name, rate, report or "n/a (fp32 reference)")
+    if not runtimes:  # eager was excluded by auto_candidates and nothing else passed
+        runtimes["eager"], results.setdefault("eager", {})["img_per_s"] = eager, None
+    chosen = max(runtimes, key=lambda n: results[n].get("img_per_s") or 0.0)
+    decision = {
+        "chosen": chosen,
+        "img_per_s": results[chosen].get("img_per_s"),
+        "batch": TIMING_BATCH,
+        "candidates": results,
+        "gate_images": len(inputs),
+        "search_seconds": round(time.perf_counter() - t_start, 2),
+    }
+    log.info(
+        "runtime auto -> %s (%s img/s at batch %d; searched in %.1f s: %s)",
+        chosen,
+        decision["img_per_s"],
+        TIMING_BATCH,
+        decision["search_seconds"],
+        {n: r.get("img_per_s", r.get("skipped") or r.get("error")) for n, r in results.items()},
+    )
+    return runtimes[chosen], decision
+
+
+def _detect_decoder(
+    model: nn.Module, img_size: tuple[int, int]
+) -> Callable[[list[Tensor]], Any]:
+    def decode(raw: list[Tensor]) -> Any:
+        return model.postprocess(raw[0], raw[1], img_size, max_detections=100)  # type: ignore[operator]
+
+    return decode
