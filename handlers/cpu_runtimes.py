@@ -483,28 +483,35 @@ def _search(
     x = inputs[:TIMING_BATCH]
     results: dict[str, dict[str, Any]] = {}
     runtimes: dict[str, Runtime] = {}
-    for name, skip in tried.items():
+    for name, skip in tried.items():  # build and time every candidate
         if skip:
             results[name] = {"skipped": skip}
             continue
         t0 = time.perf_counter()
         try:
             rt = eager if name == "eager" else build(name)
-            rate = _rate(rt, x, threads)
-            report = None if name == "eager" else gate(task, rt, want, inputs, decode)
+            results[name] = {"img_per_s": _rate(rt, x, threads)}
         except Exception as exc:  # a candidate that cannot load or run is not chosen
             results[name] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
             log.info("auto: %s unavailable: %s", name, results[name]["error"])
             continue
-        results[name] = {"img_per_s": rate, "seconds": round(time.perf_counter() - t0, 2)}
-        if report is not None:
-            results[name].update(gate_ok=report.ok, gate=report.metrics)
-        if report is None or report.ok:
-            runtimes[name] = rt
-        log.info("auto: %s %.1f img/s, gate %s", name, rate, report or "n/a (fp32 reference)")
-    if not runtimes:  # eager was excluded by auto_candidates and nothing else passed
-        runtimes["eager"], results.setdefault("eager", {})["img_per_s"] = eager, None
-    chosen = max(runtimes, key=lambda n: results[n].get("img_per_s") or 0.0)
+        results[name]["seconds"] = round(time.perf_counter() - t0, 2)
+        runtimes[name] = rt
+    # then the gate, fastest first, until one passes (eager is the fp32 reference itself)
+    chosen = None
+    for name in sorted(runtimes, key=lambda n: -results[n]["img_per_s"]):
+        if name == "eager":
+            chosen = name
+            break
+        report = gate(task, runtimes[name], want, inputs, decode)
+        results[name].update(gate_ok=report.ok, gate=report.metrics)
+        log.info("auto: %s %.1f img/s, gate %s", name, results[name]["img_per_s"], report)
+        if report.ok:
+            chosen = name
+            break
+    if chosen is None:  # eager was excluded by auto_candidates and nothing else passed
+        chosen, runtimes["eager"] = "eager", eager
+        results.setdefault("eager", {})["img_per_s"] = None
     decision = {
         "chosen": chosen,
         "img_per_s": results[chosen].get("img_per_s"),
