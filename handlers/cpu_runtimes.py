@@ -314,9 +314,7 @@ def gate_inputs(model: nn.Module, img_size: tuple[int, int], quick: bool = False
     cfg = model_config(model)
     n = GATE_IMAGES if cfg["task"] == "classify" else GATE_IMAGES_DENSE
     n = QUICK_GATE_IMAGES if quick else n
-    real = _dataset_images(
-        cfg["task"], img_size, "val", n, tuple(cfg["mean"]), tuple(cfg["std"])
-    )
+    real = _dataset_images(cfg["task"], img_size, "val", n, tuple(cfg["mean"]), tuple(cfg["std"]))
     return torch.cat([real, golden_inputs(img_size)])
 
 
@@ -531,9 +529,7 @@ def _search(
     return runtimes[chosen], decision
 
 
-def _detect_decoder(
-    model: nn.Module, img_size: tuple[int, int]
-) -> Callable[[list[Tensor]], Any]:
+def _detect_decoder(model: nn.Module, img_size: tuple[int, int]) -> Callable[[list[Tensor]], Any]:
     def decode(raw: list[Tensor]) -> Any:
         return model.postprocess(raw[0], raw[1], img_size, max_detections=100)  # type: ignore[operator]
 

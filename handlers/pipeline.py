@@ -26,11 +26,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .cpu_runtimes import gate, gate_inputs
 from .decode import DecodeLimits, decode_image
 from .errors import BadParameterError, PipelineError, TooManyImagesError
 from .geometry import Letterbox, classify_transform, letterbox
 from .outputs import label_map_png, overlay_png, segments_from_labels
-from .cpu_runtimes import gate, gate_inputs
 from .runtime import GATED, Runtime, build_runtime, check_parity, golden_inputs
 
 __all__ = ["Pipeline", "PipelineConfig", "Prepared", "RequestParams"]

@@ -14,7 +14,9 @@ from handlers.pipeline import Pipeline, PipelineConfig
 from sepvit import create_model
 
 ROOT = Path(__file__).resolve().parents[2]
-CPUINFO = "processor\t: 0\nflags\t\t: fpu avx2 fma avx512f avx512_vnni avx512_bf16\n\nprocessor\t: 1\n"
+CPUINFO = (
+    "processor\t: 0\nflags\t\t: fpu avx2 fma avx512f avx512_vnni avx512_bf16\n\nprocessor\t: 1\n"
+)
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +30,9 @@ def _fixed(name: str, logits: torch.Tensor) -> rt.Runtime:
     return rt.Runtime(name, lambda x: [logits[x[:, 0, 0, 0].long()]], torch.device("cpu"))
 
 
-def test_cpu_flags_from_cpuinfo_and_the_mask(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cpu_flags_from_cpuinfo_and_the_mask(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     info = tmp_path / "cpuinfo"
     info.write_text(CPUINFO)
     flags = cr.cpu_flags(info)
@@ -166,5 +170,6 @@ def test_demo_classifier_under_auto_agrees_with_fp32_on_unseen_drawings() -> Non
     for i in range(0, len(payloads), 30):
         a = auto.handle(payloads[i : i + 30])
         b = eager.handle(payloads[i : i + 30])
-        same += sum(x["top_k"][0]["index"] == y["top_k"][0]["index"] for x, y in zip(a, b, strict=True))
+        pairs = zip(a, b, strict=True)
+        same += sum(x["top_k"][0]["index"] == y["top_k"][0]["index"] for x, y in pairs)
     assert same / len(payloads) >= 0.98, (auto.runtime.name, same)
