@@ -134,7 +134,7 @@ def model_gflops(model: torch.nn.Module, img_size: tuple[int, int]) -> float:
 
     x = torch.zeros(1, 3, *img_size)
     counter = FlopCounterMode(display=False)
-    with counter, torch.inference_mode():
+    with counter, torch.no_grad():  # the counter's module hooks need autograd views
         model(x)
     return round(counter.get_total_flops() / 1e9, 3)
 

@@ -279,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
                     infos: dict[str, dict[str, Any]] = {}
                     for runtime in runtimes:  # build (and warm up) every runtime of the cell
                         infos[runtime] = {}
-                        cache = Path(tmp) / f"cache-{variant}-{threads}-{runtime}"
+                        cache = Path(tmp) / f"cache-{variant}"  # one export per variant
                         try:
                             run = make_runner(
                                 runtime, model, x, threads, onnx_path, cache, infos[runtime]

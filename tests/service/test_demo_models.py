@@ -152,3 +152,18 @@ def test_png_formats(served: tuple[TestClient, int]) -> None:
     labels = np.asarray(Image.open(io.BytesIO(r.content)))
     assert labels.shape == scene.segmentation.shape
     assert set(np.unique(labels)) <= set(range(len(CLASSES) + 1))
+
+
+def test_models_and_metrics_say_which_runtime_auto_chose(served: tuple[TestClient, int]) -> None:
+    client, _ = served
+    models = {m["name"]: m for m in client.get("/models").json()["models"]}
+    metrics = client.get("/metrics").text
+    for name in (CLS, DET, SEG):
+        info = models[name]["runtime_info"]
+        assert info["requested"] == "auto"  # model_store/*/model-config.yaml
+        assert info["chosen"] == models[name]["runtime"]
+        # the decision, measured on this host (from the cache on later loads)
+        assert info["candidates"]["eager"]["img_per_s"] > 0
+        assert models[name]["runtime"] in info["candidates"]
+        runtime = models[name]["runtime"]
+        assert f'model="{name}",runtime="{runtime}",requested="auto"' in metrics
