@@ -51,11 +51,31 @@ from bench.hostinfo import gemm_peaks, host_facts, loadavg, model_gflops  # noqa
 from sepvit import create_model, list_models  # noqa: E402
 from sepvit.export import export_onnx  # noqa: E402
 
-RUNTIMES = ("eager", "compile", "onnxruntime", "bf16", "int8", "auto", "auto-nobf16", "tensorrt")
+RUNTIMES = (
+    "eager",
+    "compile",
+    "onnxruntime",
+    "bf16",
+    "bf16-torch",
+    "int8",
+    "int8-static",
+    "auto",
+    "auto-nobf16",
+    "tensorrt",
+)
 DEFAULT_RUNTIMES = ("eager", "compile", "onnxruntime", "auto", "tensorrt")
 # the GEMM peak each runtime's arithmetic is held to (int8: no int8 peak is measured; the bf16
 # one is the nearest, and what auto competes with)
 PEAK_DTYPE = {"bf16": "bf16", "int8": "bf16", "tensorrt": None}
+# the serving code's runtimes: bench name -> (runtime, options)
+SERVED: dict[str, tuple[str, dict[str, Any]]] = {
+    "bf16": ("bf16", {}),  # its default engine: OpenVINO where installed
+    "bf16-torch": ("bf16", {"bf16_engine": "torch"}),
+    "int8": ("int8", {}),  # dynamic
+    "int8-static": ("int8", {"int8_method": "static"}),
+    "auto": ("auto", {}),
+    "auto-nobf16": ("auto", {}),
+}
 NO_BF16 = "avx512_bf16,amx_bf16"
 DEFAULT_VARIANTS = [m for m in list_models() if m.startswith("sepvit")] + ["set_8", "set_16"]
 
@@ -109,15 +129,17 @@ def make_runner(
         sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
         feed = {sess.get_inputs()[0].name: x.numpy()}
         return lambda: sess.run(None, feed)
-    if runtime in ("bf16", "int8", "auto", "auto-nobf16"):
+    if runtime in SERVED:
         from handlers.runtime import build_runtime
 
         size = (x.shape[2], x.shape[3])
-        name = runtime.split("-")[0]
+        name, opts = SERVED[runtime]
         if runtime == "auto-nobf16":
             os.environ["SEPVIT_CPU_FLAGS_MASK"] = NO_BF16
         try:  # a fresh cache per run: auto decides on this host, now
-            served = build_runtime(name, model, size, cache_dir=cache, threads=threads)
+            served = build_runtime(
+                name, model, size, cache_dir=cache, threads=threads, options=opts
+            )
         finally:
             os.environ.pop("SEPVIT_CPU_FLAGS_MASK", None)
         keep = ("engine", "method", "chosen", "img_per_s", "candidates", "search_seconds")

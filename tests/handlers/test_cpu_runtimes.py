@@ -57,6 +57,21 @@ def test_gate_needs_99_percent_top1_agreement() -> None:
     assert not bad.ok and bad.metrics["top1"] == pytest.approx(0.98)
 
 
+def test_gate_judges_near_ties_by_probability_not_by_top1() -> None:
+    """Random weights give near-uniform answers: a flip between classes fp32 itself barely
+    separates is no disagreement, as long as the probabilities stay within 0.02."""
+    want = torch.zeros(100, 8)
+    want[:, 0] = 1e-3  # class 0 ahead of the rest by far less than the tie margin
+    flipped = torch.zeros(100, 8)
+    flipped[:, 1] = 1e-3
+    x = torch.arange(100.0).view(100, 1, 1, 1).expand(100, 3, 8, 8)
+    near = cr.gate("classify", _fixed("bf16", flipped), [want], x)
+    assert near.ok and near.metrics["decided"] == 0.0 and near.metrics["top1_all"] == 0.0
+    far = flipped.clone()
+    far[:, 1] = 0.5  # the probabilities move by ~0.06: a real change
+    assert not cr.gate("classify", _fixed("bf16", far), [want], x).ok
+
+
 def test_gate_inputs_are_dataset_images_plus_golden(classifier: torch.nn.Module) -> None:
     full = cr.gate_inputs(classifier, (64, 64))
     quick = cr.gate_inputs(classifier, (64, 64), quick=True)
