@@ -126,7 +126,7 @@ def model_section(
         "of its arithmetic (fp32; bf16 for bf16 and int8) at the same thread count, this run.",
     ]
     picks = {
-        f"{r['variant']} t{r['threads']} b{r['batch']} {r['runtime']}": r["served"]["runtime"]
+        f"{r['variant']} t{r['threads']} b{r['batch']} {r['runtime']}": r["served"].get("chosen")
         for r in rows
         if r["runtime"].startswith("auto") and r.get("served")
     }
@@ -378,15 +378,28 @@ machine's idleness). Methodology:
   connection, send the next request as soon as the previous answer is in. It runs on the same
   machine as the server, as a sidecar would, and shares its CPU.
 
+- Every JSON records its host (bench/hostinfo.py: CPU model, family/model/stepping, the flags
+  that decide fp32/bf16/int8 speed, usable cores, library versions, the load average at the
+  start and end) and fp32/bf16 GEMM peaks measured in the same run; a JSON without them is not
+  shown here.
+
 The full run, step by step (`make bench` does the same):
 
 ```
 OMP_WAIT_POLICY=PASSIVE .venv/bin/python bench/model_throughput.py   # ~60 min: 6 variants x
-    # eager/compile/onnxruntime (TensorRT on a GPU) x batch 1/8/32 x threads 1/2
+    # eager/compile/onnxruntime/auto (TensorRT on a GPU) x batch 1/8/32 x threads 1/2
 OMP_WAIT_POLICY=PASSIVE .venv/bin/python bench/serving_load.py       # ~30 min: raw, embedded
     # batching on/off x onnxruntime/eager, TorchServe direct and behind the gateway, detect/segment
+OMP_WAIT_POLICY=PASSIVE .venv/bin/python bench/serving_overhead.py   # ~5 min: CPU per request
+    # outside the pipeline, gateway vs TorchServe, concurrency 1 and 4
+OMP_WAIT_POLICY=PASSIVE .venv/bin/python bench/model_throughput.py --variants sepvit_tiny \
+    sepvit_lite --batches 8 --threads 2 --runtimes eager auto auto-nobf16 bf16 bf16-torch \
+    int8 int8-static onnxruntime --output bench/results/cpu_runtimes.json    # ~15 min
 .venv/bin/python bench/report.py                                    # this page and docs/img/
 ```
+
+On a GPU machine: `bash bench/gpu_check.sh` (TensorRT / ONNX Runtime CUDA / eager CUDA, and the
+gateway on `runtime: tensorrt`; `bench/results/gpu_<gpu>.json`).
 """
 
 

@@ -71,8 +71,18 @@ GATE_IMAGES_DENSE = 24  # detection/segmentation scenes (each holds 1-6 objects)
 QUICK_GATE_IMAGES = 16  # a cached decision is re-checked on the first images of the same set
 CALIBRATION_IMAGES = 32
 TIMING_BATCH = 8
-TIMING_SECONDS = 1.0
-AUTO_CANDIDATES = ("eager", "onnxruntime", "bf16", "int8")
+# auto's candidates: label -> (runtime, the options it adds); each bf16 engine and int8 method
+# is its own candidate, since which is fastest depends on the host (and on how busy it is)
+CANDIDATES: dict[str, tuple[str, dict[str, Any]]] = {
+    "eager": ("eager", {}),
+    "onnxruntime": ("onnxruntime", {}),
+    "bf16:openvino": ("bf16", {"bf16_engine": "openvino"}),
+    "bf16:torch": ("bf16", {"bf16_engine": "torch"}),
+    "int8:dynamic": ("int8", {"int8_method": "dynamic"}),
+    "int8:static": ("int8", {"int8_method": "static"}),
+}
+AUTO_CANDIDATES = tuple(CANDIDATES)
+TIMING_ROUNDS = 3
 # reduced precision moves probabilities a little without changing answers: the gate is the
 # task-level agreement (top-1, pixels, matched boxes), not the raw probabilities
 GATE_TOLERANCES = {"prob": 1.0}
@@ -391,21 +401,21 @@ def gate(
 
 
 # -- auto ---------------------------------------------------------------------------------------
-def _rate(rt: Runtime, x: Tensor, threads: int) -> float:
-    """Images/s of ``rt`` on batch ``x``: one warm-up, then calls for ~:data:`TIMING_SECONDS`
-    (at least two), the best call (the host is shared; the best is the least disturbed)."""
+def _rates(runtimes: dict[str, Runtime], x: Tensor, threads: int) -> dict[str, float]:
+    """Images/s of each runtime on batch ``x``: a warm-up call each, then
+    :data:`TIMING_ROUNDS` rounds of one call per runtime, interleaved, so that a change of load
+    on a shared host hits every candidate alike; the best call of each (the least disturbed)."""
     prev = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)  # eager and torch-bf16 candidates use torch's pool
     try:
-        rt(x)
-        best, t_end, calls = float("inf"), time.perf_counter() + TIMING_SECONDS, 0
-        while calls < 2 or time.perf_counter() < t_end:
-            t0 = time.perf_counter()
-            rt(x)
-            best = min(best, time.perf_counter() - t0)
-            calls += 1
-        return round(len(x) / best, 2)
+        best = dict.fromkeys(runtimes, float("inf"))
+        for _ in range(TIMING_ROUNDS):
+            for name, rt in runtimes.items():
+                t0 = time.perf_counter()
+                rt(x)
+                best[name] = min(best[name], time.perf_counter() - t0)
+        return {name: round(len(x) / t, 2) for name, t in best.items()}
     finally:
         torch.set_num_threads(prev)
 
@@ -417,12 +427,15 @@ def _candidates(flags: dict[str, bool], options: dict[str, Any]) -> dict[str, st
     for name in wanted:
         if name not in AUTO_CANDIDATES:
             raise ValueError(f"auto_candidates: {name!r} is not one of {AUTO_CANDIDATES}")
+        runtime, opts = CANDIDATES[name]
         why = None
-        if name in ("onnxruntime", "int8") and not _has("onnxruntime"):
+        if runtime in ("onnxruntime", "int8") and not _has("onnxruntime"):
             why = "onnxruntime is not installed"
-        elif name == "bf16" and not native_bf16(flags):
+        elif runtime == "bf16" and not native_bf16(flags):
             why = "no native bf16 (avx512_bf16/amx_bf16 absent)"
-        elif name == "int8" and not (flags.get("avx2") or flags.get("avx512f")):
+        elif opts.get("bf16_engine") == "openvino" and not _has("openvino"):
+            why = "openvino is not installed"
+        elif runtime == "int8" and not (flags.get("avx2") or flags.get("avx512f")):
             why = "no AVX2/AVX-512 int8 kernels"
         out[name] = why
     return out
@@ -437,7 +450,7 @@ def _decision_key(
         "threads": threads or torch.get_num_threads(),
         "versions": library_versions(),
         "options": opts,
-        "gate": [GATE_IMAGES, GATE_IMAGES_DENSE, GATE_TOLERANCES, TIE, TIMING_BATCH],
+        "gate": [GATE_IMAGES, GATE_IMAGES_DENSE, GATE_TOLERANCES, TIE, TIMING_BATCH, TIMING_ROUNDS],
     }
     return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:32]
 
@@ -463,12 +476,13 @@ def _write_decision(path: Path, decision: dict[str, Any]) -> None:
 def auto_runtime(
     model: nn.Module,
     img_size: tuple[int, int],
-    build: Callable[[str], Runtime],
+    build: Callable[[str, dict[str, Any]], Runtime],
     root: Path,
     threads: int,
     options: dict[str, Any],
 ) -> Runtime:
-    """The fastest gated candidate (``build(name)`` makes one); see the module docstring.
+    """The fastest gated candidate (``build(runtime, options)`` makes one); see the module
+    docstring.
 
     The returned runtime's ``info`` holds the decision: ``chosen``, ``img_per_s`` (the winner's
     speed at batch :data:`TIMING_BATCH`), per-candidate speed, gate metrics or the reason it was
@@ -487,7 +501,7 @@ def auto_runtime(
         decision = _read_decision(path) if use_cache else None
         if decision is not None:
             try:
-                rt = build(decision["chosen"])
+                rt = _build(build, decision["chosen"])
             except Exception as exc:  # e.g. a package removed since: search again
                 log.warning("cached auto choice %s cannot load (%s)", decision["chosen"], exc)
             else:
@@ -512,7 +526,7 @@ def _search(
     model: nn.Module,
     img_size: tuple[int, int],
     task: str,
-    build: Callable[[str], Runtime],
+    build: Callable[[str, dict[str, Any]], Runtime],
     tried: dict[str, str | None],
     threads: int,
 ) -> tuple[Runtime, dict[str, Any]]:
@@ -526,20 +540,22 @@ def _search(
     x = inputs[:TIMING_BATCH]
     results: dict[str, dict[str, Any]] = {}
     runtimes: dict[str, Runtime] = {}
-    for name, skip in tried.items():  # build and time every candidate
+    for name, skip in tried.items():  # build every candidate (and warm it up)
         if skip:
             results[name] = {"skipped": skip}
             continue
         t0 = time.perf_counter()
         try:
-            rt = eager if name == "eager" else build(name)
-            results[name] = {"img_per_s": _rate(rt, x, threads)}
+            rt = eager if name == "eager" else _build(build, name)
+            rt(x)
         except Exception as exc:  # a candidate that cannot load or run is not chosen
             results[name] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
             log.info("auto: %s unavailable: %s", name, results[name]["error"])
             continue
-        results[name]["seconds"] = round(time.perf_counter() - t0, 2)
+        results[name] = {"build_seconds": round(time.perf_counter() - t0, 2)}
         runtimes[name] = rt
+    for name, rate in _rates(runtimes, x, threads).items():
+        results[name]["img_per_s"] = rate
     # then the gate, fastest first, until one passes (eager is the fp32 reference itself)
     chosen = None
     for name in sorted(runtimes, key=lambda n: -results[n]["img_per_s"]):
@@ -572,6 +588,13 @@ def _search(
         {n: r.get("img_per_s", r.get("skipped") or r.get("error")) for n, r in results.items()},
     )
     return runtimes[chosen], decision
+
+
+def _build(build: Callable[[str, dict[str, Any]], Runtime], label: str) -> Runtime:
+    runtime, opts = CANDIDATES[label]
+    rt = build(runtime, opts)
+    rt.info = {**rt.info, "candidate": label}
+    return rt
 
 
 def _detect_decoder(model: nn.Module, img_size: tuple[int, int]) -> Callable[[list[Tensor]], Any]:

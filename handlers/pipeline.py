@@ -144,8 +144,9 @@ class Pipeline:
     def _load_runtime(self) -> tuple[Runtime, Any]:
         eager = build_runtime("eager", self.model, self.input_size)
         name = self.config.runtime
-        # what /models reports: the runtime asked for and the one serving, with auto's decision
-        self.runtime_info: dict[str, Any] = {"requested": name, "chosen": "eager"}
+        # what /models reports: the runtime asked for, the one serving, auto's decision (its
+        # "chosen" candidate, speeds, gates) and why a runtime fell back to eager
+        self.runtime_info: dict[str, Any] = {"requested": name, "serving": "eager"}
         if name == "eager":
             return eager, None
         if self.task != "classify" and len(self.buckets) > 1:
@@ -171,7 +172,7 @@ class Pipeline:
             report = checked
             if checked.ok:
                 log.info("runtime %s", checked)
-                self.runtime_info["chosen"] = candidate.name
+                self.runtime_info["serving"] = candidate.name
                 return candidate, checked
             reason = str(checked)
         if self.config.on_parity_failure == "fail":

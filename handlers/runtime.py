@@ -263,9 +263,15 @@ def build_runtime(
     if name == "int8":
         return cpu_runtimes.int8_runtime(model, img_size, work, root, threads, opts)
 
-    def build(candidate: str) -> Runtime:
+    def build(candidate: str, extra: dict[str, Any]) -> Runtime:
         return build_runtime(
-            candidate, model, img_size, workdir=work, cache_dir=root, threads=threads, options=opts
+            candidate,
+            model,
+            img_size,
+            workdir=work,
+            cache_dir=root,
+            threads=threads,
+            options={**opts, **extra},
         )
 
     return cpu_runtimes.auto_runtime(model, img_size, build, root, threads, opts)

@@ -41,7 +41,8 @@ def test_cpu_flags_from_cpuinfo_and_the_mask(
     monkeypatch.setenv("SEPVIT_CPU_FLAGS_MASK", "avx512_bf16, amx_bf16")
     masked = cr.cpu_flags(info)
     assert not masked["avx512_bf16"] and masked["avx2"] and not cr.native_bf16(masked)
-    assert cr._candidates(masked, {})["bf16"] == "no native bf16 (avx512_bf16/amx_bf16 absent)"
+    skipped = cr._candidates(masked, {})
+    assert skipped["bf16:torch"] == "no native bf16 (avx512_bf16/amx_bf16 absent)"
     assert not any(cr.cpu_flags(tmp_path / "missing").values())
 
 
@@ -89,41 +90,45 @@ def test_auto_picks_the_fastest_gated_candidate_and_caches_it(
     eager = rt.build_runtime("eager", classifier, (64, 64))
     flags = dict.fromkeys(cr.CPU_FLAGS, True)
     monkeypatch.setattr(cr, "cpu_flags", lambda: dict(flags))
-    speeds = {"eager": 10.0, "onnxruntime": 20.0, "bf16": 40.0, "int8": 80.0}
-    monkeypatch.setattr(cr, "_rate", lambda r, x, t: speeds[r.name])
-    built: list[str] = []
+    speeds = {"eager": 10.0, "onnxruntime": 20.0, "bf16:torch": 40.0, "int8:dynamic": 80.0}
+    monkeypatch.setattr(cr, "_rates", lambda runtimes, x, t: {n: speeds[n] for n in runtimes})
+    opts = {"auto_candidates": list(speeds)}
+    built: list[tuple[str, dict[str, Any]]] = []
 
-    def build(name: str) -> rt.Runtime:
-        built.append(name)
+    def build(name: str, extra: dict[str, Any]) -> rt.Runtime:
+        built.append((name, extra))
         if name == "int8":  # fast but wrong: every answer moved to another class
             return rt.Runtime(name, lambda x: [eager(x)[0].roll(1, dims=-1)], eager.device)
         return rt.Runtime(name, eager.run, eager.device, {"engine": "test"})
 
-    first = cr.auto_runtime(classifier, (64, 64), build, tmp_path, 1, {})
-    assert first.name == "bf16" and first.info["img_per_s"] == 40.0 and not first.info["cached"]
+    first = cr.auto_runtime(classifier, (64, 64), build, tmp_path, 1, opts)
+    assert first.name == "bf16" and first.info["chosen"] == "bf16:torch"
+    assert first.info["img_per_s"] == 40.0 and not first.info["cached"]
+    assert ("bf16", {"bf16_engine": "torch"}) in built
     cands = first.info["candidates"]
-    assert cands["int8"]["gate_ok"] is False and cands["bf16"]["gate_ok"] is True
+    assert cands["int8:dynamic"]["gate_ok"] is False and cands["bf16:torch"]["gate_ok"] is True
     assert "gate" not in cands["onnxruntime"]  # slower than a passing one: never gated
     built.clear()
     monkeypatch.setattr(cr, "_search", lambda *a: pytest.fail("the decision was cached"))
-    again = cr.auto_runtime(classifier, (64, 64), build, tmp_path, 1, {})
-    assert again.name == "bf16" and again.info["cached"] and built == ["bf16"]
+    again = cr.auto_runtime(classifier, (64, 64), build, tmp_path, 1, opts)
+    assert again.name == "bf16" and again.info["cached"]
+    assert built == [("bf16", {"bf16_engine": "torch"})]
     assert len(list((tmp_path / "auto").glob("*.json"))) == 1
     flags["avx512_bf16"] = False  # another host: a new key, a new search (which now fails)
     with pytest.raises(pytest.fail.Exception):
-        cr.auto_runtime(classifier, (64, 64), build, tmp_path, 1, {})
+        cr.auto_runtime(classifier, (64, 64), build, tmp_path, 1, opts)
 
 
 def test_auto_without_bf16_or_onnx_candidates_runs_eager_or_better(
     classifier: torch.nn.Module, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The real search (torch bf16 engine, no export) on a host whose bf16 flag is masked."""
+    """The real search (no export) on a host whose bf16 flags are masked."""
     monkeypatch.setenv("SEPVIT_CPU_FLAGS_MASK", "avx512_bf16,amx_bf16")
-    monkeypatch.setattr(cr, "TIMING_SECONDS", 0.05)
-    opts: dict[str, Any] = {"auto_candidates": ["eager", "bf16"], "bf16_engine": "torch"}
+    opts: dict[str, Any] = {"auto_candidates": ["eager", "bf16:torch"]}
     runtime = rt.build_runtime("auto", classifier, (64, 64), cache_dir=tmp_path, options=opts)
-    assert runtime.name == "eager"
-    assert runtime.info["candidates"]["bf16"]["skipped"].startswith("no native bf16")
+    assert runtime.name == "eager" and runtime.info["chosen"] == "eager"
+    assert runtime.info["candidates"]["bf16:torch"]["skipped"].startswith("no native bf16")
+    assert runtime.info["candidates"]["eager"]["img_per_s"] > 0
     assert runtime.info["flags"]["avx512_bf16"] is False
 
 
@@ -142,7 +147,7 @@ def test_pipeline_reports_a_failed_gate_and_falls_back(
     pipe = Pipeline(classifier, PipelineConfig(runtime="bf16"))
     assert pipe.runtime.name == "eager" and not pipe.parity.ok
     info = pipe.runtime_info
-    assert info["requested"] == "bf16" and info["chosen"] == "eager"
+    assert info["requested"] == "bf16" and info["serving"] == "eager"
     assert "DISAGREES" in info["fallback"] and "top1" in info["fallback"]
 
 
@@ -174,7 +179,7 @@ def test_demo_classifier_under_auto_agrees_with_fp32_on_unseen_drawings() -> Non
     auto = Pipeline(model, PipelineConfig(runtime="auto", threads=2))
     eager = Pipeline(model)
     assert auto.runtime_info["requested"] == "auto"
-    assert auto.runtime_info["chosen"] == auto.runtime.name
+    assert auto.runtime_info["serving"] == auto.runtime.name
     data = ShapesDataset("test", "classify", size=224, length=120)
     payloads = []
     for scene in data:
