@@ -38,7 +38,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.hostinfo import host_facts  # noqa: E402
+from bench.hostinfo import host_facts, write_results  # noqa: E402
 
 RUNTIMES = ("eager", "onnxruntime", "tensorrt")
 MODELS = ("cls", "det", "seg", "sepvit_tiny")
@@ -235,7 +235,6 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as exc:
             doc["gateway"] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:2000]}
         print(json.dumps({k: v for k, v in doc["gateway"].items() if k != "models"}), flush=True)
-    doc["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     rows = [
         f"{m} {rt} b{b}: {c[f'b{b}']['p50_ms']} ms, {c[f'b{b}']['img_per_s']} img/s"
         for m, r in doc["models"].items()
@@ -246,11 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     doc["summary"] = rows
     name = doc["gpu"].get("name", "none")
     slug = "".join(ch if ch.isalnum() else "_" for ch in name.lower()).strip("_")
-    out = args.output or ROOT / "bench" / "results" / f"gpu_{slug}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(doc, indent=2, default=str) + "\n")
     print("\n".join(rows))
-    print(f"wrote {out}")
+    write_results(doc, args.output or ROOT / "bench" / "results" / f"gpu_{slug}.json")
     return 0
 
 

@@ -139,5 +139,14 @@ def model_gflops(model: torch.nn.Module, img_size: tuple[int, int]) -> float:
     return round(counter.get_total_flops() / 1e9, 3)
 
 
+def write_results(doc: dict[str, Any], path: Path) -> None:
+    """Stamp ``doc`` with its end time and load average and write it as JSON to ``path``."""
+    doc["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    doc["loadavg_end"] = loadavg()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=2, default=str) + "\n")
+    print(f"wrote {path}")
+
+
 if __name__ == "__main__":
     print(json.dumps({"host": host_facts(), "gemm_peaks": gemm_peaks()}, indent=2))
