@@ -14,19 +14,24 @@ from __future__ import annotations
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-# the flags that decide fp32 / bf16 / int8 speed on x86 (AMX: Sapphire Rapids and later)
-FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_int8")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from handlers.cpu_runtimes import cpu_flags, library_versions  # noqa: E402
+
 GEMM_N = 2048
 
 
 def cpuinfo(path: str | Path = "/proc/cpuinfo") -> dict[str, Any]:
-    """The first processor's identity and the :data:`FLAGS` it has (Linux; {} elsewhere)."""
+    """The first processor's identity and the flags that decide fp32 / bf16 / int8 speed
+    (:data:`handlers.cpu_runtimes.CPU_FLAGS`, unmasked); {} where ``path`` is unreadable."""
     try:
         text = Path(path).read_text()
     except OSError:
@@ -39,25 +44,14 @@ def cpuinfo(path: str | Path = "/proc/cpuinfo") -> dict[str, Any]:
             continue
         key, _, value = line.partition(":")
         first[key.strip()] = value.strip()
-    flags = set(first.get("flags", "").split())
     return {
         "cpu_model": first.get("model name"),
         "vendor": first.get("vendor_id"),
         "family": first.get("cpu family"),
         "model": first.get("model"),
         "stepping": first.get("stepping"),
-        "flags": {f: f in flags for f in FLAGS},
+        "flags": cpu_flags(path, mask=False),
     }
-
-
-def library_versions() -> dict[str, str]:
-    out = {"python": platform.python_version(), "torch": torch.__version__}
-    for mod in ("numpy", "onnxruntime", "openvino"):
-        try:
-            out[mod] = __import__(mod).__version__
-        except (ImportError, AttributeError):
-            continue
-    return out
 
 
 def loadavg() -> list[float] | None:
@@ -74,7 +68,8 @@ def host_facts() -> dict[str, Any]:
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
         "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "versions": library_versions(),
+        "versions": {"python": platform.python_version(), **library_versions()},
+        "SEPVIT_CPU_FLAGS_MASK": os.environ.get("SEPVIT_CPU_FLAGS_MASK"),
         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
         "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
         "loadavg": loadavg(),

@@ -103,15 +103,17 @@ _LOCK = threading.Lock()
 
 
 # -- host ---------------------------------------------------------------------------------------
-def cpu_flags(path: str | Path = "/proc/cpuinfo") -> dict[str, bool]:
-    """The :data:`CPU_FLAGS` of the first processor, less ``$SEPVIT_CPU_FLAGS_MASK``."""
+def cpu_flags(path: str | Path = "/proc/cpuinfo", mask: bool = True) -> dict[str, bool]:
+    """The :data:`CPU_FLAGS` of the first processor, less ``$SEPVIT_CPU_FLAGS_MASK`` (unless
+    ``mask`` is false)."""
     try:
         text = Path(path).read_text()
     except OSError:
         text = ""
     line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
     have = set(line.partition(":")[2].split())
-    masked = {f.strip() for f in os.environ.get("SEPVIT_CPU_FLAGS_MASK", "").split(",")}
+    hidden = os.environ.get("SEPVIT_CPU_FLAGS_MASK", "") if mask else ""
+    masked = {f.strip() for f in hidden.split(",")}
     return {f: f in have and f not in masked for f in CPU_FLAGS}
 
 
