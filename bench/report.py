@@ -21,7 +21,7 @@ MODEL_CMD = "python bench/model_throughput.py"
 SERVING_CMD = "python bench/serving_load.py"
 CPU_CMD = (
     "python bench/model_throughput.py --variants sepvit_tiny sepvit_lite --batches 8 --threads 2 "
-    "--runtimes eager auto auto-nobf16 bf16 int8 onnxruntime --output "
+    "--runtimes eager auto auto-nobf16 bf16 bf16-torch int8 int8-static onnxruntime --output "
     "bench/results/cpu_runtimes.json"
 )
 OVERHEAD_CMD = "python bench/serving_overhead.py"
@@ -59,12 +59,19 @@ def _machine(doc: dict[str, Any]) -> str:
     load = f"load average {m.get('loadavg')} at the start"
     if doc.get("loadavg_end"):
         load += f", {doc['loadavg_end']} at the end"
+    busy = ""
+    cores = m.get("cpus_usable") or m.get("cpu_count") or 0
+    if max((m.get("loadavg") or [0])[:1] + (doc.get("loadavg_end") or [0])[:1]) > cores:
+        busy = (
+            "; **the host was busy during this run (load average above its CPU count): absolute "
+            "figures and peak fractions are distorted, ratios within a cell less so**"
+        )
     return (
         f"{m.get('cpu_model')} (family {m.get('family')} model {m.get('model')} stepping "
         f"{m.get('stepping')}; {m.get('cpus_usable') or m.get('cpu_count')} usable CPUs; flags: "
         f"{flags}), {versions}, OMP_WAIT_POLICY={m.get('OMP_WAIT_POLICY')}; GEMM peaks "
         f"({peaks.get('n', 2048)}³ matmul, this run): {peak_txt}; {load}; run started "
-        f"{doc['started']}"
+        f"{doc['started']}{busy}"
     )
 
 
@@ -198,7 +205,8 @@ def serving_section(
     if doc is None:
         return [*out, f"Not measured yet: `{SERVING_CMD}`.", ""]
     if not tied_to_host(doc):
-        return [*out, *_untied(fname, SERVING_CMD)]
+        tasks = ["## 3. Detection and segmentation", "", f"Part of `{fname}`: not shown.", ""]
+        return [*out, *_untied(fname, SERVING_CMD), *(tasks if stem == "serving" else [])]
     s = doc["settings"]
     out += [
         f"`bench/results/{fname}`: {s['client']}; {s['warmup']} s warm-up, then "
@@ -377,7 +385,6 @@ machine's idleness). Methodology:
 - The load generator (`bench/loadgen.py`) is closed-loop: N clients, each on a keep-alive
   connection, send the next request as soon as the previous answer is in. It runs on the same
   machine as the server, as a sidecar would, and shares its CPU.
-
 - Every JSON records its host (bench/hostinfo.py: CPU model, family/model/stepping, the flags
   that decide fp32/bf16/int8 speed, usable cores, library versions, the load average at the
   start and end) and fp32/bf16 GEMM peaks measured in the same run; a JSON without them is not
@@ -392,8 +399,8 @@ OMP_WAIT_POLICY=PASSIVE .venv/bin/python bench/serving_load.py       # ~30 min: 
     # batching on/off x onnxruntime/eager, TorchServe direct and behind the gateway, detect/segment
 OMP_WAIT_POLICY=PASSIVE .venv/bin/python bench/serving_overhead.py   # ~5 min: CPU per request
     # outside the pipeline, gateway vs TorchServe, concurrency 1 and 4
-OMP_WAIT_POLICY=PASSIVE .venv/bin/python bench/model_throughput.py --variants sepvit_tiny \
-    sepvit_lite --batches 8 --threads 2 --runtimes eager auto auto-nobf16 bf16 bf16-torch \
+OMP_WAIT_POLICY=PASSIVE .venv/bin/python bench/model_throughput.py --variants sepvit_tiny \\
+    sepvit_lite --batches 8 --threads 2 --runtimes eager auto auto-nobf16 bf16 bf16-torch \\
     int8 int8-static onnxruntime --output bench/results/cpu_runtimes.json    # ~15 min
 .venv/bin/python bench/report.py                                    # this page and docs/img/
 ```
