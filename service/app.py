@@ -31,6 +31,7 @@ from .errors import ErrorInfo, ServiceError
 from .limits import ConcurrencyLimit
 from .metrics import Metrics
 from .middleware import GatewayMiddleware, error_response, is_oip
+from .pages import add_pages
 from .rest import router
 from .settings import Settings, load_settings
 
@@ -98,7 +99,7 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
     settings = settings or load_settings()
     metrics = Metrics()
     backend = backend or create_backend(settings, metrics)
-    plane = DataPlane(settings, backend)
+    plane = DataPlane(settings, backend, metrics.stats)
     tokens = TokenChecker(settings.tokens())
     limit = ConcurrencyLimit(settings.max_concurrent_requests, settings.retry_after_s, metrics)
 
@@ -129,6 +130,8 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
         description="Classification, detection and segmentation with SepViT models: task "
         "routes, the Open Inference Protocol v2 and Prometheus metrics.",
         lifespan=lifespan,
+        docs_url=None,  # service/pages.py serves /docs without a CDN (and no /redoc)
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.metrics = metrics
@@ -137,6 +140,7 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
     app.state.grpc_port = None
     app.state.limit = limit
     app.include_router(router)
+    add_pages(app)
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(PipelineError, _service_error)
     app.add_exception_handler(RequestValidationError, _validation_error)

@@ -4,20 +4,27 @@ Runs on the app's event loop (started and stopped by the lifespan). Auth, reques
 and the status mapping are the same as over HTTP: every error goes through
 :func:`service.errors.describe` and becomes ``context.abort(code, message)``. ``ServerLive``
 needs no token, like ``/v2/health/live``.
+
+``ModelStreamInfer`` (:mod:`service.grpc_stream`) admits and answers each request on the stream
+exactly as a unary ``ModelInfer``: both go through :meth:`InferenceServicer._admit` and
+:meth:`InferenceServicer._infer`; only the way an error reaches the client differs.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf import json_format
 
 from .auth import TokenChecker, request_id
 from .dataplane import DataPlane
 from .errors import describe
+from .grpc_stream import serve_stream
 from .limits import ConcurrencyLimit
 from .logs import request_id_var
 from .metrics import Metrics
@@ -48,6 +55,47 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self.tokens = tokens
         self.limit = limit
 
+    async def _admit(
+        self,
+        method: str,
+        rid: str,
+        metadata: Mapping[str, str],
+        work: Callable[[str], Awaitable[R]],
+        *,
+        auth: bool = True,
+        limited: bool = False,
+    ) -> R:
+        """Request ID, auth, concurrency limit and metrics around ``work``; errors propagate."""
+        token = request_id_var.set(rid)
+        route = f"grpc:{method}"
+        code = "OK"
+        counted = False
+        self.metrics.in_flight.inc()
+        t0 = time.perf_counter()
+        try:
+            if auth:
+                self.tokens.check(metadata.get("authorization"))
+            if limited:
+                self.limit.acquire()
+                counted = True
+            return await work(rid)
+        except Exception as exc:
+            info = describe(exc)
+            if info.http_status >= 500 and info.code == "internal":
+                log.exception("gRPC %s failed", method)
+            code = info.grpc_code
+            raise
+        except asyncio.CancelledError:  # the client cancelled or went away
+            code = "CANCELLED"
+            raise
+        finally:
+            if counted:
+                self.limit.release()
+            self.metrics.in_flight.dec()
+            self.metrics.requests.labels(route, code).inc()
+            self.metrics.request_latency.labels(route).observe(time.perf_counter() - t0)
+            request_id_var.reset(token)
+
     async def _call(
         self,
         method: str,
@@ -57,42 +105,21 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         auth: bool = True,
         limited: bool = False,
     ) -> R:
-        metadata = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+        """A unary call: :meth:`_admit`, then an error becomes the call's status."""
+        metadata = _metadata(context)
         rid = request_id(metadata.get("x-request-id"))
-        token = request_id_var.set(rid)
-        route = f"grpc:{method}"
-        code = "OK"
-        counted = False
-        self.metrics.in_flight.inc()
-        t0 = time.perf_counter()
         trailing: list[tuple[str, str]] = [("x-request-id", rid)]
         try:
-            try:
-                if auth:
-                    self.tokens.check(metadata.get("authorization"))
-                if limited:
-                    self.limit.acquire()
-                    counted = True
-                result = await work(rid)
-                context.set_trailing_metadata(tuple(trailing))
-                return result
-            except Exception as exc:
-                info = describe(exc)
-                if info.http_status >= 500 and info.code == "internal":
-                    log.exception("gRPC %s failed", method)
-                code = info.grpc_code
-                if info.retry_after:
-                    trailing.append(("retry-after", str(info.retry_after)))
-                context.set_trailing_metadata(tuple(trailing))
-                await context.abort(grpc.StatusCode[info.grpc_code], info.message)
-                raise  # abort raises; this keeps type checkers content
-        finally:
-            if counted:
-                self.limit.release()
-            self.metrics.in_flight.dec()
-            self.metrics.requests.labels(route, code).inc()
-            self.metrics.request_latency.labels(route).observe(time.perf_counter() - t0)
-            request_id_var.reset(token)
+            result = await self._admit(method, rid, metadata, work, auth=auth, limited=limited)
+        except Exception as exc:
+            info = describe(exc)
+            if info.retry_after:
+                trailing.append(("retry-after", str(info.retry_after)))
+            context.set_trailing_metadata(tuple(trailing))
+            await context.abort(grpc.StatusCode[info.grpc_code], info.message)
+            raise  # abort raises; this keeps type checkers content
+        context.set_trailing_metadata(tuple(trailing))
+        return result
 
     async def ServerLive(
         self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext
@@ -146,14 +173,55 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelInferResponse:
-        async def work(rid: str) -> pb.ModelInferResponse:
-            self.plane.model(request.model_name, request.model_version)
-            req = grpc_request(request, context.time_remaining())
-            req.request_id = rid
-            resp = await self.plane.infer(req)
-            return grpc_response(resp, request.id or rid)
+        timeout = context.time_remaining()
+        return await self._call(
+            "ModelInfer", context, lambda rid: self._infer(request, rid, timeout), limited=True
+        )
 
-        return await self._call("ModelInfer", context, work, limited=True)
+    async def _infer(
+        self, request: pb.ModelInferRequest, rid: str, timeout: float | None
+    ) -> pb.ModelInferResponse:
+        """One ``ModelInferRequest``, unary or on a stream; ``timeout``: the call's deadline."""
+        self.plane.model(request.model_name, request.model_version)
+        req = grpc_request(request, timeout)
+        req.request_id = rid
+        resp = await self.plane.infer(req)
+        return grpc_response(resp, request.id or rid)
+
+    async def ModelStreamInfer(
+        self,
+        request_iterator: AsyncIterator[pb.ModelInferRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        metadata = _metadata(context)
+
+        async def one(request: pb.ModelInferRequest, rid: str) -> pb.ModelInferResponse:
+            timeout = context.time_remaining()
+            return await self._admit(
+                "ModelStreamInfer",
+                rid,
+                metadata,
+                lambda rid: self._infer(request, rid, timeout),
+                limited=True,
+            )
+
+        async for response in serve_stream(
+            request_iterator, one, self.settings.max_stream_in_flight
+        ):
+            yield response
+
+    async def ModelStatistics(
+        self, request: pb.ModelStatisticsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelStatisticsResponse:
+        async def work(_rid: str) -> pb.ModelStatisticsResponse:
+            doc = self.plane.statistics(request.name, request.version)
+            return json_format.ParseDict(doc, pb.ModelStatisticsResponse())
+
+        return await self._call("ModelStatistics", context, work)
+
+
+def _metadata(context: grpc.aio.ServicerContext) -> dict[str, str]:
+    return {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
 
 
 async def start_grpc_server(

@@ -1,7 +1,8 @@
 """One pure-ASGI middleware for every HTTP request (pure ASGI so that client disconnects still
 reach the routes): request ID, access log, metrics, auth, concurrency and body-size limits.
 
-Order per request: request ID -> auth (liveness exempt) -> concurrency limit (health and metrics
+Order per request: request ID -> auth (liveness and the public pages of
+:mod:`service.pages` exempt) -> concurrency limit (health and metrics
 exempt, so probes answer under overload) -> body limit (checked on ``Content-Length`` and while
 the body streams) -> the app. Refusals are JSON errors from :func:`service.errors.describe`.
 """
@@ -20,6 +21,7 @@ from .errors import PayloadTooLargeError, ServiceError, describe
 from .limits import ConcurrencyLimit
 from .logs import request_id_var
 from .metrics import Metrics
+from .pages import is_public
 from .settings import Settings
 
 __all__ = ["GatewayMiddleware", "error_response", "is_oip"]
@@ -84,7 +86,7 @@ class GatewayMiddleware:
         self.metrics.in_flight.inc()
         try:
             try:
-                if path not in AUTH_EXEMPT:
+                if path not in AUTH_EXEMPT and not is_public(path):
                     self.tokens.check(headers.get("authorization"))
                 if limited:
                     self.limit.acquire()

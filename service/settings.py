@@ -103,6 +103,8 @@ class Settings(BaseSettings):
     max_images_per_request: int = Field(default=16, ge=1)
     max_pixels: int = Field(default=40_000_000, ge=1)
     max_concurrent_requests: int = Field(default=64, ge=1)
+    # requests one ModelStreamInfer stream may have in flight before it stops reading
+    max_stream_in_flight: int = Field(default=16, ge=1)
     request_timeout_s: float = Field(default=30.0, gt=0)
     retry_after_s: int = Field(default=1, ge=1)
     # auth: bearer tokens (any one matches); the file holds one token a line

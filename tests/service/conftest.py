@@ -111,8 +111,13 @@ class Gateway:
 
 
 def start_gateway(
-    tmp: Path, models: list[dict], timeout: float = 120.0, **settings: Any
+    tmp: Path,
+    models: list[dict],
+    timeout: float = 120.0,
+    headers: dict[str, str] | None = None,
+    **settings: Any,
 ) -> Gateway:
+    """Start ``sepvit-serve`` and wait until ready (``headers``: e.g. the token, with auth on)."""
     port, grpc_port = free_port(), free_port()
     config = {"models": models, "grpc_port": grpc_port, "port": port, **settings}
     cfg = tmp / f"gateway-{port}.yaml"
@@ -134,7 +139,8 @@ def start_gateway(
         if proc.poll() is not None:
             raise RuntimeError(f"gateway exited early:\n{log.read_text()[-4000:]}")
         try:
-            if httpx.get(f"{gw.url}/v2/health/ready", timeout=1).status_code == 200:
+            ready = httpx.get(f"{gw.url}/v2/health/ready", headers=headers, timeout=1)
+            if ready.status_code == 200:
                 return gw
         except httpx.HTTPError:
             pass
