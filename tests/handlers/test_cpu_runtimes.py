@@ -176,7 +176,7 @@ def test_demo_classifier_under_auto_agrees_with_fp32_on_unseen_drawings() -> Non
 
     meta = read_metadata(ckpt)
     model = create_model(meta["variant"], task=meta["task"], checkpoint=ckpt).eval()
-    auto = Pipeline(model, PipelineConfig(runtime="auto", threads=2))
+    auto = Pipeline(model, PipelineConfig(runtime="auto", threads=1))  # as model-config.yaml
     eager = Pipeline(model)
     assert auto.runtime_info["requested"] == "auto"
     assert auto.runtime_info["serving"] == auto.runtime.name

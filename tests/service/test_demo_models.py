@@ -49,7 +49,7 @@ def served() -> Iterator[tuple[TestClient, int]]:
     port = free_port()
     s = load_settings(models=[m.model_dump() for m in models], grpc_port=port)
     with TestClient(create_app(s)) as client:
-        for _ in range(1200):
+        for _ in range(6000):  # a first load runs auto's search (then cached)
             if client.get("/v2/health/ready").status_code == 200:
                 break
             time.sleep(0.1)
