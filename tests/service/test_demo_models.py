@@ -166,4 +166,4 @@ def test_models_and_metrics_say_which_runtime_auto_chose(served: tuple[TestClien
         assert info["candidates"]["eager"]["img_per_s"] > 0
         assert info["candidates"][info["chosen"]]["img_per_s"] == info["img_per_s"]
         runtime = models[name]["runtime"]
-        assert f'model="{name}",runtime="{runtime}",requested="auto"' in metrics
+        assert f'model="{name}",requested="auto",runtime="{runtime}"' in metrics
