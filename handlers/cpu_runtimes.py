@@ -24,6 +24,7 @@ segmentation use :func:`handlers.runtime.check_parity`'s matching rules.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import hashlib
@@ -32,7 +33,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -465,6 +466,28 @@ def _read_decision(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) and data.get("chosen") in AUTO_CANDIDATES else None
 
 
+@contextlib.contextmanager
+def _cross_process_lock(path: Path | None) -> Iterator[None]:
+    """An exclusive ``flock`` on ``<path>.lock`` (nothing where it cannot be had)."""
+    if path is None:
+        yield
+        return
+    try:
+        import fcntl
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path.with_suffix(".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    except (ImportError, OSError) as exc:  # no flock, or an unwritable cache: search anyway
+        log.warning("auto: no cross-process lock (%s)", exc)
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
 def _write_decision(path: Path, decision: dict[str, Any]) -> None:
     try:  # an unwritable cache costs a new search next time, nothing more
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -499,7 +522,9 @@ def auto_runtime(
     key = _decision_key(model, img_size, threads, flags, opts)
     path = root / "auto" / f"{key}.json"
     use_cache = options.get("cache", True)
-    with _LOCK:  # concurrent loads in one process search once
+    # concurrent loads search once: threads of this process, and processes sharing the cache
+    # (gateway and TorchServe workers), which then all serve the same candidate
+    with _LOCK, _cross_process_lock(path if use_cache else None):
         decision = _read_decision(path) if use_cache else None
         if decision is not None:
             try:

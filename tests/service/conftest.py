@@ -113,7 +113,7 @@ class Gateway:
 def start_gateway(
     tmp: Path,
     models: list[dict],
-    timeout: float = 120.0,
+    timeout: float = 600.0,  # a first load of a runtime: auto model exports and searches
     headers: dict[str, str] | None = None,
     **settings: Any,
 ) -> Gateway:
