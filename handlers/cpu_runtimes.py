@@ -101,6 +101,8 @@ CPU_FLAGS = (
     "amx_int8",
 )
 _LOCK = threading.Lock()
+Size = tuple[int, int]
+Options = dict[str, Any]
 
 
 # -- host ---------------------------------------------------------------------------------------
@@ -184,12 +186,7 @@ def _torch_bf16(model: nn.Module) -> Callable[[Tensor], list[Tensor]]:
 
 
 def bf16_runtime(
-    model: nn.Module,
-    img_size: tuple[int, int],
-    workdir: Path,
-    root: Path,
-    threads: int,
-    options: dict[str, Any],
+    model: nn.Module, img_size: Size, workdir: Path, root: Path, threads: int, options: Options
 ) -> Runtime:
     """bf16 inference; ``options["bf16_engine"]``: ``openvino`` (default when installed) or
     ``torch``. Refuses hosts without native bf16, where it would be emulated (slow)."""
@@ -271,12 +268,7 @@ def _quantize(
 
 
 def int8_runtime(
-    model: nn.Module,
-    img_size: tuple[int, int],
-    workdir: Path,
-    root: Path,
-    threads: int,
-    options: dict[str, Any],
+    model: nn.Module, img_size: Size, workdir: Path, root: Path, threads: int, options: Options
 ) -> Runtime:
     """ONNX Runtime on the quantized ONNX export; ``options["int8_method"]``: ``dynamic``
     (default: int8 weights, activations quantized per call) or ``static`` (QDQ, activations
