@@ -1,6 +1,7 @@
 """mmdet/mmseg checkpoints end to end: listed in ``models`` and served with no extra options
-(preprocessing and class names from the COCO / ADE20K presets), through the task routes, OIP v2,
-a TorchServe archive and its handler."""
+(preprocessing and class names from the COCO / ADE20K presets), through the task routes,
+OIP v2 over REST and gRPC, a TorchServe archive and its handler (a real TorchServe serving the
+seeded SepViT-T ones: ``tests/integration/test_torchserve_official.py``)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -24,7 +26,7 @@ from sepvit.presets import ADE20K_CLASSES, COCO_CLASSES
 from service.app import create_app
 from service.settings import load_settings
 
-from .conftest import png
+from .conftest import free_port, png
 
 HEAD = {"fpn_channels": 16, "head_channels": 16}
 
@@ -60,7 +62,7 @@ def client(official: dict[str, Path]) -> Iterator[TestClient]:
         {"name": "coco_det", "checkpoint": str(official["det"])},
         {"name": "ade_seg", "checkpoint": str(official["seg"])},
     ]
-    settings = load_settings(models=models, grpc_port=None, warmup=False)
+    settings = load_settings(models=models, grpc_port=free_port(), warmup=False)
     with TestClient(create_app(settings), raise_server_exceptions=False) as c:
         for _ in range(1200):
             if c.get("/v2/health/ready").status_code == 200:
@@ -107,6 +109,26 @@ def test_gateway_serves_official_checkpoints_with_their_presets(
     assert segs and all(s["rle"]["size"] == [60, 80] for s in segs)
     assert all(s["label"] == ADE20K_CLASSES[s["index"]] for s in segs)
     assert sum(s["area"] for s in segs) == 60 * 80  # no background class: every pixel labelled
+
+
+def test_oip_v2_grpc_answers_as_rest_for_official_checkpoints(client: TestClient) -> None:
+    import tritonclient.grpc as grpcclient
+
+    image = png(60, 80, seed=4)
+    g = grpcclient.InferenceServerClient(f"127.0.0.1:{client.app.state.grpc_port}")  # type: ignore[attr-defined]
+    try:
+        for model, route in (("coco_det", "/detect"), ("ade_seg", "/segment")):
+            meta = g.get_model_metadata(model, as_json=True)
+            assert [o["name"] for o in meta["outputs"]] == ["RESULT"]
+            inp = grpcclient.InferInput("IMAGE", [1], "BYTES")
+            inp.set_data_from_numpy(np.array([image], dtype=np.object_))
+            (answer,) = g.infer(model, [inp]).as_numpy("RESULT")
+            r = client.post(route, params={"model": model}, content=image,
+                            headers={"content-type": "image/png"})  # fmt: skip
+            assert r.status_code == 200, r.text
+            assert json.loads(answer) == r.json()["results"][0]
+    finally:
+        g.close()
 
 
 def test_archive_converts_an_official_checkpoint_and_the_handler_serves_it(
