@@ -78,6 +78,22 @@ def test_checkpoint_info_reads_variant_task_and_head(official: dict[str, Path]) 
     assert checkpoint_info(official["seg"])["head"] == "semantic_fpn"
 
 
+def _grpc_answer(client: TestClient, model: str, image: bytes) -> Any:
+    """``model``'s answer to ``image`` through OIP v2 over gRPC (``tritonclient.grpc``)."""
+    import tritonclient.grpc as grpcclient
+
+    g = grpcclient.InferenceServerClient(f"127.0.0.1:{client.app.state.grpc_port}")  # type: ignore[attr-defined]
+    try:
+        outputs = g.get_model_metadata(model, as_json=True)["outputs"]
+        assert [o["name"] for o in outputs] == ["RESULT"]
+        inp = grpcclient.InferInput("IMAGE", [1], "BYTES")
+        inp.set_data_from_numpy(np.array([image], dtype=np.object_))
+        (answer,) = g.infer(model, [inp]).as_numpy("RESULT")
+    finally:
+        g.close()
+    return json.loads(answer)
+
+
 def test_gateway_serves_official_checkpoints_with_their_presets(
     client: TestClient, official: dict[str, Path]
 ) -> None:
@@ -95,7 +111,8 @@ def test_gateway_serves_official_checkpoints_with_their_presets(
     dets = result["detections"]
     assert dets and all(d["label"] == COCO_CLASSES[d["index"]] for d in dets)
     assert all(0 <= d["box"][0] <= d["box"][2] <= 80 and d["box"][3] <= 60 for d in dets)
-    # OIP v2 gives the same answer
+    # OIP v2 gives the same answer, over REST and over gRPC
+    assert _grpc_answer(client, "coco_det", image) == result
     doc = {"inputs": [{"name": "IMAGE", "shape": [1], "datatype": "BYTES",
                        "data": [base64.b64encode(image).decode()]}]}  # fmt: skip
     r = client.post("/v2/models/coco_det/infer", json=doc)
@@ -106,29 +123,10 @@ def test_gateway_serves_official_checkpoints_with_their_presets(
                     headers={"content-type": "image/png"})  # fmt: skip
     assert r.status_code == 200, r.text
     segs = r.json()["results"][0]["segments"]
+    assert _grpc_answer(client, "ade_seg", image) == r.json()["results"][0]
     assert segs and all(s["rle"]["size"] == [60, 80] for s in segs)
     assert all(s["label"] == ADE20K_CLASSES[s["index"]] for s in segs)
     assert sum(s["area"] for s in segs) == 60 * 80  # no background class: every pixel labelled
-
-
-def test_oip_v2_grpc_answers_as_rest_for_official_checkpoints(client: TestClient) -> None:
-    import tritonclient.grpc as grpcclient
-
-    image = png(60, 80, seed=4)
-    g = grpcclient.InferenceServerClient(f"127.0.0.1:{client.app.state.grpc_port}")  # type: ignore[attr-defined]
-    try:
-        for model, route in (("coco_det", "/detect"), ("ade_seg", "/segment")):
-            meta = g.get_model_metadata(model, as_json=True)
-            assert [o["name"] for o in meta["outputs"]] == ["RESULT"]
-            inp = grpcclient.InferInput("IMAGE", [1], "BYTES")
-            inp.set_data_from_numpy(np.array([image], dtype=np.object_))
-            (answer,) = g.infer(model, [inp]).as_numpy("RESULT")
-            r = client.post(route, params={"model": model}, content=image,
-                            headers={"content-type": "image/png"})  # fmt: skip
-            assert r.status_code == 200, r.text
-            assert json.loads(answer) == r.json()["results"][0]
-    finally:
-        g.close()
 
 
 def test_archive_converts_an_official_checkpoint_and_the_handler_serves_it(
