@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .decode import DecodeLimits, decode_image
+from .decode import DecodeLimits, PixelBudget, decode_image, image_pixels
 from .errors import BadParameterError, PipelineError, TooManyImagesError
 from .geometry import Letterbox, classify_transform, letterbox
 from .outputs import label_map_png, overlay_png, segments_from_labels
@@ -37,9 +37,10 @@ __all__ = ["Pipeline", "PipelineConfig", "Prepared", "RequestParams"]
 log = logging.getLogger(__name__)
 
 SEGMENT_FORMATS = ("rle", "png", "overlay")
-# bilinear-upsampling the logits to the original size is exact but costs K*H*W floats; above this
-# many elements the label map is upsampled by nearest neighbour instead
-MAX_UPSAMPLE_ELEMENTS = 64_000_000
+# bilinear-upsampling the logits to the original size costs K*H*W floats; above this many
+# elements (64 MB of float32) the label map is upsampled by nearest neighbour instead, which
+# costs one byte per original pixel
+MAX_UPSAMPLE_ELEMENTS = 16_000_000
 
 
 @dataclass
@@ -107,7 +108,7 @@ class RequestParams:
 @dataclass
 class _Item:
     index: int
-    image: np.ndarray  # original RGB
+    payload: bytes  # the encoded image (an overlay decodes it again rather than holding pixels)
     tensor: np.ndarray  # preprocessed [H, W, 3] uint8 (network input size)
     box: Letterbox | None
     params: RequestParams
@@ -124,10 +125,18 @@ class Prepared:
 class Pipeline:
     """Decode/preprocess/infer/postprocess for one model built by ``sepvit.create_model``."""
 
-    def __init__(self, model: nn.Module, config: PipelineConfig | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        config: PipelineConfig | None = None,
+        budget: PixelBudget | None = None,
+    ) -> None:
+        """``budget`` bounds the decoded pixels alive at once; share one between pipelines to
+        bound a whole process (default: one full-size image at a time in this pipeline)."""
         from sepvit import model_config
 
         self.config = config or PipelineConfig()
+        self.budget = budget or PixelBudget(self.config.limits.max_pixels)
         self.model = model.eval()
         self.cfg = model_config(model)
         self.task: str = self.cfg["task"]
@@ -263,12 +272,11 @@ class Pipeline:
                 valid[None], size=(box.orig_h, box.orig_w), mode="bilinear", align_corners=False
             )
             return up[0].argmax(0).numpy().astype(np.uint8)
-        small = valid.argmax(0)[None, None].float()
-        return (
-            F.interpolate(small, size=(box.orig_h, box.orig_w), mode="nearest")[0, 0]
-            .numpy()
-            .astype(np.uint8)
-        )
+        # nearest neighbour by index (torch's rule: source = floor(dst * in / out)), uint8 only
+        small = valid.argmax(0).numpy().astype(np.uint8)
+        rows = np.minimum(np.arange(box.orig_h) * vh // box.orig_h, vh - 1)
+        cols = np.minimum(np.arange(box.orig_w) * vw // box.orig_w, vw - 1)
+        return small[rows[:, None], cols[None, :]]
 
     def _segment_result(self, logits: Tensor, it: _Item) -> dict[str, Any]:
         assert it.box is not None
@@ -277,10 +285,10 @@ class Pipeline:
         if fmt == "png":
             return {"media_type": "image/png", "data": label_map_png(labels)}
         if fmt == "overlay":
-            return {
-                "media_type": "image/png",
-                "data": overlay_png(it.image, labels, background=self.background),
-            }
+            with self.budget.hold(labels.size):
+                image = self.decode(it.payload)
+                data = overlay_png(image, labels, background=self.background)
+            return {"media_type": "image/png", "data": data}
         return {"segments": segments_from_labels(labels, self.labels, self.background)}
 
     # -- the whole path ----------------------------------------------------------------------
@@ -310,13 +318,20 @@ class Pipeline:
                 p = RequestParams.parse(raw_params)
                 if p.format is not None and self.task != "segment":
                     raise BadParameterError("format applies to segmentation only")
-                image = self.decode(payload)
-                arr, box = self.preprocess(image)
+                with self.budget.hold(image_pixels(payload)):
+                    arr, box = self.preprocess(self.decode(payload))
+                self._check_input(arr)
             except PipelineError as exc:
                 out.results[i] = exc
                 continue
-            out.groups.setdefault(arr.shape[:2], []).append(_Item(i, image, arr, box, p))
+            out.groups.setdefault(arr.shape[:2], []).append(_Item(i, payload, arr, box, p))
         return out
+
+    def _check_input(self, arr: np.ndarray) -> None:
+        """The limit that matters is on the tensor the model sees: one of its input shapes."""
+        shapes = [self.input_size] if self.task == "classify" else self.buckets
+        if tuple(arr.shape[:2]) not in shapes or arr.shape[2:] != (3,):
+            raise RuntimeError(f"preprocessing produced {arr.shape}, not one of {shapes}")
 
     def run(self, prepared: Prepared) -> list[dict[str, Any] | PipelineError]:
         """The second half of :meth:`handle`: infer each shape group, postprocess, in order."""
