@@ -128,7 +128,7 @@ OVERLAY_CHUNK_PIXELS = 1 << 20
 
 def _png(img: Image.Image) -> bytes:
     buf = io.BytesIO()
-    img.save(buf, format="PNG", optimize=False, compress_level=6)
+    img.save(buf, format="PNG", optimize=False, compress_level=1)  # fast: outputs can be big
     return buf.getvalue()
 
 

@@ -193,11 +193,16 @@ class AdmissionInterceptor(grpc.aio.ServerInterceptor):
         attr, make, wrapper = kinds[(handler.request_streaming, handler.response_streaming)]
         behavior = getattr(handler, attr)
 
-        def bound(request: Any, context: Any) -> Any:
-            return wrapper(behavior, request, context)
+        # grpc.aio tells coroutines and async generators from plain functions by their kind
+        async def bound_unary(request: Any, context: Any) -> Any:
+            return await unary(behavior, request, context)
+
+        async def bound_stream(request: Any, context: Any) -> AsyncIterator[Any]:
+            async for item in streaming(behavior, request, context):
+                yield item
 
         return make(
-            bound,
+            bound_unary if wrapper is unary else bound_stream,
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )

@@ -70,10 +70,10 @@ class GatewayMiddleware:
             if message["type"] == "http.response.start":
                 status, started = message["status"], True
                 message.setdefault("headers", [])
-                message["headers"] = [
-                    *message["headers"],
-                    (b"x-request-id", call.request_id.encode()),
-                ]
+                extra = [(b"x-request-id", call.request_id.encode())]
+                if self.admission.draining:  # no keep-alive reuse racing the listener's close
+                    extra.append((b"connection", b"close"))
+                message["headers"] = [*message["headers"], *extra]
             await send(message)
 
         try:

@@ -129,12 +129,15 @@ def start_gateway(
             stderr=subprocess.STDOUT,
         )
     gw = Gateway(proc, port, grpc_port, log)
+    tokens = settings.get("auth_tokens") or []
+    headers = {"Authorization": f"Bearer {tokens[0]}"} if tokens else {}
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if proc.poll() is not None:
             raise RuntimeError(f"gateway exited early:\n{log.read_text()[-4000:]}")
         try:
-            if httpx.get(f"{gw.url}/v2/health/ready", timeout=1).status_code == 200:
+            ready = httpx.get(f"{gw.url}/v2/health/ready", headers=headers, timeout=1)
+            if ready.status_code == 200:
                 return gw
         except httpx.HTTPError:
             pass
