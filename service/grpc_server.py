@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import grpc
@@ -131,42 +132,16 @@ class AdmissionInterceptor(grpc.aio.ServerInterceptor):
     ) -> grpc.RpcMethodHandler:
         admission = self.admission
 
-        async def admitted(call: Call, context: Any) -> None:
-            admission.check(call, auth=auth, limited=limited, stream=stream)
-
-        async def unary(behavior: Any, request: Any, context: Any) -> Any:
+        @asynccontextmanager
+        async def served(context: Any) -> AsyncIterator[None]:
+            """Admit, run the body, answer: every error (and the drain's cut-off) becomes
+            ``context.abort`` with its code; the call is closed (logged, counted) either way."""
             call = self._open(method, metadata, context)
             code = "UNKNOWN"
             try:
                 try:
-                    await admitted(call, context)
-                    result = await behavior(request, context)
-                    context.set_trailing_metadata((("x-request-id", call.request_id),))
-                    code = "OK"
-                    return result
-                except asyncio.CancelledError:
-                    if not call.cut:
-                        code = "CANCELLED"
-                        raise
-                    _uncancel()
-                    code = "UNAVAILABLE"
-                    await self._fail(call, context, _grace_over())
-                except Exception as exc:
-                    if isinstance(exc, grpc.aio.AbortError):
-                        raise
-                    code = describe(exc).grpc_code
-                    await self._fail(call, context, exc)
-            finally:
-                self._close(call, code)
-
-        async def streaming(behavior: Any, request: Any, context: Any) -> AsyncIterator[Any]:
-            call = self._open(method, metadata, context)
-            code = "UNKNOWN"
-            try:
-                try:
-                    await admitted(call, context)
-                    async for item in behavior(request, context):
-                        yield item
+                    admission.check(call, auth=auth, limited=limited, stream=stream)
+                    yield
                     context.set_trailing_metadata((("x-request-id", call.request_id),))
                     code = "OK"
                 except asyncio.CancelledError:
@@ -185,24 +160,26 @@ class AdmissionInterceptor(grpc.aio.ServerInterceptor):
                 self._close(call, code)
 
         kinds = {
-            (False, False): ("unary_unary", grpc.unary_unary_rpc_method_handler, unary),
-            (True, False): ("stream_unary", grpc.stream_unary_rpc_method_handler, unary),
-            (False, True): ("unary_stream", grpc.unary_stream_rpc_method_handler, streaming),
-            (True, True): ("stream_stream", grpc.stream_stream_rpc_method_handler, streaming),
+            (False, False): ("unary_unary", grpc.unary_unary_rpc_method_handler),
+            (True, False): ("stream_unary", grpc.stream_unary_rpc_method_handler),
+            (False, True): ("unary_stream", grpc.unary_stream_rpc_method_handler),
+            (True, True): ("stream_stream", grpc.stream_stream_rpc_method_handler),
         }
-        attr, make, wrapper = kinds[(handler.request_streaming, handler.response_streaming)]
+        attr, make = kinds[(handler.request_streaming, handler.response_streaming)]
         behavior = getattr(handler, attr)
 
         # grpc.aio tells coroutines and async generators from plain functions by their kind
         async def bound_unary(request: Any, context: Any) -> Any:
-            return await unary(behavior, request, context)
+            async with served(context):
+                return await behavior(request, context)
 
         async def bound_stream(request: Any, context: Any) -> AsyncIterator[Any]:
-            async for item in streaming(behavior, request, context):
-                yield item
+            async with served(context):
+                async for item in behavior(request, context):
+                    yield item
 
         return make(
-            bound_unary if wrapper is unary else bound_stream,
+            bound_stream if handler.response_streaming else bound_unary,
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
@@ -266,7 +243,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         req = grpc_request(request, context.time_remaining(), self.settings.max_images_per_request)
         req.request_id = rid
         resp = await self.plane.infer(req)
-        return grpc_response(resp, request.id or rid)
+        # JSON per image (RLE masks, base64 PNGs): rendered off the event loop, as over HTTP
+        return await asyncio.to_thread(grpc_response, resp, request.id or rid)
 
 
 async def start_grpc_server(
