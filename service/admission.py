@@ -12,8 +12,9 @@ The API, for a transport adapter or a streaming RPC:
   a concurrency slot that :meth:`Admission.close` gives back (a stream takes none: it is only
   tracked, so that the drain can end it);
 * ``admission.close(call, status)``: releases, counts, times and writes the access-log line;
-* ``async with admission.slot(call):`` one extra slot for the duration of a block (a streaming
-  RPC admits each of its messages this way; the stream itself is authenticated at its start);
+* ``async with admission.message(stream_call, request_id, route) as call:`` one message of a
+  stream (``ModelStreamInfer``) as a request of its own: a slot, metrics and a log line (the
+  stream itself was authenticated and tracked at its start);
 * ``admission.has_room()``: the cheap look a transport takes before reading a message;
 * ``current_call.get()``: the call being served in this task (its request ID, its client).
 
@@ -38,7 +39,7 @@ from dataclasses import dataclass, field
 
 from .auth import TokenChecker, request_id
 from .dataplane import DataPlane
-from .errors import NotReadyError, OverloadedError
+from .errors import NotReadyError, OverloadedError, describe
 from .logs import request_id_var
 from .metrics import Metrics
 from .settings import Settings
@@ -162,16 +163,35 @@ class Admission:
                 current_call.reset(call._call_context)
 
     @asynccontextmanager
-    async def slot(self, call: Call) -> AsyncIterator[None]:
-        """One more slot for the block (per-message admission inside a stream)."""
-        if self.draining:
-            raise NotReadyError("the server is shutting down", retry_after=self.retry_after_s)
-        self._acquire(call)
+    async def message(self, stream: Call, request_id: str, route: str) -> AsyncIterator[Call]:
+        """One message of a stream as a request of its own: its request ID, a concurrency slot
+        (refused while draining or full), its metrics and access-log line, with the stream's
+        client and its authentication (checked when the stream began). Errors propagate, after
+        being counted with their gRPC code."""
+        call = Call(
+            stream.transport,
+            stream.method,
+            stream.path,
+            request_id,
+            stream.client,
+            stream.authorization,
+        )
+        call._context = request_id_var.set(request_id)
+        call._call_context = current_call.set(call)
+        self.metrics.in_flight.inc()
+        status = "UNKNOWN"
         try:
-            yield
+            self.check(call, auth=False)
+            yield call
+            status = "OK"
+        except asyncio.CancelledError:
+            status = "CANCELLED"
+            raise
+        except Exception as exc:
+            status = describe(exc).grpc_code
+            raise
         finally:
-            if call.slots:
-                self._release(call)
+            self.close(call, status, route)
 
     # -- the limit ---------------------------------------------------------------------------
     def has_room(self) -> bool:

@@ -11,7 +11,7 @@ ones included:
   concurrency slot for ``ModelInfer`` and maps every error through
   :func:`service.errors.describe` to ``context.abort(code, message)``;
 * a stream (``ModelStreamInfer``) is authenticated at its start and tracked for the drain; each
-  of its messages takes a slot with ``async with admission.slot(current_call.get())``.
+  of its messages is admitted with ``async with admission.message(current_call.get(), ...)``.
 
 ``ServerLive`` needs no token, like ``/v2/health/live``. The server caps messages at
 ``max_body_bytes`` and concurrent RPCs at ``max_concurrent_requests`` plus a few for probes.

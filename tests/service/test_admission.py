@@ -51,10 +51,10 @@ def test_streaming_rpc_through_the_interceptor() -> None:
     seen: list[int] = []
 
     async def echo(requests: Any, context: Any) -> AsyncIterator[bytes]:
-        async for msg in requests:
-            call = current_call.get()
-            assert call is not None
-            async with adm.slot(call):  # per-message admission, the streaming servicer's part
+        stream = current_call.get()
+        assert stream is not None
+        async for msg in requests:  # per-message admission: the streaming servicer's part
+            async with adm.message(stream, f"m-{msg.decode()}", "grpc:ModelStreamInfer"):
                 seen.append(adm.active)
                 yield msg
 
@@ -88,29 +88,35 @@ def test_streaming_rpc_through_the_interceptor() -> None:
 
     out = asyncio.run(scenario())
     assert out["ok"] == [b"a", b"b"] and seen == [1, 1] and adm.active == 0
+    text = adm.metrics.render().decode()
+    assert 'sepvit_requests_total{code="OK",route="grpc:ModelStreamInfer"} 3.0' in text
     assert out["none"] == grpc.StatusCode.UNAUTHENTICATED
     assert out["wrong"] == grpc.StatusCode.PERMISSION_DENIED
     assert out["draining"] == grpc.StatusCode.UNAVAILABLE
     assert adm.calls == set()
 
 
-def test_slot_refuses_while_draining() -> None:
+def test_stream_message_refused_while_draining_or_full() -> None:
     adm = admission(max_concurrent_requests=1)
-    call = adm.open("grpc", "rpc", "/x/ModelStreamInfer", {"authorization": "Bearer tok"}, None)
+    stream = adm.open("grpc", "rpc", "/x/ModelStreamInfer", {"authorization": "Bearer tok"}, None)
 
     async def use() -> None:
-        async with adm.slot(call):
+        async with adm.message(stream, "r1", "grpc:ModelStreamInfer") as call:
+            assert call.request_id == "r1" and call.client == stream.client
             with pytest.raises(OverloadedError):
-                async with adm.slot(call):
+                async with adm.message(stream, "r2", "grpc:ModelStreamInfer"):
                     pass
         Plane.draining = True
         try:
             with pytest.raises(NotReadyError):
-                async with adm.slot(call):
+                async with adm.message(stream, "r3", "grpc:ModelStreamInfer"):
                     pass
         finally:
             Plane.draining = False
 
     asyncio.run(use())
-    adm.close(call, "OK", "grpc:ModelStreamInfer")
-    assert adm.active == 0 and not adm.by_client
+    adm.close(stream, "OK", "grpc:ModelStreamInfer")
+    assert adm.active == 0 and not adm.by_client and not adm.calls
+    text = adm.metrics.render().decode()
+    assert 'code="RESOURCE_EXHAUSTED"' not in text  # overload is UNAVAILABLE, as unary
+    assert 'sepvit_requests_total{code="UNAVAILABLE",route="grpc:ModelStreamInfer"} 2.0' in text
