@@ -20,7 +20,7 @@ from service.errors import BadRequestError
 from service.oip.codec import _count, _flatten, rest_request
 from tests.service.conftest import Gateway, png
 
-from .conftest import rss_mib
+from .conftest import metric_sum, rss_mib
 from .corpus import CORPUS, Case
 
 pytestmark = pytest.mark.integration
@@ -44,13 +44,24 @@ def _status_kib(pid: int, key: str) -> int:
     raise RuntimeError(f"no {key}")
 
 
+def _loop_lag(gateway: Gateway) -> tuple[float, float]:
+    """(heartbeats so far, of which late by more than 0.5 s) from the gateway's own
+    ``sepvit_event_loop_lag_seconds`` histogram: the loop's heartbeat runs every 0.1 s, so it
+    sees every stall, however short the case that caused it."""
+    text = httpx.get(f"{gateway.url}/metrics", timeout=10).text
+    total = metric_sum(text, "sepvit_event_loop_lag_seconds_count")
+    within = metric_sum(text, 'sepvit_event_loop_lag_seconds_bucket{le="0.5"}')
+    return total, total - within
+
+
 class Probe:
     """While the corpus runs: GET /v2/health/live every 20 ms (latency = event-loop lag plus a
-    round trip) and the gateway's peak RSS (VmHWM, reset at the start when the kernel allows;
-    else sampled every 20 ms)."""
+    round trip), the gateway's own heartbeat lag histogram, and its peak RSS (VmHWM, reset at
+    the start when the kernel allows; else sampled every 20 ms)."""
 
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
+        self.beats0, self.late0 = _loop_lag(gateway)
         self.latencies: list[float] = []
         self.statuses: list[int] = []
         self.stop = threading.Event()
@@ -83,6 +94,8 @@ class Probe:
         """(liveness p99 in s, peak RSS over idle in MiB)."""
         self.stop.set()
         self.thread.join(10)
+        beats, late = _loop_lag(self.gateway)
+        self.beats, self.late = beats - self.beats0, late - self.late0
         if self.hwm:
             self.peak_mib = _status_kib(self.gateway.proc.pid, "VmHWM") / 1024
         lat = sorted(self.latencies)
@@ -134,13 +147,16 @@ def test_each_case_gets_its_documented_answer(
 
 def test_liveness_and_peak_memory_during_the_corpus(probe: Probe) -> None:
     """Measured over every case above (the probe ran throughout): liveness p99 < 0.5 s with no
-    failed probe, and peak RSS at most 600 MiB over idle."""
+    failed probe, no heartbeat of the loop late by 0.5 s, and peak RSS at most 600 MiB over
+    idle."""
     p99, growth = probe.finish()
     print(
         f"liveness: {len(probe.latencies)} probes, p99 {p99 * 1000:.0f} ms, "
         f"max {max(probe.latencies) * 1000:.0f} ms; RSS idle {probe.idle_mib:.0f} MiB, "
-        f"peak +{growth:.0f} MiB ({'VmHWM' if probe.hwm else 'sampled'})"
+        f"peak +{growth:.0f} MiB ({'VmHWM' if probe.hwm else 'sampled'}); "
+        f"{probe.beats:.0f} heartbeats, {probe.late:.0f} late by more than 0.5 s"
     )
+    assert probe.beats > 10 and probe.late == 0
     assert len(probe.latencies) > 20
     assert set(probe.statuses) == {200}, sorted(set(probe.statuses))
     assert p99 < LIVENESS_P99_S, p99
