@@ -139,7 +139,7 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
     metrics = Metrics()
     backend = backend or create_backend(settings, metrics)
     watch = LoopWatch(metrics, settings.liveness_stall_s)
-    plane = DataPlane(settings, backend, watch)
+    plane = DataPlane(settings, backend, metrics.stats, watch)
     admission = Admission(settings, metrics, TokenChecker(settings.tokens()), plane)
     drain = Drain(plane, admission, settings)
 

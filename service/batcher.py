@@ -18,6 +18,10 @@ threads: while one is in ``run`` (inference), the next one is already taken and 
 decoding overlaps inference on another core. ``run`` calls happen one at a time, in the order the
 batches were taken. Each batch costs the event loop one thread hop, as without the stage.
 
+Timing: each request's queue wait, and with a ``phases`` callable (read right after ``run`` on
+its thread) each batch's phase times, go to ``/metrics`` and to the statistics extension
+(:mod:`service.stats`) from the same figures.
+
 * A full queue refuses at once (:class:`QueueFullError`, 429 with ``Retry-After``).
 * Each request carries a deadline: past it the caller gets :class:`DeadlineExceededError` and
   its images are dropped from the queue if they have not started.
@@ -53,6 +57,7 @@ log = logging.getLogger(__name__)
 Params = Mapping[str, Any] | None
 BatchRunner = Callable[[list[bytes], list[Params]], Sequence[Any]]
 BatchPreparer = Callable[[list[bytes], list[Params]], Any]
+PhaseTimes = Callable[[], Mapping[str, float]]
 
 
 @dataclass(eq=False)
@@ -78,14 +83,17 @@ class DynamicBatcher:
         retry_after_s: int = 1,
         adaptive: bool = True,
         prepare: BatchPreparer | None = None,
+        phases: PhaseTimes | None = None,
         watchdog_margin_s: float = 10.0,
         on_hang: Callable[[str], None] | None = None,
     ) -> None:
         """``run(payloads, params)`` answers a batch; with ``prepare``, ``run`` receives
-        ``prepare(payloads, params)``'s result instead and the two stages overlap."""
+        ``prepare(payloads, params)``'s result instead and the two stages overlap. ``phases()``
+        takes the seconds per phase of the batch that just ran."""
         self.name = name
         self._run_fn: Callable[..., Sequence[Any]] = run
         self._prepare_fn = prepare
+        self._phases_fn = phases
         self.max_batch_size = max_batch_size
         self.max_delay = max_delay_ms / 1000.0
         self.max_queue = max_queue
@@ -261,10 +269,12 @@ class DynamicBatcher:
             if not e.future.done():
                 e.future.set_exception(exc)
 
-    def _work(self, ticket: int, payloads: list[bytes], params: list[Params]) -> Sequence[Any]:
+    def _work(
+        self, ticket: int, payloads: list[bytes], params: list[Params]
+    ) -> tuple[Sequence[Any], Mapping[str, float]]:
         """One batch on an executor thread: prepare (if any) freely, then run in turn."""
         if self._prepare_fn is None:
-            return self._run_fn(payloads, params)
+            return self._timed(self._run_fn(payloads, params))
         prepared: Any = None
         failure: Exception | None = None
         try:
@@ -274,7 +284,10 @@ class DynamicBatcher:
         with self._turns.turn(ticket):
             if failure is not None:
                 raise failure
-            return self._run_fn(prepared)
+            return self._timed(self._run_fn(prepared))
+
+    def _timed(self, results: Sequence[Any]) -> tuple[Sequence[Any], Mapping[str, float]]:
+        return results, (self._phases_fn() if self._phases_fn is not None else {})
 
     async def _run(self, batch: list[_Entry]) -> None:
         loop = asyncio.get_running_loop()
@@ -282,6 +295,7 @@ class DynamicBatcher:
             start = loop.time()
             for e in batch:
                 self.metrics.queue_wait.labels(self.name).observe(start - e.enqueued)
+                self.metrics.stats.queued(self.name, start - e.enqueued)
             payloads = [p for e in batch for p in e.payloads]
             params = [p for e in batch for p in e.params]
             self.metrics.batch_size.labels(self.name).observe(len(payloads))
@@ -291,7 +305,7 @@ class DynamicBatcher:
             work = loop.run_in_executor(self._executor, self._work, ticket, payloads, params)
             patience = max(e.deadline for e in batch) + self.watchdog_margin_s - loop.time()
             try:
-                results = await asyncio.wait_for(asyncio.shield(work), max(patience, 0.0))
+                results, phases = await asyncio.wait_for(asyncio.shield(work), max(patience, 0.0))
             except TimeoutError:
                 self._hung(batch, time.perf_counter() - t0)
                 return
@@ -304,6 +318,9 @@ class DynamicBatcher:
                 self._batch_seconds = 0.8 * self._batch_seconds + 0.2 * elapsed
         finally:
             self._slots.release()
+        for phase, seconds in phases.items():
+            self.metrics.phase.labels(self.name, phase).observe(seconds)
+        self.metrics.stats.executed(self.name, len(batch), len(payloads), phases)
         if len(results) != len(payloads):
             self._fail(batch, RuntimeError(f"{len(results)} results for {len(payloads)} images"))
             return

@@ -1,13 +1,15 @@
 """The transport-neutral data plane: REST routes and the gRPC servicer both build an
 :class:`InferenceRequest` and call :meth:`DataPlane.infer`; health, metadata and readiness come
 from here too. It checks what can be checked before queueing (model, task, image count,
-parameters), then hands the images to the backend.
+parameters), then hands the images to the backend. It times every request that names a known
+model for the statistics extension (:mod:`service.stats`), and answers its queries.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,12 +21,13 @@ from . import __version__
 from .backends import Backend, ModelInfo, ModelState
 from .errors import BadRequestError, ModelNotFoundError, NotReadyError, describe
 from .settings import Settings
+from .stats import InferenceStats
 from .watchdog import LoopWatch
 
 __all__ = ["DataPlane", "InferenceRequest", "InferenceResponse", "encode_result"]
 
 SERVER_NAME = "sepvit-serving"
-EXTENSIONS = ["binary_tensor_data"]
+EXTENSIONS = ["binary_tensor_data", "statistics"]
 INPUT_NAME = "IMAGE"
 OUTPUT_NAME = "RESULT"
 
@@ -64,10 +67,15 @@ def encode_result(item: dict[str, Any] | PipelineError) -> dict[str, Any]:
 
 class DataPlane:
     def __init__(
-        self, settings: Settings, backend: Backend, watch: LoopWatch | None = None
+        self,
+        settings: Settings,
+        backend: Backend,
+        stats: InferenceStats | None = None,
+        watch: LoopWatch | None = None,
     ) -> None:
         self.settings = settings
         self.backend = backend
+        self.stats = stats or InferenceStats()
         self.watch = watch
         self.draining = False  # set once by the drain (service/app.py): not ready, no new work
 
@@ -112,6 +120,11 @@ class DataPlane:
             "parameters": {"task": info.task, "labels": info.labels},
         }
 
+    def statistics(self, name: str = "", version: str | None = None) -> dict[str, Any]:
+        """``{"model_stats": [...]}`` for one model, or every configured model (``name`` empty)."""
+        models = [self.model(name, version)] if name else self.backend.models()
+        return {"model_stats": [self.stats.model_stats(m.name) for m in models]}
+
     def resolve(self, model: str | None, task: str | None) -> ModelInfo:
         """The model a request names, or the first (preferably ready) one serving ``task``."""
         if model is not None:
@@ -136,6 +149,15 @@ class DataPlane:
 
     async def infer(self, req: InferenceRequest) -> InferenceResponse:
         info = self.resolve(req.model, req.task)
+        t0, ok = time.perf_counter(), False
+        try:
+            resp = await self._infer(info, req)
+            ok = True
+            return resp
+        finally:  # failures include refusals, deadlines and clients that went away
+            self.stats.finished(info.name, ok, time.perf_counter() - t0)
+
+    async def _infer(self, info: ModelInfo, req: InferenceRequest) -> InferenceResponse:
         if not req.images:
             raise BadRequestError("no image in the request")
         limit = self.settings.max_images_per_request

@@ -15,6 +15,11 @@ ones included:
 
 ``ServerLive`` needs no token, like ``/v2/health/live``. The server caps messages at
 ``max_body_bytes`` and concurrent RPCs at ``max_concurrent_requests`` plus a few for probes.
+
+``ModelStreamInfer`` (:mod:`service.grpc_stream`) answers each request on the stream exactly as
+a unary ``ModelInfer``: both go through :meth:`InferenceServicer._infer`, each stream request is
+admitted as a request of its own by :meth:`Admission.message`; only the way an error reaches
+the client differs.
 """
 
 from __future__ import annotations
@@ -26,10 +31,12 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import grpc
+from google.protobuf import json_format
 
 from .admission import Admission, Call, current_call
 from .dataplane import DataPlane
 from .errors import NotReadyError, OverloadedError, ServiceError, describe
+from .grpc_stream import serve_stream
 from .oip import grpc_service_pb2 as pb
 from .oip import grpc_service_pb2_grpc as pb_grpc
 from .oip.codec import grpc_request, grpc_response
@@ -198,9 +205,10 @@ def _grace_over() -> NotReadyError:
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     """The RPCs themselves; admission and error mapping are the interceptor's."""
 
-    def __init__(self, plane: DataPlane, settings: Settings) -> None:
+    def __init__(self, plane: DataPlane, settings: Settings, admission: Admission) -> None:
         self.plane = plane
         self.settings = settings
+        self.admission = admission
 
     async def ServerLive(
         self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext
@@ -238,13 +246,42 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelInferResponse:
         call = current_call.get()
-        rid = call.request_id if call is not None else ""
+        return await self._infer(request, call.request_id if call else "", context.time_remaining())
+
+    async def _infer(
+        self, request: pb.ModelInferRequest, rid: str, timeout: float | None
+    ) -> pb.ModelInferResponse:
+        """One ``ModelInferRequest``, unary or on a stream; ``timeout``: the call's deadline."""
         self.plane.model(request.model_name, request.model_version)
-        req = grpc_request(request, context.time_remaining(), self.settings.max_images_per_request)
+        req = grpc_request(request, timeout, self.settings.max_images_per_request)
         req.request_id = rid
         resp = await self.plane.infer(req)
         # JSON per image (RLE masks, base64 PNGs): rendered off the event loop, as over HTTP
         return await asyncio.to_thread(grpc_response, resp, request.id or rid)
+
+    async def ModelStreamInfer(
+        self,
+        request_iterator: AsyncIterator[pb.ModelInferRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        stream = current_call.get()  # authenticated by the interceptor when the stream began
+        assert stream is not None
+
+        async def one(request: pb.ModelInferRequest, rid: str) -> pb.ModelInferResponse:
+            timeout = context.time_remaining()
+            async with self.admission.message(stream, rid, "grpc:ModelStreamInfer"):
+                return await self._infer(request, rid, timeout)
+
+        async for response in serve_stream(
+            request_iterator, one, self.settings.max_stream_in_flight
+        ):
+            yield response
+
+    async def ModelStatistics(
+        self, request: pb.ModelStatisticsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelStatisticsResponse:
+        doc = self.plane.statistics(request.name, request.version)
+        return json_format.ParseDict(doc, pb.ModelStatisticsResponse())
 
 
 async def start_grpc_server(
@@ -260,7 +297,9 @@ async def start_grpc_server(
             ("grpc.max_send_message_length", max(size, 64 * 1024 * 1024)),
         ],
     )
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(plane, settings), server)
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(
+        InferenceServicer(plane, settings, admission), server
+    )
     host = settings.host if ":" not in settings.host else f"[{settings.host}]"
     port = server.add_insecure_port(f"{host}:{settings.grpc_port}")
     if port == 0:

@@ -1,4 +1,5 @@
-"""Every Prometheus object of the gateway, in one registry per app.
+"""Every Prometheus object of the gateway, in one registry per app, and the statistics
+extension's figures (``stats``, :mod:`service.stats`), recorded beside them.
 
 Labels stay low-cardinality: ``model``, ``task``, ``route`` (the route template, never the raw
 path), ``code`` (HTTP status or gRPC code name), ``phase`` and ``reason`` (fixed sets).
@@ -15,6 +16,8 @@ from prometheus_client import (
     generate_latest,
 )
 
+from .stats import InferenceStats
+
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -24,6 +27,7 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self.stats = InferenceStats()
         r = self.registry
         self.requests = Counter(
             "sepvit_requests_total",

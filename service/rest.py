@@ -294,6 +294,23 @@ async def server_ready(plane: PlaneDep) -> Response:
     return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
 
 
+# before /v2/models/{model_name}, which would take "stats" for a model name
+@router.get("/v2/models/stats", tags=["v2"], responses=ERRORS)
+async def all_statistics(plane: PlaneDep) -> dict[str, Any]:
+    """Triton's statistics extension for every model (see the per-model route)."""
+    return plane.statistics()
+
+
+@router.get("/v2/models/{model_name}/stats", tags=["v2"], responses=ERRORS)
+@router.get("/v2/models/{model_name}/versions/{model_version}/stats", tags=["v2"], responses=ERRORS)
+async def model_statistics(
+    plane: PlaneDep, model_name: ModelName, model_version: str | None = None
+) -> dict[str, Any]:
+    """Triton's statistics extension: success/fail counts, cumulative queue and compute times
+    (ns), execution and inference counts, and per-batch-size figures."""
+    return plane.statistics(model_name, model_version)
+
+
 @router.get("/v2/models/{model_name}", tags=["v2"], responses=ERRORS)
 @router.get("/v2/models/{model_name}/versions/{model_version}", tags=["v2"], responses=ERRORS)
 async def model_metadata(

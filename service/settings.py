@@ -119,6 +119,8 @@ class Settings(BaseSettings):
     # a client (bearer token, else peer address) may hold at most its fair share of the
     # concurrency limit while others wait: limit / clients holding slots (at least 1)
     fair_share: bool = False
+    # requests one ModelStreamInfer stream may have in flight before it stops reading
+    max_stream_in_flight: int = Field(default=16, ge=1)
     request_timeout_s: float = Field(default=30.0, gt=0)
     body_timeout_s: float = Field(default=30.0, gt=0)  # the whole body must arrive in time: 408
     retry_after_s: int = Field(default=1, ge=1)

@@ -170,6 +170,7 @@ class EmbeddedBackend(Backend):
             m.spec.name,
             run,
             prepare=prepare,
+            phases=pipe.take_phases,
             max_batch_size=m.max_batch_size,
             max_delay_ms=m.max_delay_ms,
             max_queue=m.max_queue,
@@ -242,8 +243,6 @@ class EmbeddedBackend(Backend):
         name, task, metrics = m.spec.name, pipe.task, self.metrics
 
         def record(results: list[Any]) -> list[Any]:
-            for phase, seconds in pipe.take_phases().items():
-                metrics.phase.labels(name, phase).observe(seconds)
             errors = sum(isinstance(r, Exception) for r in results)
             decode_errors = sum(isinstance(r, _DECODE_ERRORS) for r in results)
             if errors:

@@ -19,6 +19,10 @@ Every count is bounded before any work depends on it: a shape has at most ``MAX_
 dimensions and at most ``max_elements`` (the image limit) elements, checked dimension by
 dimension before multiplying; tensor data stops being read one element past the limit.
 Over the limit is 413 ``too_many_images``; anything malformed is 400.
+
+The request parameter ``timeout`` (microseconds, as Triton and tritonclient's ``timeout=`` send
+it) shortens the request's deadline on both transports; it is the only per-request deadline a
+request on a gRPC stream can carry.
 """
 
 from __future__ import annotations
@@ -122,6 +126,16 @@ def _params(raw: Mapping[str, Any] | None) -> dict[str, Any]:
     return {k: v for k, v in (raw or {}).items() if k in PARAM_KEYS}
 
 
+def _deadline(raw: Mapping[str, Any], timeout_s: float | None) -> float | None:
+    """The transport's timeout, shortened by a ``timeout`` parameter (microseconds)."""
+    micros = raw.get("timeout")
+    if micros is None:
+        return timeout_s
+    if isinstance(micros, bool) or not isinstance(micros, int) or micros <= 0:
+        raise BadRequestError("the timeout parameter must be a positive number of microseconds")
+    return micros / 1e6 if timeout_s is None else min(timeout_s, micros / 1e6)
+
+
 def _image_input(inputs: Any) -> Any:
     if not isinstance(inputs, list) or len(inputs) != 1:
         raise BadRequestError("expected exactly one input: a BYTES tensor of encoded images")
@@ -194,7 +208,12 @@ def rest_request(
         if isinstance(oparams, dict) and "binary_data" in oparams:
             binary_out = bool(oparams["binary_data"])
     rid = doc.get("id")
-    req = InferenceRequest(images=images, model=model, params=_params(params), timeout_s=timeout_s)
+    req = InferenceRequest(
+        images=images,
+        model=model,
+        params=_params(params),
+        timeout_s=_deadline(params, timeout_s),
+    )
     return req, binary_out, rid if isinstance(rid, str) else None
 
 
@@ -249,7 +268,10 @@ def grpc_request(
             raise BadRequestError(f"the only output is {OUTPUT_NAME!r}")
     params = {k: _param_value(v) for k, v in req.parameters.items()}
     return InferenceRequest(
-        images=images, model=req.model_name, params=_params(params), timeout_s=timeout_s
+        images=images,
+        model=req.model_name,
+        params=_params(params),
+        timeout_s=_deadline(params, timeout_s),
     )
 
 

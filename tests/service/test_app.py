@@ -185,7 +185,7 @@ def _bytes_tensor(items: list[bytes]) -> bytes:
 
 
 def test_oip_rest_json_and_binary(client: TestClient) -> None:
-    assert client.get("/v2").json()["extensions"] == ["binary_tensor_data"]
+    assert client.get("/v2").json()["extensions"] == ["binary_tensor_data", "statistics"]
     assert client.get("/v2/health/live").json() == {"live": True}
     assert client.get("/v2/models/cls/ready").status_code == 200
     meta = client.get("/v2/models/det").json()

@@ -299,3 +299,41 @@ def test_stop_finishes_the_batch_in_the_run_stage() -> None:
 
     out = asyncio.run(main())
     assert [r[0]["echo"] for r in out] == [bytes([i]) for i in range(4)]
+
+
+def test_statistics_come_from_the_same_figures_as_the_metrics() -> None:
+    metrics = Metrics()
+    phases = {"preprocess": 0.002, "inference": 0.005, "postprocess": 0.001}
+
+    async def main() -> None:
+        b = DynamicBatcher(
+            "m", Runner(), phases=lambda: phases, metrics=metrics,
+            max_batch_size=4, max_delay_ms=20.0, max_queue=16,
+        )  # fmt: skip
+        b.start()
+        sizes = [1, 2, 1, 3, 1]  # 8 images in 5 requests
+        await asyncio.gather(*(b.submit([b"x"] * n, [None] * n, far()) for n in sizes))
+        await b.stop()
+
+    asyncio.run(main())
+    stats = metrics.stats.model_stats("m")
+
+    def sample(name: str, **labels: str) -> float:
+        value = metrics.registry.get_sample_value(name, {"model": "m", **labels})
+        return float(value or 0.0)
+
+    executions = sample("sepvit_batch_size_count")
+    assert stats["execution_count"] == executions >= 2
+    assert stats["inference_count"] == sample("sepvit_batch_size_sum") == 8
+    infer = stats["inference_stats"]
+    assert infer["queue"]["count"] == 5
+    assert infer["queue"]["ns"] == pytest.approx(sample("sepvit_queue_wait_seconds_sum") * 1e9)
+    for phase, name in [("preprocess", "compute_input"), ("inference", "compute_infer")]:
+        per_batch = sum(s[name]["ns"] for s in stats["batch_stats"])
+        assert per_batch == pytest.approx(
+            sample("sepvit_phase_duration_seconds_sum", phase=phase) * 1e9
+        )
+        assert per_batch == round(phases[phase] * 1e9) * executions
+        # per request, each is charged its batch's time: 5 requests
+        assert infer[name] == {"count": 5, "ns": round(phases[phase] * 1e9) * 5}
+    assert sum(s["batch_size"] * s["compute_infer"]["count"] for s in stats["batch_stats"]) == 8

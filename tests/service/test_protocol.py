@@ -10,7 +10,7 @@ from handlers import errors as herr
 from service import errors as serr
 from service.auth import TokenChecker, request_id
 from service.oip import grpc_service_pb2 as pb
-from service.oip.codec import decode_bytes_tensor, encode_bytes_tensor
+from service.oip.codec import decode_bytes_tensor, encode_bytes_tensor, grpc_request
 
 
 def _fields(desc, prefix: str = "") -> dict[str, tuple[int, int, bool]]:
@@ -119,3 +119,19 @@ def test_request_ids() -> None:
     for bad in (None, "", "x" * 129, "has space", "new\nline"):
         made = request_id(bad)
         assert made != bad and len(made) == 32
+
+
+def test_timeout_parameter_shortens_the_deadline() -> None:
+    def timeout(value: pb.InferParameter | None, transport: float | None) -> float | None:
+        req = pb.ModelInferRequest(model_name="m", raw_input_contents=[encode_bytes_tensor([b"x"])])
+        req.inputs.add(name="IMAGE", datatype="BYTES", shape=[1])
+        if value is not None:
+            req.parameters["timeout"].CopyFrom(value)
+        return grpc_request(req, transport, 16).timeout_s
+
+    assert timeout(None, 2.0) == 2.0 and timeout(None, None) is None
+    assert timeout(pb.InferParameter(int64_param=500_000), None) == 0.5
+    assert timeout(pb.InferParameter(int64_param=500_000), 0.2) == 0.2
+    for bad in (pb.InferParameter(int64_param=0), pb.InferParameter(string_param="1s")):
+        with pytest.raises(serr.BadRequestError):
+            timeout(bad, None)

@@ -5,7 +5,9 @@ consistency, not accuracy (see test_demo_models.py for that)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import queue
 import signal
 import threading
 import time
@@ -272,6 +274,17 @@ def test_grpc_auth_in_process(checkpoints: dict[str, Path]) -> None:
                 "cls", [batch_input(grpcclient, [png()])], headers={"authorization": "Bearer tok"}
             )
             assert "top_k" in json.loads(res.as_numpy("RESULT")[0])
+            answers: queue.Queue[Any] = queue.Queue()  # a stream admits each request alike
+            for token in ("wrong", "tok"):
+                client.start_stream(
+                    lambda result, error: answers.put(error),
+                    headers={"authorization": f"Bearer {token}"},
+                )
+                with contextlib.suppress(InferenceServerException):  # a stream refused whole
+                    client.async_stream_infer("cls", [batch_input(grpcclient, [png()])])
+                client.stop_stream()
+            denied, allowed = answers.get_nowait(), answers.get_nowait()
+            assert str(denied).startswith("[StatusCode.PERMISSION_DENIED]") and allowed is None
         finally:
             client.close()
 
