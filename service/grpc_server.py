@@ -97,7 +97,10 @@ class AdmissionInterceptor(grpc.aio.ServerInterceptor):
         return info.grpc_code  # not reached: abort raises
 
     def _close(self, call: Call, code: str) -> None:
-        self.admission.close(call, code, f"grpc:{call.path.rsplit('/', 1)[-1]}")
+        """Count and log the call. A stream's own line is ``grpc:<Method>:stream``; its requests
+        are counted one by one as ``grpc:<Method>`` (``Admission.message``)."""
+        rpc = call.path.rsplit("/", 1)[-1]
+        self.admission.close(call, code, f"grpc:{rpc}:stream" if rpc in STREAMS else f"grpc:{rpc}")
 
     def _refusal(
         self,

@@ -89,7 +89,10 @@ def test_streaming_rpc_through_the_interceptor() -> None:
     out = asyncio.run(scenario())
     assert out["ok"] == [b"a", b"b"] and seen == [1, 1] and adm.active == 0
     text = adm.metrics.render().decode()
-    assert 'sepvit_requests_total{code="OK",route="grpc:ModelStreamInfer"} 3.0' in text
+    # each request of the stream is counted as a request; the stream on its own line
+    assert 'sepvit_requests_total{code="OK",route="grpc:ModelStreamInfer"} 2.0' in text
+    assert 'sepvit_requests_total{code="OK",route="grpc:ModelStreamInfer:stream"} 1.0' in text
+    assert 'code="UNAUTHENTICATED",route="grpc:ModelStreamInfer:stream"} 1.0' in text
     assert out["none"] == grpc.StatusCode.UNAUTHENTICATED
     assert out["wrong"] == grpc.StatusCode.PERMISSION_DENIED
     assert out["draining"] == grpc.StatusCode.UNAVAILABLE
