@@ -7,7 +7,8 @@ STAMP := $(VENV)/.installed
 export OMP_WAIT_POLICY ?= PASSIVE
 PYTEST_ARGS ?=
 
-.PHONY: venv test lint typecheck unit bench models clean serve protos archives lint-deploy images
+.PHONY: venv test lint typecheck unit bench models clean serve protos archives lint-deploy images \
+	browser
 
 venv: $(STAMP)
 
@@ -18,13 +19,21 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check sepvit handlers service tests bench
-	$(VENV)/bin/ruff format --check sepvit handlers service tests bench
+	$(VENV)/bin/ruff check sepvit handlers service tests bench scripts
+	$(VENV)/bin/ruff format --check sepvit handlers service tests bench scripts
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
-unit: $(STAMP)
+# Debian's chromium for the demo page's browser test (Playwright drives it; its own browser
+# download cannot work here). Installed once with apt-get when run as root (CI); a no-op after.
+browser:
+	@test -x /usr/bin/chromium || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium \
+		>/dev/null; } || echo "note: no /usr/bin/chromium (apt-get install chromium): the \
+		browser test will skip, or fail under CI=true"
+
+unit: $(STAMP) browser
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pytest $(if $(SLOW),,-m "not slow") $(PYTEST_ARGS)
 
 test: lint typecheck lint-deploy unit
@@ -118,9 +127,11 @@ models: $(STAMP)
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
 
-# TorchServe archives of the three demo models (build outputs in model_store/, git-ignored)
+# TorchServe archives of the three demo models into archives/, TorchServe's model store
+# (git-ignored; model_store/config.properties loads all of it). The sources stay in model_store/:
+# TorchServe would read their folders as archives without a handler.
 archives: $(STAMP)
 	for m in sepvit_lite_shapes_cls sepvit_lite_shapes_det sepvit_lite_shapes_seg; do \
 		$(VENV)/bin/sepvit-archive --checkpoint model_store/$$m/model.safetensors \
-			--config model_store/$$m/model-config.yaml --name $$m --export-path model_store --force || exit 1; \
+			--config model_store/$$m/model-config.yaml --name $$m --export-path archives --force || exit 1; \
 	done

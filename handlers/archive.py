@@ -8,7 +8,7 @@ safetensors and pyyaml installed can serve it without this project being install
 
     sepvit-archive --checkpoint model_store/sepvit_lite_shapes_cls/model.safetensors \\
         --config model_store/sepvit_lite_shapes_cls/model-config.yaml \\
-        --name sepvit_lite_shapes_cls --export-path model_store --force
+        --name sepvit_lite_shapes_cls --export-path archives --force
 """
 
 from __future__ import annotations
@@ -129,7 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoint", required=True, help="native .safetensors checkpoint")
     p.add_argument("--config", required=True, help="model-config.yaml for TorchServe")
     p.add_argument("--name", required=True, help="model name (the archive is <name>.mar)")
-    p.add_argument("--export-path", default="model_store")
+    p.add_argument(
+        "--export-path", default="archives", help="TorchServe's model store (default: archives)"
+    )
     p.add_argument("--version", default="1.0")
     p.add_argument("--force", action="store_true", help="overwrite an existing archive")
     a = p.parse_args(argv)

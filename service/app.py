@@ -37,6 +37,7 @@ from .dataplane import DataPlane
 from .errors import ErrorInfo, ServiceError
 from .metrics import Metrics
 from .middleware import GatewayMiddleware, error_response, is_oip
+from .pages import add_pages
 from .rest import router
 from .settings import Settings, load_settings
 from .watchdog import LoopWatch
@@ -169,6 +170,8 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
         description="Classification, detection and segmentation with SepViT models: task "
         "routes, the Open Inference Protocol v2 and Prometheus metrics.",
         lifespan=lifespan,
+        docs_url=None,  # service/pages.py serves /docs without a CDN (and no /redoc)
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.metrics = metrics
@@ -177,6 +180,7 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
     app.state.grpc_port = None
     app.state.limit = app.state.admission = admission
     app.include_router(router)
+    add_pages(app)
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(PipelineError, _service_error)
     app.add_exception_handler(RequestValidationError, _validation_error)

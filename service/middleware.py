@@ -2,10 +2,11 @@
 reach the routes): the HTTP adapter of :class:`service.admission.Admission`, plus the body's
 size and time limits.
 
-Order per request: request ID -> auth (liveness exempt) -> drain and concurrency limit (health
-and metrics exempt, so probes answer under overload) -> body limits (size on ``Content-Length``
-and while the body streams; the whole body within ``body_timeout_s``, else 408) -> the app.
-Refusals are JSON errors from :func:`service.errors.describe`.
+Order per request: request ID -> auth (liveness and the public pages of :mod:`service.pages`
+exempt) -> drain and concurrency limit (health and metrics exempt, so probes answer under
+overload) -> body limits (size on ``Content-Length`` and while the body streams; the whole body
+within ``body_timeout_s``, else 408) -> the app. Refusals are JSON errors from
+:func:`service.errors.describe`.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from .errors import (
     ServiceError,
     describe,
 )
+from .pages import is_public
 from .settings import Settings
 
 __all__ = ["AUTH_EXEMPT", "GatewayMiddleware", "error_response", "is_oip"]
@@ -79,7 +81,9 @@ class GatewayMiddleware:
         try:
             try:
                 self.admission.check(
-                    call, auth=path not in AUTH_EXEMPT, limited=path not in LIMIT_EXEMPT
+                    call,
+                    auth=path not in AUTH_EXEMPT and not is_public(path),
+                    limited=path not in LIMIT_EXEMPT,
                 )
                 receive = self._limit_body(headers, receive)
             except ServiceError as exc:

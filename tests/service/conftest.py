@@ -111,8 +111,13 @@ class Gateway:
 
 
 def start_gateway(
-    tmp: Path, models: list[dict], timeout: float = 120.0, **settings: Any
+    tmp: Path,
+    models: list[dict],
+    timeout: float = 120.0,
+    headers: dict[str, str] | None = None,
+    **settings: Any,
 ) -> Gateway:
+    """Start ``sepvit-serve`` and wait until ready (``headers``: e.g. the token, with auth on)."""
     port, grpc_port = free_port(), free_port()
     config = {"models": models, "grpc_port": grpc_port, "port": port, **settings}
     cfg = tmp / f"gateway-{port}.yaml"
