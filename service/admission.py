@@ -32,7 +32,7 @@ import hashlib
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
@@ -71,6 +71,8 @@ class Call:
     slots: int = 0
     cut: bool = False  # cancelled by the drain's cut-off
     task: asyncio.Task[object] | None = None
+    # how the drain ends this call: the adapter's own callback, else cancelling its task
+    on_cut: Callable[[], None] | None = None
     _context: Token[str | None] | None = None
     _call_context: Token[Call | None] | None = None
 
@@ -235,13 +237,16 @@ class Admission:
 
     # -- the drain ---------------------------------------------------------------------------
     def cut_off(self) -> int:
-        """Cancel every call that still holds a slot; their adapters answer 503/UNAVAILABLE.
-        Returns how many were cut."""
+        """End every call still running (its ``on_cut``, else cancel its task); their adapters
+        answer 503/UNAVAILABLE. Returns how many were cut."""
         cut = 0
         for call in list(self.calls):
             if call.task is not None and not call.task.done():
                 call.cut = True
-                call.task.cancel()
+                if call.on_cut is not None:
+                    call.on_cut()
+                else:
+                    call.task.cancel()
                 cut += 1
         if cut:
             logging.getLogger(__name__).warning("shutdown grace over: %d calls cut off", cut)

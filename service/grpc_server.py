@@ -143,7 +143,7 @@ class AdmissionInterceptor(grpc.aio.ServerInterceptor):
         admission = self.admission
 
         @asynccontextmanager
-        async def served(context: Any) -> AsyncIterator[None]:
+        async def served(context: Any) -> AsyncIterator[Call]:
             """Admit, run the body, answer: every error (and the drain's cut-off) becomes
             ``context.abort`` with its code; the call is closed (logged, counted) either way."""
             call = self._open(method, metadata, context)
@@ -151,7 +151,7 @@ class AdmissionInterceptor(grpc.aio.ServerInterceptor):
             try:
                 try:
                     admission.check(call, auth=auth, limited=limited, stream=stream)
-                    yield
+                    yield call
                     context.set_trailing_metadata((("x-request-id", call.request_id),))
                     code = "OK"
                 except asyncio.CancelledError:
@@ -180,8 +180,22 @@ class AdmissionInterceptor(grpc.aio.ServerInterceptor):
 
         # grpc.aio tells coroutines and async generators from plain functions by their kind
         async def bound_unary(request: Any, context: Any) -> Any:
-            async with served(context):
-                return await behavior(request, context)
+            async with served(context) as call:
+                # the drain's cut-off ends the work, never the RPC's own task: grpc.aio cancels
+                # an RPC whose task is cancelled at the wrong moment
+                work = asyncio.ensure_future(behavior(request, context))
+                cut = asyncio.Event()
+                call.on_cut = cut.set
+                waiter = asyncio.ensure_future(cut.wait())
+                try:
+                    await asyncio.wait({work, waiter}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    waiter.cancel()
+                    if not work.done():
+                        work.cancel()
+                if work.done() and not work.cancelled():
+                    return work.result()
+                raise _grace_over()
 
         async def bound_stream(request: Any, context: Any) -> AsyncIterator[Any]:
             async with served(context):
