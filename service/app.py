@@ -90,24 +90,37 @@ class Drain:
         self.settings = settings
         self.grpc_server: Any = None
         self.grpc_stop: asyncio.Task[None] | None = None
+        self.cut_at: float | None = None  # loop time of the cut-off, once stopping
 
     def begin(self) -> None:
         """Not ready and no new work, on both transports."""
         self.plane.draining = True
 
     def stop_accepting(self) -> None:
-        """Close gRPC to new calls (in-flight ones get the grace) and schedule the cut-off."""
+        """Close gRPC to new calls (in-flight ones get the grace) and schedule the cut-off
+        (once)."""
+        if self.cut_at is not None:
+            return
         grace = self.settings.shutdown_grace_s
         loop = asyncio.get_running_loop()
-        if self.grpc_server is not None and self.grpc_stop is None:
+        if self.grpc_server is not None:
             self.grpc_stop = loop.create_task(self.grpc_server.stop(grace))
-        loop.call_later(max(0.0, grace - min(CUT_OFF_MARGIN_S, grace / 4)), self.admission.cut_off)
+        self.cut_at = loop.time() + max(0.0, grace - min(CUT_OFF_MARGIN_S, grace / 4))
+        loop.call_at(self.cut_at, self.admission.cut_off)
 
     async def finish(self) -> None:
+        """The lifespan's end: stop, then wait until every admitted call has answered (the
+        cut-off answers the last ones): grpc.aio's ``stop`` can return while handlers still
+        run, and leaving then would drop their answers."""
         self.begin()
         self.stop_accepting()
         if self.grpc_stop is not None:
             await self.grpc_stop
+        loop = asyncio.get_running_loop()
+        assert self.cut_at is not None
+        end = self.cut_at + CUT_OFF_MARGIN_S
+        while self.admission.calls and loop.time() < end:
+            await asyncio.sleep(0.02)
 
     def on_sigterm(self) -> None:
         """Chain onto the server's SIGTERM handler: not ready at once; ``drain_delay_s`` later

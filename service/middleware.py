@@ -12,6 +12,7 @@ within ``body_timeout_s``, else 408) -> the app. Refusals are JSON errors from
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import Any
 
@@ -78,28 +79,39 @@ class GatewayMiddleware:
                 message["headers"] = [*message["headers"], *extra]
             await send(message)
 
+        limited = path not in LIMIT_EXEMPT
         try:
             try:
                 self.admission.check(
-                    call,
-                    auth=path not in AUTH_EXEMPT and not is_public(path),
-                    limited=path not in LIMIT_EXEMPT,
+                    call, auth=path not in AUTH_EXEMPT and not is_public(path), limited=limited
                 )
                 receive = self._limit_body(headers, receive)
             except ServiceError as exc:
                 await self._answer(exc, call, scope, receive, send_wrapper)
                 return
-            try:
+            if not limited:  # probes and metrics: never cut off, no task of their own
                 await self.app(scope, receive, send_wrapper)
-            except asyncio.CancelledError:
-                if not call.cut:
-                    raise
-                task = asyncio.current_task()
-                if task is not None:
-                    task.uncancel()  # the drain cancelled this call; it still gets its answer
-                if not started:
+                return
+            # the app runs as a task of its own, so that the drain's cut-off can end it (and
+            # answer 503 if nothing was sent yet) without cancelling the server's request task
+            work = asyncio.ensure_future(self.app(scope, receive, send_wrapper))
+            cut = asyncio.Event()
+            call.on_cut = cut.set
+            waiter = asyncio.ensure_future(cut.wait())
+            try:
+                await asyncio.wait({work, waiter}, return_when=asyncio.FIRST_COMPLETED)
+                if not work.done() and not started:
+                    work.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await work
                     over = NotReadyError("the server is shutting down (grace period over)")
                     await self._answer(over, call, scope, receive, send_wrapper)
+                else:
+                    await work  # done, or its answer is already on the way: let it finish
+            finally:
+                waiter.cancel()
+                if not work.done():  # this request's own task was cancelled
+                    work.cancel()
         finally:
             route = scope.get("route")
             self.admission.close(call, str(status), getattr(route, "path", None) or "unmatched")
