@@ -1,4 +1,8 @@
-"""``sepvit-archive``: build a TorchServe model archive (``.mar``) from a native checkpoint.
+"""``sepvit-archive``: build a TorchServe model archive (``.mar``) from a checkpoint.
+
+A native checkpoint is archived as it is. An mmdet/mmseg checkpoint of a registered head is
+loaded (strictly, see :func:`sepvit.load_model`) and written once as a native checkpoint, so the
+archive carries its preprocessing preset and class names, and the worker never unpickles.
 
 The archive is self-contained apart from third-party packages: it holds the checkpoint as
 ``model.safetensors``, the ``model-config.yaml`` (TorchServe frontend settings plus the
@@ -78,12 +82,15 @@ def build_archive(
     """Build ``<export_path>/<name>.mar`` and return its path."""
     from model_archiver.model_packaging import generate_model_archive
 
-    from sepvit.checkpoint import read_metadata
+    from sepvit.checkpoint import is_native_checkpoint, read_metadata, save_checkpoint
+    from sepvit.registry import load_model
 
     checkpoint, config, export = Path(checkpoint), Path(config), Path(export_path)
     if not checkpoint.is_file():
         raise ArchiveError(f"checkpoint not found: {checkpoint}")
-    read_metadata(checkpoint)  # a native checkpoint with valid metadata, or CheckpointError
+    native = is_native_checkpoint(checkpoint)
+    if native:
+        read_metadata(checkpoint)  # valid metadata, or CheckpointError
     validate_config(config)
     export.mkdir(parents=True, exist_ok=True)
     target = export / f"{name}.mar"
@@ -91,7 +98,13 @@ def build_archive(
         raise ArchiveError(f"{target} exists; pass --force to overwrite")
     with tempfile.TemporaryDirectory(prefix="sepvit-archive-") as tmp:
         stage = Path(tmp)
-        shutil.copy2(checkpoint, stage / "model.safetensors")
+        if native:
+            shutil.copy2(checkpoint, stage / "model.safetensors")
+        else:  # OpenMMLab: load strictly (or CheckpointError), store natively
+            provenance = {"converted_from": checkpoint.name}
+            save_checkpoint(
+                load_model(checkpoint), stage / "model.safetensors", provenance=provenance
+            )
         _copy_sources(stage / "src")  # the archiver copies this folder's *contents* to the root
         argv = [
             "--model-name",
@@ -126,7 +139,9 @@ def build_archive(
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="sepvit-archive", description=__doc__.split("\n\n")[0])
-    p.add_argument("--checkpoint", required=True, help="native .safetensors checkpoint")
+    p.add_argument(
+        "--checkpoint", required=True, help="native .safetensors or mmdet/mmseg .pth checkpoint"
+    )
     p.add_argument("--config", required=True, help="model-config.yaml for TorchServe")
     p.add_argument("--name", required=True, help="model name (the archive is <name>.mar)")
     p.add_argument(

@@ -38,9 +38,11 @@ class DecodeLimits:
     max_side: int = 16_384
 
 
-# what one decoded pixel costs at the peak of a decode: Pillow's 4-byte RGB(X) image plus the
-# 3-byte numpy copy, plus a mode conversion or EXIF rotation of the Pillow image (4 more)
-DECODE_BYTES_PER_PIXEL = 11
+# what one decoded pixel costs at the peak of decode + preprocess: Pillow's 4-byte RGB(X) image
+# plus the 3-byte numpy copy, plus a mode conversion or EXIF rotation of the Pillow image (4
+# more) while decoding; then the 3-byte array plus the keep-ratio resize's float32 copy (12)
+# while preprocessing: at most 15
+DECODE_BYTES_PER_PIXEL = 15
 
 
 class PixelBudget:

@@ -8,8 +8,14 @@
   image fits, place it at the top-left, pad the rest. The inverse maps network-input pixels back
   to original pixels exactly: ``x_orig = x_net / s`` (boxes), and the valid region of a logit map
   is ``[:round(h*s), :round(w*s)]`` (masks).
+* OpenMMLab checkpoints (``resize: keep_ratio`` presets): mmcv's ``imrescale`` to fit a
+  ``(long, short)`` scale (``s = min(long / max(h, w), short / min(h, w))``, sides
+  ``int(side * s + 0.5)``), bilinear without antialiasing as OpenCV's ``INTER_LINEAR``, then padding
+  bottom-right to a multiple of ``pad_divisor``. Each image keeps its own shape; the inverse is the
+  same per-axis mapping.
 
-Resampling uses Pillow; images are ``[H, W, 3]`` uint8 arrays.
+Resampling uses Pillow, except the keep-ratio path (torch, to follow OpenCV); images are
+``[H, W, 3]`` uint8 arrays.
 """
 
 from __future__ import annotations
@@ -20,7 +26,14 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-__all__ = ["Letterbox", "choose_bucket", "classify_transform", "letterbox", "resample_filter"]
+__all__ = [
+    "Letterbox",
+    "choose_bucket",
+    "classify_transform",
+    "keep_ratio_resize",
+    "letterbox",
+    "resample_filter",
+]
 
 _FILTERS = {
     "nearest": Image.Resampling.NEAREST,
@@ -67,10 +80,13 @@ class Letterbox:
     orig_w: int
     bucket: tuple[int, int]
     scale: float
+    resized: tuple[int, int] | None = None  # the content's size where it is not round(side * s)
 
     @property
     def valid_hw(self) -> tuple[int, int]:
         """Size of the image content inside the bucket (the rest is padding)."""
+        if self.resized is not None:
+            return self.resized
         return (
             min(self.bucket[0], max(1, round(self.orig_h * self.scale))),
             min(self.bucket[1], max(1, round(self.orig_w * self.scale))),
@@ -115,3 +131,32 @@ def letterbox(
         resized = Image.fromarray(image).resize((vw, vh), resample_filter(interpolation))
         out[:vh, :vw] = np.asarray(resized)
     return out, box
+
+
+def keep_ratio_resize(
+    image: np.ndarray, scale: tuple[int, int], pad_divisor: int = 1
+) -> tuple[np.ndarray, Letterbox]:
+    """mmcv's keep-ratio ``imrescale`` to fit ``scale`` (two sides, in any order), then zero
+    padding bottom-right to a multiple of ``pad_divisor``.
+
+    The resize is bilinear with half-pixel centres and no antialiasing (OpenCV ``INTER_LINEAR``,
+    what mmdet/mmseg use), rounded to uint8. Returns the padded image and its :class:`Letterbox`
+    (``valid_hw`` is the resized content).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    h, w = image.shape[:2]
+    s = min(max(scale) / max(h, w), min(scale) / min(h, w))
+    nh, nw = max(1, int(h * s + 0.5)), max(1, int(w * s + 0.5))
+    if (nh, nw) == (h, w):
+        resized = image
+    else:
+        t = torch.from_numpy(np.require(image, requirements=["C", "W"])).permute(2, 0, 1)
+        t = F.interpolate(t[None].float(), size=(nh, nw), mode="bilinear", align_corners=False)
+        resized = t[0].permute(1, 2, 0).round_().clamp_(0, 255).to(torch.uint8).numpy()
+    d = max(1, int(pad_divisor))
+    ph, pw = -(-nh // d) * d, -(-nw // d) * d
+    out = np.zeros((ph, pw, 3), np.uint8)
+    out[:nh, :nw] = resized
+    return out, Letterbox(h, w, (ph, pw), s, resized=(nh, nw))

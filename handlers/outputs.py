@@ -1,4 +1,5 @@
-"""Segmentation output encodings: COCO RLE, PNG label map, colour overlay.
+"""Segmentation output encodings: COCO RLE, PNG label map, colour overlay; for instance masks
+(Mask R-CNN) RLE from a mask crop, an instance-id PNG and an instance overlay with boxes.
 
 COCO RLE: the mask is read in column-major order and stored as run lengths that alternate
 zeros/ones, starting with zeros. ``counts`` uses COCO's compressed string form: each run is
@@ -11,17 +12,23 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 
 __all__ = [
+    "InstanceMask",
+    "instance_map",
+    "instance_map_png",
+    "instance_overlay_png",
     "label_map_png",
     "overlay_png",
     "palette",
     "rle_decode",
     "rle_encode",
+    "rle_encode_crop",
     "segments_from_labels",
 ]
 
@@ -77,6 +84,78 @@ def rle_encode(mask: np.ndarray) -> dict[str, Any]:
     if mask.ndim != 2:
         raise ValueError(f"mask must be 2-D, got shape {mask.shape}")
     return {"size": [int(mask.shape[0]), int(mask.shape[1])], "counts": _encode_counts(_runs(mask))}
+
+
+@dataclass
+class InstanceMask:
+    """A boolean mask ``crop`` whose top-left pixel sits at ``(x0, y0)`` of the image; every
+    pixel outside the crop is background."""
+
+    crop: np.ndarray
+    x0: int
+    y0: int
+
+
+def rle_encode_crop(mask: InstanceMask, size: tuple[int, int]) -> dict[str, Any]:
+    """COCO RLE of the full ``size = (H, W)`` image holding ``mask``, built from the crop's
+    columns only (work ~ H x crop width, never the whole image)."""
+    h, w = size
+    ch, cw = mask.crop.shape
+    x0 = min(max(mask.x0, 0), w)
+    cw = max(min(cw, w - x0), 0)
+    ch = max(min(ch, h - mask.y0), 0)
+    if ch == 0 or cw == 0:
+        return {"size": [h, w], "counts": _encode_counts([h * w])}
+    columns = np.zeros((h, cw), dtype=bool)
+    columns[mask.y0 : mask.y0 + ch] = mask.crop[:ch, :cw]
+    runs = _runs(columns)
+    runs[0] += x0 * h  # the all-zero columns on the left
+    trailing = (w - x0 - cw) * h
+    if len(runs) % 2 == 1:  # ends with zeros
+        runs[-1] += trailing
+    elif trailing:
+        runs.append(trailing)
+    return {"size": [h, w], "counts": _encode_counts(runs)}
+
+
+def instance_map(masks: Sequence[InstanceMask], size: tuple[int, int]) -> np.ndarray:
+    """``[H, W]`` map of instance ids: 0 background, ``i + 1`` for ``masks[i]``; where masks
+    overlap, the earlier (higher-scoring) one wins."""
+    out = np.zeros(size, dtype=np.uint16 if len(masks) > 255 else np.uint8)
+    for i in range(len(masks) - 1, -1, -1):
+        m = masks[i]
+        ch, cw = m.crop.shape
+        region = out[m.y0 : m.y0 + ch, m.x0 : m.x0 + cw]
+        region[m.crop[: region.shape[0], : region.shape[1]]] = i + 1
+    return out
+
+
+def instance_map_png(masks: Sequence[InstanceMask], size: tuple[int, int]) -> bytes:
+    """:func:`instance_map` as a grayscale PNG (8-bit, or 16-bit past 255 instances)."""
+    ids = instance_map(masks, size)
+    mode = "I;16" if ids.dtype == np.uint16 else "L"
+    return _png(Image.fromarray(ids, mode=mode))
+
+
+def instance_overlay_png(
+    image: np.ndarray,
+    masks: Sequence[InstanceMask],
+    boxes: Sequence[Sequence[float]],
+    alpha: float = 0.5,
+) -> bytes:
+    """Each instance in its own colour blended over the image, with its box outlined."""
+    ids = instance_map(masks, image.shape[:2]).astype(np.int64)
+    colours = palette()[(ids % 255) + (ids > 0)]  # skip the black entry for instances
+    blend = image.astype(np.float32)
+    on = ids > 0
+    blend[on] = blend[on] * (1 - alpha) + colours[on].astype(np.float32) * alpha
+    img = Image.fromarray(np.clip(blend + 0.5, 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(img)
+    pal = palette()
+    for i, box in enumerate(boxes):
+        colour = tuple(int(c) for c in pal[(i + 1) % 255 + 1])
+        draw.rectangle([float(v) for v in box], outline=colour, width=2)
+    return _png(img)
 
 
 def rle_decode(rle: dict[str, Any]) -> np.ndarray:

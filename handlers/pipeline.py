@@ -8,7 +8,10 @@ own :class:`~handlers.errors.PipelineError` in its slot while the others are ans
 Results (JSON-ready dicts; pixel coordinates refer to the original image after EXIF orientation):
 
 * classify: ``{"top_k": [{"label", "index", "score"}]}``
-* detect: ``{"detections": [{"label", "index", "score", "box": [x1, y1, x2, y2]}]}``
+* detect: ``{"detections": [{"label", "index", "score", "box": [x1, y1, x2, y2]}]}``; a Mask
+  R-CNN model adds ``"mask": {"size", "counts"}`` (COCO RLE at the original size) per detection,
+  and answers ``format=png`` (instance-id map: 0 background, ``i + 1`` for detection ``i``) and
+  ``format=overlay`` (instance colours and boxes) with a PNG.
 * segment: ``{"segments": [{"label", "index", "area", "rle": {"size", "counts"}}]}`` (default),
   or ``{"media_type": "image/png", "data": bytes}`` for ``format=png`` (label map) and
   ``format=overlay`` (colour overlay).
@@ -28,8 +31,16 @@ from torch import Tensor, nn
 
 from .decode import DecodeLimits, PixelBudget, decode_image, image_pixels
 from .errors import BadParameterError, PipelineError, TooManyImagesError
-from .geometry import Letterbox, classify_transform, letterbox
-from .outputs import label_map_png, overlay_png, segments_from_labels
+from .geometry import Letterbox, classify_transform, keep_ratio_resize, letterbox
+from .outputs import (
+    InstanceMask,
+    instance_map_png,
+    instance_overlay_png,
+    label_map_png,
+    overlay_png,
+    rle_encode_crop,
+    segments_from_labels,
+)
 from .runtime import Runtime, build_runtime, check_parity, golden_inputs
 
 __all__ = ["Pipeline", "PipelineConfig", "Prepared", "RequestParams"]
@@ -81,6 +92,7 @@ class RequestParams:
 
     top_k: int | None = None
     score_threshold: float | None = None
+    max_detections: int | None = None
     format: str | None = None
 
     @classmethod
@@ -92,6 +104,10 @@ class RequestParams:
                 out.top_k = int(raw["top_k"])
                 if not 1 <= out.top_k <= 1000:
                     raise BadParameterError("top_k must be between 1 and 1000")
+            if raw.get("max_detections") is not None:
+                out.max_detections = int(raw["max_detections"])
+                if not 1 <= out.max_detections <= 1000:
+                    raise BadParameterError("max_detections must be between 1 and 1000")
             if raw.get("score_threshold") is not None:
                 out.score_threshold = float(raw["score_threshold"])
                 if not 0.0 <= out.score_threshold <= 1.0:
@@ -145,7 +161,15 @@ class Pipeline:
         self.mean = torch.tensor(self.cfg["mean"]).view(1, 3, 1, 1)
         self.std = torch.tensor(self.cfg["std"]).view(1, 3, 1, 1)
         self.buckets = self.config.buckets or [self.input_size]
+        # OpenMMLab presets: keep-ratio resize and pad per image (configured buckets override)
+        self.keep_ratio = (
+            self.task != "classify"
+            and self.cfg.get("resize") == "keep_ratio"
+            and not self.config.buckets
+        )
+        self.pad_divisor = int(self.cfg.get("pad_divisor") or 1)
         self.background = 0 if (self.labels and self.labels[0] == "background") else None
+        self.has_masks = self.cfg.get("head") == "mask_rcnn"  # instance masks per detection
         self.runtime, self.parity = self._load_runtime()
 
     # -- loading -----------------------------------------------------------------------------
@@ -158,6 +182,11 @@ class Pipeline:
             raise ValueError("non-eager runtimes serve one shape bucket; configure a single bucket")
         size = self.buckets[0] if self.task != "classify" else self.input_size
         try:
+            if self.keep_ratio:
+                raise ValueError(
+                    "keep-ratio preprocessing gives each image its own shape; configure one "
+                    "shape bucket (handler option buckets) for a non-eager runtime"
+                )
             candidate = build_runtime(
                 name,
                 self.model,
@@ -190,11 +219,21 @@ class Pipeline:
         if self.task == "classify":
             crop = float(self.cfg.get("crop_pct", 0.875))
             return classify_transform(image, self.input_size, crop, interp), None
+        if self.keep_ratio:
+            return keep_ratio_resize(image, self.input_size, self.pad_divisor)
         return letterbox(image, self.buckets, interpolation="bilinear")
 
-    def _to_batch(self, arrays: Sequence[np.ndarray]) -> Tensor:
+    def _to_batch(
+        self, arrays: Sequence[np.ndarray], valid: Sequence[tuple[int, int]] | None = None
+    ) -> Tensor:
+        """Normalised ``[B, 3, H, W]``; with ``valid`` sizes, the padding beyond them is zero
+        *after* normalisation (mmdet/mmseg pad the normalised batch)."""
         x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().div_(255.0)
-        return (x - self.mean) / self.std
+        x = (x - self.mean) / self.std
+        for i, (vh, vw) in enumerate(valid or ()):
+            x[i, :, vh:] = 0.0
+            x[i, :, :, vw:] = 0.0
+        return x
 
     def infer(self, batch: Tensor) -> list[Tensor]:
         return [t.cpu() for t in self.runtime(batch)]
@@ -202,7 +241,7 @@ class Pipeline:
     def _decode_raw(self, raw: list[Tensor]) -> list[dict[str, Tensor]]:
         """Detections in bucket pixels for a raw detector output (parity checks)."""
         return self.model.postprocess(  # type: ignore[operator]
-            raw[0], raw[1], self.buckets[0], max_detections=self.config.max_detections
+            *raw, image_size=self.buckets[0], max_detections=self.config.max_detections
         )
 
     def postprocess(
@@ -218,12 +257,15 @@ class Pipeline:
                     if it.params.score_threshold is not None
                     else self.config.score_threshold
                 )
+                limit = self.config.max_detections
+                if it.params.max_detections is not None:
+                    limit = min(limit, it.params.max_detections)
                 (det,) = self.model.postprocess(  # type: ignore[operator]
-                    raw[0][i : i + 1],
-                    raw[1][i : i + 1],
-                    hw,
+                    *(r[i : i + 1] for r in raw),
+                    image_size=hw,
                     score_thresh=thresh,
-                    max_detections=self.config.max_detections,
+                    max_detections=limit,
+                    clip_size=it.box.valid_hw if self.keep_ratio and it.box else None,
                 )
                 out.append(self._detect_result(det, it))
             return out
@@ -247,20 +289,44 @@ class Pipeline:
         assert it.box is not None
         boxes = it.box.boxes_to_original(det["boxes"].numpy())
         keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-        return {
-            "detections": [
-                {
-                    "label": self._label(int(lbl)),
-                    "index": int(lbl),
-                    "score": float(score),
-                    "box": [round(float(v), 2) for v in box],
-                }
-                for box, score, lbl, k in zip(
-                    boxes, det["scores"], det["labels"], keep, strict=True
-                )
-                if k
-            ]
-        }
+        detections = [
+            {
+                "label": self._label(int(lbl)),
+                "index": int(lbl),
+                "score": float(score),
+                "box": [round(float(v), 2) for v in box],
+            }
+            for box, score, lbl, k in zip(boxes, det["scores"], det["labels"], keep, strict=True)
+            if k
+        ]
+        if "mask_probs" not in det:
+            return {"detections": detections}
+        masks = self._instance_masks(det["mask_probs"][torch.from_numpy(keep)], boxes[keep], it)
+        size = (it.box.orig_h, it.box.orig_w)
+        if it.params.format == "png":
+            return {"media_type": "image/png", "data": instance_map_png(masks, size)}
+        if it.params.format == "overlay":
+            with self.budget.hold(size[0] * size[1]):
+                image = self.decode(it.payload)
+                data = instance_overlay_png(image, masks, boxes[keep].tolist())
+            return {"media_type": "image/png", "data": data}
+        for d, m in zip(detections, masks, strict=True):
+            d["mask"] = rle_encode_crop(m, size)
+        return {"detections": detections}
+
+    def _instance_masks(self, probs: Tensor, boxes: np.ndarray, it: _Item) -> list[InstanceMask]:
+        """Mask R-CNN's ``[n, 28, 28]`` probabilities pasted at the original image size, each
+        into its own box region only (mmdet's ``rescale=True`` pasting)."""
+        from sepvit.heads.mask_rcnn import paste_mask
+
+        assert it.box is not None
+        size = (it.box.orig_h, it.box.orig_w)
+        thresh = float(getattr(self.model, "mask_thresh", 0.5))
+        out = []
+        for p, b in zip(probs, torch.from_numpy(boxes).float(), strict=True):
+            crop, x0, y0 = paste_mask(p, b, size, thresh)
+            out.append(InstanceMask(crop.numpy(), x0, y0))
+        return out
 
     def label_map(self, logits: Tensor, box: Letterbox) -> np.ndarray:
         """``[K, Hb, Wb]`` bucket logits -> ``[H, W]`` labels at the original image size."""
@@ -316,8 +382,12 @@ class Pipeline:
         for i, (payload, raw_params) in enumerate(zip(payloads, plist, strict=True)):
             try:
                 p = RequestParams.parse(raw_params)
-                if p.format is not None and self.task != "segment":
-                    raise BadParameterError("format applies to segmentation only")
+                if p.format is not None and self.task != "segment" and not self.has_masks:
+                    raise BadParameterError(
+                        "format applies to segmentation and instance segmentation only"
+                    )
+                if p.format == "rle" and self.task == "detect":
+                    p.format = None  # detections with RLE masks are the default answer
                 with self.budget.hold(image_pixels(payload)):
                     arr, box = self.preprocess(self.decode(payload))
                 self._check_input(arr)
@@ -328,16 +398,24 @@ class Pipeline:
         return out
 
     def _check_input(self, arr: np.ndarray) -> None:
-        """The limit that matters is on the tensor the model sees: one of its input shapes."""
-        shapes = [self.input_size] if self.task == "classify" else self.buckets
-        if tuple(arr.shape[:2]) not in shapes or arr.shape[2:] != (3,):
-            raise RuntimeError(f"preprocessing produced {arr.shape}, not one of {shapes}")
+        """The limit that matters is on the tensor the model sees: one of its input shapes, or
+        (keep-ratio models) within the configured scale, padded."""
+        h, w = arr.shape[:2]
+        if self.task != "classify" and self.keep_ratio:
+            d = max(1, int(self.pad_divisor))
+            side = -(-max(self.input_size) // d) * d
+            ok = h <= side and w <= side and min(h, w) <= -(-min(self.input_size) // d) * d
+        else:
+            ok = (h, w) in ([self.input_size] if self.task == "classify" else self.buckets)
+        if not ok or arr.shape[2:] != (3,):
+            raise RuntimeError(f"preprocessing produced {arr.shape}, beyond the model's input")
 
     def run(self, prepared: Prepared) -> list[dict[str, Any] | PipelineError]:
         """The second half of :meth:`handle`: infer each shape group, postprocess, in order."""
         results = prepared.results
         for hw, items in prepared.groups.items():
-            raw = self.infer(self._to_batch([it.tensor for it in items]))
+            valid = [it.box.valid_hw for it in items if it.box] if self.keep_ratio else None
+            raw = self.infer(self._to_batch([it.tensor for it in items], valid))
             for it, res in zip(items, self.postprocess(raw, items, hw), strict=True):
                 results[it.index] = res
         return [r for r in results if r is not None]

@@ -286,9 +286,17 @@ def check_parity(
     * segment: per-pixel argmax agreement >= 0.99 (mask IoU of the label maps);
     * detect: each of the reference's top 20 decoded detections (``decode(raw) -> [{"boxes",
       "labels"}]``) is matched to the candidate's best-overlapping detection of the same label:
-      mean IoU >= 0.95, and >= 99 % of them found at IoU >= 0.5.
+      mean IoU >= 0.95, and >= 99 % of them found at IoU >= 0.5; with instance masks
+      (``mask_probs``), the matched masks' mean |probability difference| <= 0.02.
     """
-    tol = {"top1": 0.99, "prob": 0.02, "pixel": 0.99, "box_iou": 0.95, **(tolerances or {})}
+    tol = {
+        "top1": 0.99,
+        "prob": 0.02,
+        "pixel": 0.99,
+        "box_iou": 0.95,
+        "mask_prob": 0.02,
+        **(tolerances or {}),
+    }
     got = candidate(inputs)
     want = reference(inputs)
     metrics: dict[str, float] = {}
@@ -305,7 +313,7 @@ def check_parity(
             raise ValueError("detection parity needs a decode function")
         from sepvit.ops import box_iou
 
-        ious, same = [], []
+        ious, same, mask_diff = [], [], []
         for dg, dw in zip(decode(got), decode(want), strict=True):
             # each of the reference's top detections against the candidate's detections of the
             # same label: several labels can share one box, and near-tied scores may reorder
@@ -319,9 +327,16 @@ def check_parity(
                 best = float(iou[i][hits].max()) if hits.any() else 0.0
                 ious.append(best)
                 same.append(float(best >= 0.5))
+                if "mask_probs" in dw and best >= 0.5:  # instance masks of the matched box
+                    j = int(torch.nonzero(hits).squeeze(1)[iou[i][hits].argmax()])
+                    diff = dg["mask_probs"][j] - dw["mask_probs"][i]
+                    mask_diff.append(float(diff.abs().mean()))
         metrics["box_iou"] = float(np.mean(ious)) if ious else 1.0
         metrics["labels"] = float(np.mean(same)) if same else 1.0
         ok = metrics["box_iou"] >= tol["box_iou"] and metrics["labels"] >= tol["top1"]
+        if mask_diff:
+            metrics["mask_prob"] = float(np.mean(mask_diff))
+            ok = ok and metrics["mask_prob"] <= tol["mask_prob"]
     else:
         raise ValueError(f"unknown task {task!r}")
     return ParityReport(

@@ -38,7 +38,7 @@ from handlers.pipeline import Pipeline, PipelineConfig
 log = logging.getLogger(__name__)
 
 IMAGE_KEYS = ("body", "data", "file", "image")
-PARAM_KEYS = ("top_k", "score_threshold", "format")
+PARAM_KEYS = ("top_k", "score_threshold", "max_detections", "format")
 
 
 def _text(value: Any) -> str:
@@ -74,8 +74,7 @@ class SepViTHandler(BaseHandler):
         self.pipeline: Pipeline | None = None
 
     def initialize(self, context: Any) -> None:
-        from sepvit.checkpoint import read_metadata
-        from sepvit.registry import create_model
+        from sepvit.registry import checkpoint_info, load_model
 
         props = context.system_properties
         model_dir = Path(props.get("model_dir", "."))
@@ -84,8 +83,8 @@ class SepViTHandler(BaseHandler):
         checkpoint = model_dir / str(options.pop("checkpoint", "model.safetensors"))
         threads = int(options.get("threads") or os.environ.get("SEPVIT_TORCH_THREADS") or 1)
         torch.set_num_threads(max(1, threads))
-        meta = read_metadata(checkpoint)
-        model = create_model(meta["variant"], task=meta["task"], checkpoint=checkpoint)
+        meta = checkpoint_info(checkpoint)
+        model = load_model(checkpoint)
         self.pipeline = Pipeline(model, PipelineConfig.from_mapping(options))
         self.model = model
         self.initialized = True

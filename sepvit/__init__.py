@@ -3,7 +3,16 @@
 from .backbones.sepvit import SEPVIT_VARIANTS, SepViT, checkpoint_filter_fn
 from .backbones.set import SET_VARIANTS, SeT
 from .checkpoint import CheckpointError, LoadReport, read_metadata, save_checkpoint
-from .registry import TASKS, UnknownModelError, create_model, list_models, model_config
+from .registry import (
+    TASKS,
+    UnknownModelError,
+    checkpoint_info,
+    create_model,
+    list_heads,
+    list_models,
+    load_model,
+    model_config,
+)
 
 __all__ = [
     "SEPVIT_VARIANTS",
@@ -15,8 +24,11 @@ __all__ = [
     "SepViT",
     "UnknownModelError",
     "checkpoint_filter_fn",
+    "checkpoint_info",
     "create_model",
+    "list_heads",
     "list_models",
+    "load_model",
     "model_config",
     "read_metadata",
     "save_checkpoint",

@@ -5,9 +5,12 @@
   task, class names, input size, mean/std, constructor arguments and training provenance. Nothing
   is ever unpickled.
 * **Official**: the ``.pth`` files of the official SepViT code (a bare state dict, or one under
-  ``model``/``state_dict``, with or without a ``module.`` prefix; mmdet/mmseg checkpoints keep the
-  backbone under ``backbone.``). Read with ``torch.load(weights_only=True)`` and converted by the
-  backbone's ``checkpoint_filter_fn``.
+  ``model``/``state_dict``, with or without a ``module.`` prefix). Read with
+  ``torch.load(weights_only=True)`` and converted by the backbone's ``checkpoint_filter_fn``.
+* **OpenMMLab**: mmdet 2.x/3.x and mmseg 0.x/1.x checkpoints (``{"state_dict": ..., "meta": ...}``
+  or ``{"model": ...}``, optional ``module.``): ``backbone.*`` through the backbone filter (its
+  unused classifier ``norm``/``head`` are dropped and reported), every other tensor loaded key for
+  key into the head's modules (:func:`load_openmmlab_into`), strictly.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -32,6 +36,9 @@ __all__ = [
     "is_native_checkpoint",
     "load_native",
     "load_official_into",
+    "load_openmmlab_into",
+    "openmmlab_classes",
+    "openmmlab_state",
     "read_metadata",
     "read_official",
     "save_checkpoint",
@@ -40,7 +47,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 METADATA_KEY = "sepvit"
-FORMAT_VERSION = 1
+# 2: detection/segmentation heads in OpenMMLab's layout, ``head`` in the metadata (version-1
+# files are converted at load by the head's ``legacy`` rule)
+FORMAT_VERSION = 2
 _REQUIRED_META = ("variant", "task", "num_classes", "model_args", "pretrained_cfg")
 
 
@@ -56,6 +65,7 @@ class LoadReport:
     unexpected: list[str] = field(default_factory=list)
     dropped: int = 0  # tensors of the source that the filter discarded (e.g. a detector's neck)
     target: str = "model"
+    dropped_keys: list[str] = field(default_factory=list)  # their names, where known
 
     @property
     def exact(self) -> bool:
@@ -74,7 +84,8 @@ class LoadReport:
             + (f" [{short(self.unexpected)}]" if self.unexpected else "")
         )
         if self.dropped:
-            parts.append(f"dropped {self.dropped} tensors not used by this architecture")
+            keys = f" [{short(self.dropped_keys)}]" if self.dropped_keys else ""
+            parts.append(f"dropped {self.dropped} tensors not used by this architecture{keys}")
         return "; ".join(parts)
 
 
@@ -148,6 +159,7 @@ def save_checkpoint(
         "format_version": FORMAT_VERSION,
         "variant": cfg["variant"],
         "task": cfg["task"],
+        "head": cfg.get("head"),
         "num_classes": cfg["num_classes"],
         "model_args": args,
         "pretrained_cfg": cfg,
@@ -199,14 +211,74 @@ def _safe_globals() -> list[Any]:
 _SAFE_GLOBALS = _safe_globals()
 
 
+class _Placeholder:
+    """Stands in for a foreign class named in a checkpoint; holds nothing, runs nothing."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def __call__(self, *args: Any, **kwargs: Any) -> _Placeholder:
+        return _Placeholder()
+
+    def __setstate__(self, state: Any) -> None:
+        pass
+
+    def __repr__(self) -> str:
+        return f"<placeholder for {type(self).__module__}.{type(self).__name__}>"
+
+
+# training state that mmengine (mmdet 3.x, mmseg 1.x) saves beside the weights: its message
+# hub's HistoryBuffers hold numpy arrays (pickled through numpy's reconstructor and getattr)
+_TRAINING_STATE_GLOBALS = frozenset(
+    {
+        "mmengine.logging.history_buffer.HistoryBuffer",
+        "numpy.ndarray",
+        "numpy.dtype",
+        "numpy.core.multiarray._reconstruct",
+        "numpy._core.multiarray._reconstruct",
+        "builtins.getattr",
+    }
+)
+
+
+def _load_with_placeholders(p: Path) -> Any:
+    """``weights_only`` loading where the known training-state globals (``_TRAINING_STATE_GLOBALS``)
+    become inert placeholders; any other foreign global is still refused.
+
+    Nothing the file names is imported or called: the weights-only unpickler only ever sees
+    classes defined here. The tensors and plain metadata (class names) come through.
+    """
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(str(p))
+        foreign = sorted(set(names) - _TRAINING_STATE_GLOBALS)
+        if foreign:
+            raise pickle.UnpicklingError(f"unsupported globals {foreign}")
+        stand_ins = [
+            (type(n.rsplit(".", 1)[-1], (_Placeholder,), {"__module__": n.rsplit(".", 1)[0]}), n)
+            for n in names
+        ]
+        with torch.serialization.safe_globals([*_SAFE_GLOBALS, *stand_ins]):
+            obj = torch.load(str(p), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"cannot read {p} as a weights-only torch checkpoint: {exc}") from exc
+    log.info("%s: read with placeholders for %s", p, ", ".join(names))
+    return obj
+
+
 def read_official(path: str | Path) -> dict[str, Any]:
-    """Read an official ``.pth`` checkpoint without unpickling arbitrary objects."""
+    """Read an official ``.pth`` checkpoint without unpickling arbitrary objects.
+
+    Foreign objects beside the weights (an mmengine training checkpoint's message hub, numpy
+    arrays) are read as inert placeholders, see :func:`_load_with_placeholders`.
+    """
     p = Path(path)
     if not p.is_file():
         raise CheckpointError(f"checkpoint not found: {p}")
     try:
         with torch.serialization.safe_globals(_SAFE_GLOBALS):
             obj = torch.load(str(p), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        obj = _load_with_placeholders(p)
     except Exception as exc:
         raise CheckpointError(f"cannot read {p} as a weights-only torch checkpoint: {exc}") from exc
     if not isinstance(obj, Mapping):
@@ -246,4 +318,79 @@ def load_official_into(
         target=target_name,
     )
     log.info("official checkpoint: %s", report)
+    return report
+
+
+def openmmlab_state(obj: Mapping[str, Any]) -> dict[str, Tensor]:
+    """The tensors of an mmdet/mmseg (or official SepViT) checkpoint, ``module.`` stripped."""
+    from .backbones.sepvit import _unwrap
+
+    sd = _unwrap(obj)
+    if sd and all(k.startswith("module.") for k in sd):
+        sd = {k.removeprefix("module."): v for k, v in sd.items()}
+    return sd
+
+
+def openmmlab_classes(obj: Mapping[str, Any]) -> list[str] | None:
+    """Class names stored in a checkpoint's ``meta`` (mmdet/mmseg 2.x/0.x ``CLASSES``, 3.x/1.x
+    ``dataset_meta.classes``), if any."""
+    meta = obj.get("meta")
+    if not isinstance(meta, Mapping):
+        return None
+    dataset_meta = meta.get("dataset_meta")
+    names = dataset_meta.get("classes") if isinstance(dataset_meta, Mapping) else None
+    names = names if names is not None else meta.get("CLASSES")
+    if isinstance(names, list | tuple) and all(isinstance(n, str) for n in names):
+        return [n.strip() for n in names]
+    return None
+
+
+def load_openmmlab_into(
+    model: nn.Module,
+    state: Mapping[str, Tensor],
+    prefixes: tuple[str, ...],
+    unused: tuple[str, ...] = (),
+) -> LoadReport:
+    """Load an OpenMMLab detector/segmenter state dict into ``model``, every tensor.
+
+    ``backbone.*`` passes through the backbone's checkpoint filter (which drops the official
+    backbone's unused classifier ``norm``/``head``); keys under ``prefixes`` (``neck``,
+    ``bbox_head``, ...) load as they are; keys under ``unused`` (a training-only
+    ``auxiliary_head``) are dropped and reported. A missing, unexpected or mis-shaped key raises
+    :class:`CheckpointError` naming the keys.
+    """
+    from .backbones.sepvit import SepViT, checkpoint_filter_fn
+
+    backbone = getattr(model, "backbone", None)
+    if not isinstance(backbone, SepViT):
+        raise CheckpointError("OpenMMLab checkpoints load into SepViT detectors and segmenters")
+    source_bb = {k: v for k, v in state.items() if k.startswith("backbone.")}
+    filtered = checkpoint_filter_fn(source_bb, backbone)
+    dropped = sorted(set(source_bb) - {f"backbone.{k}" for k in filtered})
+    mapped = {f"backbone.{k}": v for k, v in filtered.items()}
+    unexpected = []
+    for k, v in state.items():
+        if k.startswith("backbone."):
+            continue
+        if k.split(".", 1)[0] in unused:
+            dropped.append(k)
+        elif k.split(".", 1)[0] in prefixes:
+            mapped[k] = v
+        else:
+            unexpected.append(k)
+    own = model.state_dict()
+    missing = sorted(set(own) - set(mapped))
+    unexpected += sorted(set(mapped) - set(own))
+    shapes = [
+        f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}"
+        for k, v in mapped.items()
+        if k in own and v.shape != own[k].shape
+    ]
+    if missing or unexpected or shapes:
+        report = LoadReport(missing=missing, unexpected=unexpected, target="model")
+        detail = f"; shape mismatches: {', '.join(shapes[:8])}" if shapes else ""
+        raise CheckpointError(f"checkpoint does not fit the model: {report}{detail}")
+    model.load_state_dict({k: v for k, v in mapped.items() if k in own}, strict=True)
+    report = LoadReport(dropped=len(dropped), dropped_keys=dropped, target="model")
+    log.info("OpenMMLab checkpoint: %s", report)
     return report

@@ -63,7 +63,7 @@ class _DetectRaw(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, images: Tensor) -> tuple[Tensor, ...]:
         return self.model.forward_raw(images)  # type: ignore[operator]
 
 
@@ -84,7 +84,13 @@ def exportable(model: nn.Module) -> nn.Module:
 def export_outputs(model: nn.Module) -> list[str]:
     """Output names of the exported graph for ``model``'s task."""
     task = _task(model)
-    return ["cls_logits", "box_deltas"] if task == "detect" else ["logits"]
+    if task != "detect":
+        return ["logits"]
+    levels = getattr(model, "rpn_strides", None)
+    if levels is not None:  # Mask R-CNN: the pyramid and the RPN outputs, per level
+        names = ("feat", "objectness", "deltas")
+        return [f"{n}_{i}" for n in names for i in range(len(levels))]
+    return ["cls_logits", "box_deltas"]
 
 
 @dataclass

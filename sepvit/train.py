@@ -27,10 +27,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .checkpoint import load_native, save_checkpoint, unique_tmp
+from .checkpoint import load_native, read_metadata, save_checkpoint, unique_tmp
 from .data.shapes import CLASSES, Scene, ShapesDataset
 from .evaluate import evaluate
-from .registry import create_model, model_config
+from .heads import get_head
+from .registry import create_model, model_config, upgrade_native
 
 __all__ = ["TrainConfig", "train"]
 
@@ -163,10 +164,10 @@ def _batches(
         stop.set()
 
 
-def _build(cfg: TrainConfig) -> nn.Module:
+def _build(cfg: TrainConfig, extra: dict[str, Any] | None = None) -> nn.Module:
     num_classes = len(CLASSES) + (1 if cfg.task == "segment" else 0)
     labels = list(CLASSES) if cfg.task != "segment" else ["background", *CLASSES]
-    kwargs = dict(cfg.model_args)
+    kwargs = {**cfg.model_args, **(extra or {})}
     if cfg.drop_path_rate:
         kwargs["drop_path_rate"] = cfg.drop_path_rate
     return create_model(
@@ -180,6 +181,45 @@ def _build(cfg: TrainConfig) -> nn.Module:
     )
 
 
+def _is_legacy_state(task: str, keys: Any) -> bool:
+    """A detector/segmenter state dict in the version-1 (pre-OpenMMLab) module layout."""
+    return task != "classify" and get_head(task, None).signature not in keys
+
+
+def _current_layout(cfg: TrainConfig, state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A ``state.pt`` model state in the current module layout (version-1 runs are renamed)."""
+    if not _is_legacy_state(cfg.task, state):
+        return state
+    legacy = get_head(cfg.task, None).legacy
+    assert legacy is not None
+    return legacy(state, dict(cfg.model_args))[0]
+
+
+def _legacy_args(cfg: TrainConfig, model: nn.Module, state_path: Path) -> dict[str, Any]:
+    """The model arguments that keep a version-1 detector or segmenter exact when this run
+    continues one: its ``state.pt`` was written in that layout, or ``init_from`` is a version-1
+    checkpoint of the same model. Empty otherwise."""
+    spec = None if cfg.task == "classify" else get_head(cfg.task, None)
+    if spec is None or spec.legacy is None:
+        return {}
+    if state_path.is_file():
+        keys = torch.load(state_path, map_location="cpu", weights_only=True)["model"].keys()
+        legacy = _is_legacy_state(cfg.task, keys)
+    elif cfg.init_from:
+        meta = read_metadata(cfg.init_from)
+        legacy = (
+            not meta.get("head")
+            and (meta["task"], meta["variant"]) == (cfg.task, cfg.model)
+            and meta["model_args"] == getattr(model, "model_args", None)
+        )
+    else:
+        legacy = False
+    if not legacy:
+        return {}
+    args = dict(getattr(model, "model_args", {}))
+    return {k: v for k, v in spec.legacy({}, args)[1].items() if k not in args}
+
+
 def _init_from(model: nn.Module, path: str) -> str:
     """Initialise ``model`` from a native checkpoint.
 
@@ -190,7 +230,7 @@ def _init_from(model: nn.Module, path: str) -> str:
     """
     from .registry import filter_checkpoint
 
-    state, meta = load_native(path)
+    state, meta = upgrade_native(*load_native(path))
     cfg = model_config(model)
     same = (meta["task"], meta["variant"], meta["model_args"]) == (
         cfg["task"],
@@ -226,13 +266,16 @@ def train(cfg: TrainConfig, output: str | Path, log: Any = sys.stderr) -> dict[s
     device = torch.device(cfg.device)
     torch.manual_seed(cfg.seed)
     model = _build(cfg)
+    state_path = out / "state.pt"
+    legacy = _legacy_args(cfg, model, state_path)
+    if legacy:  # continuing a version-1 model: keep its head semantics
+        model = _build(cfg, legacy)
     mcfg = model_config(model)
     if cfg.init_from:
         print(_init_from(model, cfg.init_from), file=log)
     model.to(device).train()
     opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999))
 
-    state_path = out / "state.pt"
     start, elapsed_before = 0, 0.0
     if state_path.is_file():
         st = torch.load(state_path, map_location="cpu", weights_only=True)
@@ -240,7 +283,7 @@ def train(cfg: TrainConfig, output: str | Path, log: Any = sys.stderr) -> dict[s
             raise ValueError(
                 f"{state_path} was written with another configuration; use a new output"
             )
-        model.load_state_dict(st["model"])
+        model.load_state_dict(_current_layout(cfg, st["model"]))
         opt.load_state_dict(st["optimizer"])
         torch.set_rng_state(st["rng"])
         if st.get("cuda_rng") and torch.cuda.is_available():
@@ -340,8 +383,12 @@ def export_state(state_path: str | Path, output: str | Path, half: bool = False)
     """Write the model of a training ``state.pt`` as a native checkpoint (e.g. to initialise
     other models from a run that is still going). Returns the state's step."""
     st = torch.load(state_path, map_location="cpu", weights_only=True)
-    model = _build(TrainConfig(**st["config"]))
-    model.load_state_dict(st["model"])
+    cfg = TrainConfig(**st["config"])
+    model = _build(cfg)
+    legacy = _legacy_args(cfg, model, Path(state_path))
+    if legacy:
+        model = _build(cfg, legacy)
+    model.load_state_dict(_current_layout(cfg, st["model"]))
     provenance = {"exported_from": str(state_path), "steps": int(st["step"])}
     save_checkpoint(model, output, provenance=provenance, half=half)
     return int(st["step"])

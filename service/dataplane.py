@@ -143,8 +143,8 @@ class DataPlane:
     # -- inference ---------------------------------------------------------------------------
     def check_params(self, params: Mapping[str, Any], task: str | None) -> dict[str, Any]:
         parsed = RequestParams.parse(params)
-        if parsed.format is not None and task != "segment":
-            raise BadParameterError("format applies to segmentation only")
+        if parsed.format is not None and task not in ("segment", "detect"):
+            raise BadParameterError("format applies to segmentation and instance segmentation")
         return {k: v for k, v in vars(parsed).items() if v is not None}
 
     async def infer(self, req: InferenceRequest) -> InferenceResponse:

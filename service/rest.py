@@ -50,9 +50,15 @@ TopK = Annotated[int | None, Query(ge=1, le=1000, description="classes per image
 ScoreThreshold = Annotated[
     float | None, Query(ge=0.0, le=1.0, description="minimum detection score (detect)")
 ]
+MaxDetections = Annotated[
+    int | None, Query(ge=1, le=1000, description="at most this many detections (detect)")
+]
 SegmentFormat = Annotated[
     Literal["rle", "png", "overlay"] | None,
-    Query(description="segment: COCO RLE (default), PNG label map, or colour overlay PNG"),
+    Query(
+        description="segment: COCO RLE (default), PNG label map, or colour overlay PNG; "
+        "detect with a Mask R-CNN model: RLE masks (default), PNG instance-id map, or overlay"
+    ),
 ]
 
 ERROR_SCHEMA = {
@@ -221,10 +227,16 @@ def _task_endpoint(task: str) -> Any:
         model: ModelQuery = None,
         top_k: TopK = None,
         score_threshold: ScoreThreshold = None,
+        max_detections: MaxDetections = None,
         format: SegmentFormat = None,
     ) -> Response:
         images = await read_images(request, plane)
-        params = {"top_k": top_k, "score_threshold": score_threshold, "format": format}
+        params = {
+            "top_k": top_k,
+            "score_threshold": score_threshold,
+            "max_detections": max_detections,
+            "format": format,
+        }
         req = InferenceRequest(
             images=images,
             model=model,
@@ -245,7 +257,9 @@ def _task_endpoint(task: str) -> Any:
 TASK_DOCS = {
     "classify": "Top-k classes per image: `results[i].top_k = [{label, index, score}]`.",
     "detect": "Boxes per image in original pixels: `results[i].detections = "
-    "[{label, index, score, box: [x1, y1, x2, y2]}]`.",
+    "[{label, index, score, box: [x1, y1, x2, y2]}]`; a Mask R-CNN model adds `mask` (COCO "
+    "RLE) per detection, or with one image and `format=png|overlay` answers an instance-id map "
+    "/ instance overlay PNG.",
     "segment": "Per-class COCO RLE masks (`results[i].segments`), or with one image and "
     "`format=png|overlay` a PNG label map / colour overlay.",
 }

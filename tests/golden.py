@@ -33,3 +33,60 @@ def seeded_state_dict(template: dict[str, Tensor], seed: int = 0) -> dict[str, T
 
 def seeded_input(shape: tuple[int, ...], seed: int = 1) -> Tensor:
     return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+
+
+def seeded_openmmlab_state(
+    template: dict[str, tuple[tuple[int, ...], str]],
+    seed: int = 0,
+    overrides: dict[str, float] | None = None,
+    scales: dict[str, float] | None = None,
+) -> dict[str, Tensor]:
+    """Random but non-trivial weights for an OpenMMLab detector/segmenter state dict.
+
+    ``template`` maps each key (as mmdet/mmseg name it) to ``(shape, dtype)``. Keys are visited in
+    sorted order with one generator, ``n ~ N(0, 1)``:
+
+    * ``backbone.*`` as :func:`seeded_state_dict` (norm weights ``1 + 0.1 n``, else ``0.05 n``);
+    * neck/head conv weights ``n / sqrt(fan_in)`` (activations stay of order one through the
+      stacked convs), norm weights ``1 + 0.1 n``, BN running means ``0.1 n`` and variances
+      ``0.5 + |n|``, biases ``0.05 n``; ``num_batches_tracked`` 0;
+    * ``overrides[key]`` shifts that tensor by a constant (e.g. the class bias, so that a known
+      share of the scores clears the detector's ``score_thr``); ``scales[key]`` multiplies it
+      first (e.g. wider class or mask logits).
+    """
+    g = torch.Generator().manual_seed(seed)
+    out: dict[str, Tensor] = {}
+    for k in sorted(template):
+        shape, dtype = template[k]
+        if not dtype.startswith("float"):
+            out[k] = torch.zeros(shape, dtype=getattr(torch, dtype))
+            continue
+        n = torch.randn(shape, generator=g)
+        norm_weight = k.endswith(".weight") and len(shape) == 1
+        if k.startswith("backbone."):
+            v = 1.0 + 0.1 * n if ("norm" in k and norm_weight) else 0.05 * n
+        elif k.endswith("running_var"):
+            v = 0.5 + n.abs()
+        elif k.endswith("running_mean"):
+            v = 0.1 * n
+        elif norm_weight:
+            v = 1.0 + 0.1 * n
+        elif len(shape) > 1:
+            fan_in = 1
+            for s in shape[1:]:
+                fan_in *= s
+            v = n / fan_in**0.5
+        else:
+            v = 0.05 * n
+        out[k] = v * (scales or {}).get(k, 1.0) + (overrides or {}).get(k, 0.0)
+    return out
+
+
+def unpack_masks(data: Tensor, shape: tuple[int, ...]) -> Tensor:
+    """Inverse of the golden generator's ``pack_masks``: zlib-compressed bits -> bool ``shape``."""
+    import zlib
+
+    import numpy as np
+
+    bits = np.unpackbits(np.frombuffer(zlib.decompress(data.numpy().tobytes()), np.uint8))
+    return torch.from_numpy(bits[: int(np.prod(shape))].reshape(shape).astype(bool))

@@ -77,3 +77,49 @@ def test_demo_checkpoint_500_image_evaluation_meets_target(name: str, key: str) 
     assert report["task"] == DEMOS[name][0]
     target = DEMOS[name][1][key][1]
     assert report[key] >= target, (key, report[key], target)
+
+
+def test_version_1_demo_checkpoints_answer_as_before_the_openmmlab_layout() -> None:
+    """The shipped detector and segmenter were written before the heads took OpenMMLab's module
+    layout; converted at load (each head's ``legacy`` rule), they answer exactly as the old
+    modules did. ``tests/data/demo_v1_answers.safetensors`` holds the old code's answers on four
+    Shapes scenes, for the checkpoint bytes whose sha256 it records."""
+    import hashlib
+
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    golden_path = Path(__file__).parent / "data" / "demo_v1_answers.safetensors"
+    with safe_open(str(golden_path), framework="pt") as f:
+        meta = json.loads((f.metadata() or {})["demo"])
+    golden = load_file(str(golden_path))
+    models = {}
+    for key, task in (("det", "detect"), ("seg", "segment")):
+        path = _checkpoint(f"sepvit_lite_shapes_{key}")
+        if hashlib.sha256(path.read_bytes()).hexdigest() != meta["sha256"][key]:
+            pytest.skip(f"{path} is not the checkpoint the answers were recorded for")
+        models[key] = create_model("sepvit_lite", task=task, checkpoint=path).eval()
+    scenes = meta["scenes"]
+    ds = ShapesDataset(size=scenes["size"], seed=scenes["seed"])
+    images = torch.stack(
+        [torch.from_numpy(ds[i].image).permute(2, 0, 1).float() / 255 for i in range(4)]
+    )
+    cfg = model_config(models["det"])
+    x = (images - torch.tensor(cfg["mean"]).view(1, 3, 1, 1)) / torch.tensor(cfg["std"]).view(
+        1, 3, 1, 1
+    )
+    with torch.no_grad():
+        cls, reg = models["det"].forward_raw(x)
+        dets = models["det"].postprocess(cls, reg, (128, 128), score_thresh=meta["score_thresh"])
+        logits = models["seg"](x)
+    # recorded bit for bit on the development machine; tolerances leave room for another CPU
+    assert torch.allclose(cls.double().sum((1, 2)), golden["det_cls_sum"], rtol=1e-6)
+    assert torch.allclose(reg.double().sum((1, 2)), golden["det_reg_sum"], rtol=1e-6)
+    for i, det in enumerate(dets):
+        assert torch.equal(det["labels"], golden[f"det{i}_labels"]), i
+        assert torch.allclose(det["boxes"], golden[f"det{i}_boxes"], atol=1e-3), i
+        assert torch.allclose(det["scores"], golden[f"det{i}_scores"], atol=1e-5), i
+    agree = (logits.argmax(1).to(torch.uint8) == golden["seg_labels"]).float().mean()
+    assert agree >= 0.9999
+    assert torch.allclose(logits.mean((2, 3)), golden["seg_channel_mean"], atol=1e-5)

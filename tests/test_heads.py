@@ -16,7 +16,8 @@ SMALL_SEG = {"fpn_channels": 32, "head_channels": 16}
 def test_level_sizes_match_feature_maps() -> None:
     model = create_model("sepvit_lite", task="detect", num_classes=3, **SMALL_DET).eval()
     for hw in [(97, 131), (256, 256), (64, 200)]:
-        feats = model.neck(model.backbone.forward_intermediates(torch.randn(1, 3, *hw), (1, 2, 3)))
+        x = torch.randn(1, 3, *hw)
+        feats = model.neck(model.backbone.forward_intermediates(x, model.feature_indices))
         assert [tuple(f.shape[-2:]) for f in feats] == RetinaNet.level_sizes(hw)
         cls, reg = model.forward_raw(torch.randn(1, 3, *hw))
         n = sum(h * w * 9 for h, w in RetinaNet.level_sizes(hw))
@@ -36,7 +37,7 @@ def test_detector_train_and_infer(hw: tuple[int, int]) -> None:
     losses = model(torch.randn(2, 3, *hw), targets)
     assert set(losses) == {"loss", "loss_cls", "loss_box"}
     losses["loss"].backward()
-    assert model.head.cls_logits.weight.grad is not None
+    assert model.bbox_head.retina_cls.weight.grad is not None
     model.eval()
     with torch.no_grad():
         dets = model(torch.randn(2, 3, *hw))

@@ -377,8 +377,12 @@ def test_anchor_generator_cell_anchors() -> None:
 
 
 def test_anchor_generator_first_cell_and_ordering() -> None:
-    gen = AnchorGenerator(strides=(8,))
+    # mmdet's default centres anchors on cell corners: cell (x, y) at (8x, 8y)
+    (corner,) = AnchorGenerator(strides=(8,)).grid_anchors([(2, 3)])
+    torch.testing.assert_close(corner[3], torch.tensor([-16.0, -16.0, 16.0, 16.0]))
+    gen = AnchorGenerator(strides=(8,), center_offset=0.5)  # cell centres (the v1 demo models)
     (level,) = gen.grid_anchors([(2, 3)])
+    torch.testing.assert_close(level, corner + 4.0)
     assert level.shape == (2 * 3 * 9, 4)
     # Cell (0, 0) centre is (0.5 * 8, 0.5 * 8) = (4, 4); ratio 1 (index 1), scale 1 (index 0)
     # -> anchor 1 * 3 + 0 = 3, size 4 * 8 = 32 -> [4-16, 4-16, 4+16, 4+16].
@@ -401,9 +405,9 @@ def test_anchor_generator_levels_and_counts() -> None:
     assert [lv.shape[0] for lv in levels] == [2 * 3 * 9, 1 * 2 * 9]  # 54, 18
     flat = gen(sizes)
     assert flat.shape == (54 + 18, 4)
-    # Level 2 starts at 54: stride 16, cell (0,0) centre (8, 8), ratio-1 scale-1 size 4*16 = 64
-    # -> [8-32, 8-32, 8+32, 8+32].
-    torch.testing.assert_close(flat[54 + 3], torch.tensor([-24.0, -24.0, 40.0, 40.0]))
+    # Level 2 starts at 54: stride 16, cell (0,0) centre (0, 0) (mmdet's offset 0), ratio-1
+    # scale-1 size 4*16 = 64 -> [-32, -32, 32, 32].
+    torch.testing.assert_close(flat[54 + 3], torch.tensor([-32.0, -32.0, 32.0, 32.0]))
     torch.testing.assert_close(flat[:54], levels[0])
     # A second call with other sizes must not return the cached result of the first.
     assert gen([(1, 1), (1, 1)]).shape == (18, 4)
@@ -576,3 +580,14 @@ def test_anchor_generator_copies_and_pickles() -> None:
     first = gen([(2, 2)])
     for clone in (copy.deepcopy(gen), pickle.loads(pickle.dumps(gen))):
         assert torch.equal(clone([(2, 2)]), first)
+
+
+def test_batched_nms_split_path_keeps_the_same_boxes() -> None:
+    g = torch.Generator().manual_seed(5)
+    xy = torch.rand(300, 2, generator=g) * 50
+    boxes = torch.cat((xy, xy + 5 + torch.rand(300, 2, generator=g) * 20), 1)
+    scores = torch.rand(300, generator=g)
+    idxs = torch.randint(0, 4, (300,), generator=g)
+    one = batched_nms(boxes, scores, idxs, 0.5)
+    per_class = batched_nms(boxes, scores, idxs, 0.5, split=10)
+    assert torch.equal(one, per_class) and 20 < len(one) < 300

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 import numpy as np
@@ -123,6 +124,40 @@ def test_pickled_objects_are_refused(tmp_path: Path) -> None:
         create_model("sepvit_lite", checkpoint=path)
 
 
+def test_mmengine_training_state_is_read_as_placeholders(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unstripped mmdet 3.x / mmseg 1.x checkpoint carries mmengine's message hub (its
+    HistoryBuffers hold numpy arrays): read as inert placeholders, the weights load; a class
+    outside that list is still refused."""
+    import sys
+    import types
+
+    fake = types.ModuleType("mmengine.logging.history_buffer")
+
+    class HistoryBuffer:
+        def __init__(self) -> None:
+            self._log_history = np.arange(3.0)
+
+    HistoryBuffer.__module__ = fake.__name__
+    HistoryBuffer.__qualname__ = "HistoryBuffer"
+    fake.HistoryBuffer = HistoryBuffer  # type: ignore[attr-defined]
+    for name in ("mmengine", "mmengine.logging"):  # pickle imports the parents too
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    monkeypatch.setitem(sys.modules, fake.__name__, fake)
+    src = _randomize(create_model("sepvit_lite", task="segment", num_classes=3, fpn_channels=16))
+    path = tmp_path / "fpn.pth"
+    hub = {"log_scalars": {"train/loss": HistoryBuffer()}, "runtime_info": {"iter": 10}}
+    torch.save({"meta": {"iter": 10}, "state_dict": src.state_dict(), "message_hub": hub}, path)
+    for name in ("mmengine", "mmengine.logging", fake.__name__):
+        monkeypatch.delitem(sys.modules, name)
+    model = create_model("sepvit_lite", task="segment", checkpoint=path)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in src.state_dict().items())
+    torch.save({"state_dict": src.state_dict(), "extra": Payload()}, path)
+    with pytest.raises(CheckpointError, match="weights-only"):
+        create_model("sepvit_lite", task="segment", checkpoint=path)
+
+
 def test_training_script_extras_are_accepted(tmp_path: Path) -> None:
     """DeiT-style checkpoints carry argparse args and numpy scalars beside the weights."""
     src = _randomize(create_model("sepvit_lite"))
@@ -181,20 +216,48 @@ def test_classification_weights_initialise_dense_backbones(tmp_path: Path, task:
     )
 
 
-def test_mmdet_style_checkpoint_loads_backbone(tmp_path: Path) -> None:
-    det = _randomize(create_model("sepvit_lite", task="detect", num_classes=3, fpn_channels=32))
-    sd = {f"backbone.{k}": v for k, v in det.backbone.state_dict().items()}
+@pytest.mark.parametrize(
+    ("task", "head_kw"),
+    [
+        ("detect", {"fpn_channels": 32, "head_channels": 32, "head_convs": 2}),
+        ("segment", {"fpn_channels": 32, "head_channels": 16}),
+    ],
+)
+def test_openmmlab_checkpoint_loads_every_tensor(
+    tmp_path: Path, task: str, head_kw: dict[str, int]
+) -> None:
+    src = _randomize(create_model("sepvit_lite", task=task, num_classes=3, **head_kw))
+    # mmengine layout: weights under state_dict, classes in meta; DDP's module. prefix
+    sd = {f"module.{k}": v for k, v in src.state_dict().items()}
     # the official detection backbone also carries an unused classifier norm/head
-    sd["backbone.norm.weight"] = torch.ones(256)
-    sd["backbone.norm.bias"] = torch.zeros(256)
-    sd["neck.lateral_convs.0.conv.weight"] = torch.zeros(1)
-    sd["bbox_head.retina_cls.weight"] = torch.zeros(1)
-    path = tmp_path / "retinanet.pth"
-    torch.save({"meta": {"epoch": 12}, "state_dict": sd}, path)
-    model = create_model("sepvit_lite", task="detect", num_classes=3, checkpoint=path)
-    assert model.load_report.exact
-    assert model.load_report.dropped == 4
-    assert torch.equal(model.backbone.norm_list[3].weight, det.backbone.norm_list[3].weight)
+    sd["module.backbone.norm.weight"] = torch.ones(256)
+    sd["module.backbone.head.weight"] = torch.zeros(1000, 256)
+    path = tmp_path / f"{task}.pth"
+    meta = {"epoch": 12, "dataset_meta": {"classes": ["a", "b", "c"]}}
+    torch.save({"meta": meta, "state_dict": sd}, path)
+    model = create_model("sepvit_lite", task=task, checkpoint=path)  # widths read from tensors
+    assert model.load_report.dropped_keys == ["backbone.head.weight", "backbone.norm.weight"]
+    assert model.pretrained_cfg["label_names"] == ["a", "b", "c"]
+    assert model.pretrained_cfg["num_classes"] == 3
+    own = model.state_dict()
+    assert own.keys() == src.state_dict().keys()
+    assert all(torch.equal(own[k], v) for k, v in src.state_dict().items())
+
+    # a missing head tensor, an unknown one and a wrong shape are errors that name the keys
+    first_head = next(k for k in sd if k.startswith(("module.bbox_head", "module.decode_head")))
+    for broken, needle in [
+        ({k: v for k, v in sd.items() if k != first_head}, first_head.removeprefix("module.")),
+        ({**sd, "module.neck.extra.weight": torch.zeros(1)}, "neck.extra.weight"),
+        ({**sd, first_head: torch.zeros(1)}, first_head.removeprefix("module.")),
+    ]:
+        torch.save({"state_dict": broken}, path)
+        with pytest.raises(CheckpointError, match=re.escape(needle)):
+            create_model("sepvit_lite", task=task, checkpoint=path)
+    # a checkpoint of the other task is refused, not half-loaded
+    torch.save({"state_dict": sd}, path)
+    other = "segment" if task == "detect" else "detect"
+    with pytest.raises(CheckpointError, match="holds a"):
+        create_model("sepvit_lite", task=other, checkpoint=path)
 
 
 def test_native_classifier_loads_at_another_size(tmp_path: Path) -> None:

@@ -91,7 +91,7 @@ def test_detector_anchors_match_feature_maps() -> None:
     for hw in [(97, 131), (64, 200)]:
         with torch.no_grad():
             feats = model.neck(
-                model.backbone.forward_intermediates(torch.randn(1, 3, *hw), (1, 2, 3))
+                model.backbone.forward_intermediates(torch.randn(1, 3, *hw), (0, 1, 2, 3))
             )
         assert [tuple(f.shape[-2:]) for f in feats] == RetinaNet.level_sizes(hw)
 

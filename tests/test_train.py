@@ -230,3 +230,26 @@ def test_a_continuation_past_the_first_images_trains_to_the_end(tmp_path: Path) 
     cfg = _cfg("classify", 3, train_images=0, batch_size=2, first_image=5, val_images=2)
     train(cfg, tmp_path, log=open("/dev/null", "w"))  # noqa: SIM115
     assert len(_losses(tmp_path)) == 3
+
+
+def test_continuing_a_version_1_detector_keeps_its_head_semantics(tmp_path: Path) -> None:
+    """``init_from`` a demo checkpoint written before the OpenMMLab layout: the whole model is
+    initialised (its keys converted) and the run keeps the v1 head options, so its output
+    checkpoint (version 2) records them."""
+    demo = Path(__file__).resolve().parents[1] / "model_store/sepvit_lite_shapes_det"
+    path = demo / "model.safetensors"
+    if not path.is_file():
+        pytest.skip("demo checkpoint not built")
+    old = read_metadata(path)
+    if old.get("head"):
+        pytest.skip("the demo checkpoint is already version 2")
+    cfg = _cfg("detect", 1, img_size=128, batch_size=2, init_from=str(path),
+               model_args=old["model_args"], lr=1e-9)  # fmt: skip
+    log = tmp_path / "log.txt"
+    with log.open("w") as f:
+        train(cfg, tmp_path, log=f)
+    assert "init whole model" in log.read_text()
+    meta = read_metadata(tmp_path / "model.safetensors")
+    assert meta["head"] == "retinanet"
+    assert meta["model_args"]["anchor_center_offset"] == 0.5
+    assert meta["model_args"]["relu_before_extra_convs"] is True

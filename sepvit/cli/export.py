@@ -9,14 +9,14 @@ import sys
 import warnings
 from pathlib import Path
 
-from ..checkpoint import CheckpointError, read_metadata
+from ..checkpoint import CheckpointError
 from ..export import (
     ParityError,
     TensorRTUnavailable,
     build_tensorrt_engine,
     export_onnx,
 )
-from ..registry import TASKS, UnknownModelError, create_model
+from ..registry import TASKS, UnknownModelError, create_model, load_model
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,7 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Export a SepViT model to ONNX (parity-checked against eager) or TensorRT.",
     )
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", type=Path, help="native .safetensors checkpoint")
+    src.add_argument(
+        "--checkpoint", type=Path, help="native .safetensors or mmdet/mmseg .pth checkpoint"
+    )
     src.add_argument("--model", help="backbone name with random weights (e.g. sepvit_lite)")
     p.add_argument("--task", choices=TASKS, default=None, help="task when --model is used")
     p.add_argument("--num-classes", type=int, default=None)
@@ -62,8 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         if args.checkpoint is not None:
-            meta = read_metadata(args.checkpoint)
-            model = create_model(meta["variant"], task=meta["task"], checkpoint=args.checkpoint)
+            model = load_model(args.checkpoint)  # native, or an mmdet/mmseg .pth
         else:
             model = create_model(
                 args.model, task=args.task or "classify", num_classes=args.num_classes

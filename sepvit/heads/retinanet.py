@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -29,7 +30,8 @@ from ..ops import (
     sigmoid_focal_loss,
     smooth_l1_loss,
 )
-from .fpn import FPN, group_norm
+from .base import HeadSpec, StateDict, count_modules, norm_of, register_head
+from .fpn import FPN, ConvModule
 
 __all__ = ["RetinaHead", "RetinaNet"]
 
@@ -37,8 +39,12 @@ Detections = dict[str, Tensor]
 
 
 class RetinaHead(nn.Module):
-    """Class and box subnets shared across levels: ``convs x (conv3x3 [-GN] - ReLU)`` then a
-    prediction conv. The class bias starts at the focal-loss prior ``-log((1 - p) / p)``."""
+    """mmdet's ``RetinaHead``: class and box subnets shared across levels.
+
+    Each subnet is ``convs x ConvModule(3x3 [-norm] - ReLU)`` (``cls_convs`` / ``reg_convs``)
+    followed by a 3x3 prediction conv (``retina_cls`` / ``retina_reg``). The class bias starts at
+    the focal-loss prior ``-log((1 - p) / p)``.
+    """
 
     def __init__(
         self,
@@ -48,65 +54,81 @@ class RetinaHead(nn.Module):
         channels: int = 256,
         convs: int = 4,
         norm: str | None = None,
+        conv_bias: bool | None = None,
         prior_prob: float = 0.01,
     ) -> None:
         super().__init__()
-        if norm not in (None, "gn"):
-            raise ValueError(f"head norm must be None or 'gn', got {norm!r}")
         self.num_classes = num_classes
         self.num_anchors = num_anchors
 
-        def tower() -> nn.Sequential:
-            layers: list[nn.Module] = []
-            c = in_channels
-            for _ in range(convs):
-                layers.append(nn.Conv2d(c, channels, 3, padding=1))
-                if norm == "gn":
-                    layers.append(group_norm(channels))
-                layers.append(nn.ReLU(inplace=True))
-                c = channels
-            return nn.Sequential(*layers)
+        def tower() -> nn.ModuleList:
+            return nn.ModuleList(
+                ConvModule(
+                    in_channels if i == 0 else channels, channels, 3, padding=1, norm=norm,
+                    bias=conv_bias,
+                )
+                for i in range(convs)
+            )  # fmt: skip
 
         self.cls_convs = tower()
         self.reg_convs = tower()
         last = channels if convs > 0 else in_channels
-        self.cls_logits = nn.Conv2d(last, num_anchors * num_classes, 3, padding=1)
-        self.bbox_pred = nn.Conv2d(last, num_anchors * 4, 3, padding=1)
+        self.retina_cls = nn.Conv2d(last, num_anchors * num_classes, 3, padding=1)
+        self.retina_reg = nn.Conv2d(last, num_anchors * 4, 3, padding=1)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.normal_(m.weight, std=0.01)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
-        assert self.cls_logits.bias is not None
-        nn.init.constant_(self.cls_logits.bias, -math.log((1 - prior_prob) / prior_prob))
+        assert self.retina_cls.bias is not None
+        nn.init.constant_(self.retina_cls.bias, -math.log((1 - prior_prob) / prior_prob))
 
     def forward(self, feats: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
-        """Returns ``cls [B, N, K]`` logits and ``reg [B, N, 4]`` deltas over all levels."""
+        """Returns ``cls [B, N, K]`` logits and ``reg [B, N, 4]`` deltas over all levels.
+
+        Per level ``[B, A*K, H, W] -> [B, H, W, A, K] -> [B, H*W*A, K]`` (mmdet's order: row,
+        column, anchor), levels concatenated.
+        """
         cls_out, reg_out = [], []
         for f in feats:
             b, _, h, w = f.shape
-            c = self.cls_logits(self.cls_convs(f))  # [B, A*K, H, W]
-            r = self.bbox_pred(self.reg_convs(f))  # [B, A*4, H, W]
+            c, r = f, f
+            for conv in self.cls_convs:
+                c = conv(c)
+            for conv in self.reg_convs:
+                r = conv(r)
+            c = self.retina_cls(c)  # [B, A*K, H, W]
+            r = self.retina_reg(r)  # [B, A*4, H, W]
             cls_out.append(c.permute(0, 2, 3, 1).reshape(b, h * w * self.num_anchors, -1))
             reg_out.append(r.permute(0, 2, 3, 1).reshape(b, h * w * self.num_anchors, 4))
         return torch.cat(cls_out, 1), torch.cat(reg_out, 1)
 
 
 class RetinaNet(nn.Module):
-    """RetinaNet detector.
+    """RetinaNet detector whose ``state_dict()`` is mmdet's (``backbone``, ``neck``,
+    ``bbox_head``).
+
+    Defaults are the official ``retinanet_sepvit_*`` configs: FPN of 256 channels from C3
+    (``start_level=1``) with two extra levels on the input (P6 from C5), 4 stacked convs of 256,
+    anchors with ``octave_base_scale=4`` and 3 scales per octave centred on ``stride * (x +
+    anchor_center_offset)``; test cfg ``nms_pre=1000``, ``score_thr=0.05``, NMS 0.5,
+    ``max_per_img=100``.
 
     Args:
         backbone: a dense-layout :class:`SepViT` or :class:`~sepvit.backbones.set.SeT`.
         num_classes: object classes (no background class: sigmoid scores).
-        fpn_channels / head_channels / head_convs / head_norm: neck and head width and depth. The
-            paper's setting is 256 / 256 / 4 / None; the demo models use narrower heads.
+        fpn_channels / head_channels / head_convs / head_norm / head_conv_bias: neck and head
+            width, depth, norm (``None``, ``"gn"``, ``"bn"``) and conv bias (``None``: only
+            without a norm). The demo models use narrower GN heads.
+        relu_before_extra_convs: ReLU between the extra pyramid levels (mmdet default: off).
         anchor_scale: base anchor size in strides (4 -> 32 px on P3).
-        score_thresh, nms_thresh, topk_candidates, max_detections: inference post-processing.
+        anchor_center_offset: anchor centre within its cell, in strides (mmdet: 0).
+        score_thresh, nms_thresh, topk_candidates (``nms_pre``), max_detections: inference.
         box_loss: ``"smooth_l1"`` on deltas or ``"giou"`` on decoded boxes.
     """
 
     strides = (8, 16, 32, 64, 128)
-    feature_indices = (1, 2, 3)  # C3-C5 (strides 8/16/32); P6/P7 come from C5
+    feature_indices = (0, 1, 2, 3)  # C2-C5 enter the FPN, which starts at C3 (start_level=1)
 
     def __init__(
         self,
@@ -116,7 +138,10 @@ class RetinaNet(nn.Module):
         head_channels: int = 256,
         head_convs: int = 4,
         head_norm: str | None = None,
+        head_conv_bias: bool | None = None,
+        relu_before_extra_convs: bool = False,
         anchor_scale: float = 4.0,
+        anchor_center_offset: float = 0.0,
         score_thresh: float = 0.05,
         nms_thresh: float = 0.5,
         topk_candidates: int = 1000,
@@ -134,15 +159,24 @@ class RetinaNet(nn.Module):
             raise ValueError(f"box_loss must be 'smooth_l1' or 'giou', got {box_loss!r}")
         self.backbone = backbone
         self.num_classes = num_classes
-        self.neck = FPN(backbone.embed_dims[1:], fpn_channels, extra_levels=2)
-        self.anchor_generator = AnchorGenerator(self.strides, octave_base_scale=anchor_scale)
-        self.head = RetinaHead(
+        self.neck = FPN(
+            backbone.embed_dims,
+            fpn_channels,
+            start_level=1,
+            extra_levels=2,
+            relu_before_extra_convs=relu_before_extra_convs,
+        )
+        self.anchor_generator = AnchorGenerator(
+            self.strides, octave_base_scale=anchor_scale, center_offset=anchor_center_offset
+        )
+        self.bbox_head = RetinaHead(
             fpn_channels,
             num_classes,
             self.anchor_generator.num_anchors,
             head_channels,
             head_convs,
             head_norm,
+            head_conv_bias,
         )
         self.box_coder = BoxCoder()
         self.score_thresh = score_thresh
@@ -171,7 +205,7 @@ class RetinaNet(nn.Module):
     def forward_raw(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """``images [B, 3, H, W]`` -> ``cls_logits [B, N, K]``, ``box_deltas [B, N, 4]``."""
         feats = self.backbone.forward_intermediates(images, self.feature_indices)
-        return self.head(self.neck(feats))
+        return self.bbox_head(self.neck(feats))
 
     def forward(
         self, images: Tensor, targets: Sequence[dict[str, Tensor]] | None = None
@@ -239,29 +273,37 @@ class RetinaNet(nn.Module):
         image_size: tuple[int, int],
         score_thresh: float | None = None,
         max_detections: int | None = None,
+        clip_size: tuple[int, int] | None = None,
     ) -> list[Detections]:
         """Decode raw outputs into ``{boxes [n, 4], scores [n], labels [n]}`` per image.
 
-        Boxes are in the pixel frame of the network input (``image_size``), clipped to it.
+        ``clip_size`` (default ``image_size``) is where boxes are clipped: mmdet clips to the
+        resized image (``img_shape``), not to its padding.
+
+        mmdet's ``_predict_by_feat_single`` and ``_bbox_post_process``: per level, the
+        (anchor, class) scores above ``score_thresh``, best ``topk_candidates`` (``nms_pre``)
+        first; their boxes decoded and clipped to ``image_size``; boxes of zero width or height
+        dropped (``min_bbox_size=0``); class-aware NMS over all levels; the best
+        ``max_detections``. Boxes are in the pixel frame of the network input.
         """
         thresh = self.score_thresh if score_thresh is None else score_thresh
         limit = self.max_detections if max_detections is None else max_detections
         level_anchors = self.anchors(image_size, cls.device)
         counts = [a.shape[0] for a in level_anchors]
+        clip = image_size if clip_size is None else clip_size
         results: list[Detections] = []
         for i in range(cls.shape[0]):
             all_boxes, all_scores, all_labels = [], [], []
             for c, r, anc in zip(
                 cls[i].split(counts), reg[i].split(counts), level_anchors, strict=True
             ):
-                scores = torch.sigmoid(c.float()).flatten()
+                scores = torch.sigmoid(c.float()).flatten()  # index: anchor * K + class
                 keep = torch.nonzero(scores > thresh).squeeze(1)
-                if keep.numel() > self.topk_candidates:
-                    top = scores[keep].topk(self.topk_candidates).indices
-                    keep = keep[top]
+                order = scores[keep].sort(descending=True).indices[: self.topk_candidates]
+                keep = keep[order]
                 anchor_idx = keep // self.num_classes
                 boxes = self.box_coder.decode(r[anchor_idx].float(), anc[anchor_idx])
-                all_boxes.append(clip_boxes(boxes, image_size))
+                all_boxes.append(clip_boxes(boxes, clip))
                 all_scores.append(scores[keep])
                 all_labels.append(keep % self.num_classes)
             boxes = torch.cat(all_boxes)
@@ -269,9 +311,73 @@ class RetinaNet(nn.Module):
             labels = torch.cat(all_labels)
             nonempty = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
             boxes, scores, labels = boxes[nonempty], scores[nonempty], labels[nonempty]
-            if scores.numel() > self.topk_candidates:  # bound NMS's IoU matrix across levels
-                top = scores.topk(self.topk_candidates).indices
-                boxes, scores, labels = boxes[top], scores[top], labels[top]
             keep = batched_nms(boxes, scores, labels, self.nms_thresh)[:limit]
             results.append({"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]})
         return results
+
+
+# ---------------------------------------------------------------------------------------------
+# checkpoints: OpenMMLab layout and the version-1 native layout of the demo models
+# ---------------------------------------------------------------------------------------------
+def _infer_kwargs(state: StateDict) -> dict[str, Any]:
+    convs = count_modules(state, "bbox_head.cls_convs")
+    out: dict[str, Any] = {
+        "fpn_channels": int(state["neck.lateral_convs.0.conv.weight"].shape[0]),
+        "head_convs": convs,
+    }
+    if convs:
+        out["head_channels"] = int(state["bbox_head.cls_convs.0.conv.weight"].shape[0])
+        out["head_norm"] = norm_of(state, "bbox_head.cls_convs.0")
+        has_bias = "bbox_head.cls_convs.0.conv.bias" in state
+        if has_bias != (out["head_norm"] is None):
+            out["head_conv_bias"] = has_bias
+    return out
+
+
+def _num_classes(state: StateDict) -> int:
+    anchors = AnchorGenerator().num_anchors
+    return int(state["bbox_head.retina_cls.weight"].shape[0]) // anchors
+
+
+def _legacy(state: dict[str, Tensor], args: dict[str, Any]) -> tuple[dict[str, Tensor], dict]:
+    """Version-1 native detector (``head.cls_logits``, ``neck.extra_convs``, Sequential towers of
+    conv[-GN]-ReLU with conv biases, ReLU between extra levels, anchors at cell centres)."""
+    norm = args.get("head_norm")
+    step = 3 if norm == "gn" else 2  # children per tower block: conv[, gn], relu
+    n_levels = sum(1 for k in state if k.startswith("neck.lateral_convs.") and k.endswith("weight"))
+    out: dict[str, Tensor] = {}
+    for k, v in state.items():
+        parts = k.split(".")
+        if parts[0] == "neck":
+            idx = int(parts[2]) + (n_levels if parts[1] == "extra_convs" else 0)
+            name = "fpn_convs" if parts[1] != "lateral_convs" else "lateral_convs"
+            k = f"neck.{name}.{idx}.conv.{parts[-1]}"
+        elif parts[0] == "head" and parts[1] in ("cls_convs", "reg_convs"):
+            block, child = divmod(int(parts[2]), step)
+            k = f"bbox_head.{parts[1]}.{block}.{'conv' if child == 0 else 'gn'}.{parts[-1]}"
+        elif parts[0] == "head":
+            name = {"cls_logits": "retina_cls", "bbox_pred": "retina_reg"}[parts[1]]
+            k = f"bbox_head.{name}.{parts[-1]}"
+        out[k] = v
+    args = {
+        **args,
+        "head_conv_bias": True,
+        "relu_before_extra_convs": True,
+        "anchor_center_offset": 0.5,
+    }
+    return out, args
+
+
+register_head(
+    HeadSpec(
+        task="detect",
+        name="retinanet",
+        build=RetinaNet,
+        prefixes=("neck", "bbox_head"),
+        signature="bbox_head.retina_cls.weight",
+        num_classes=_num_classes,
+        infer_kwargs=_infer_kwargs,
+        legacy=_legacy,
+        preset="coco",
+    )
+)

@@ -16,8 +16,9 @@ class AnchorGenerator:
 
     On a level with stride ``s`` the base size is ``octave_base_scale * s`` (4 * s: 32 px at P3
     through 512 px at P7), times ``scales`` (``2**0, 2**(1/3), 2**(2/3)``), each in every aspect
-    ratio ``h / w`` in ``ratios``. Anchor centres sit at pixel-cell centres ``((x + 0.5) s,
-    (y + 0.5) s)``.
+    ratio ``h / w`` in ``ratios`` (mmdet's ``AnchorGenerator``, scale-major). Anchor centres sit at
+    ``((x + center_offset) s, (y + center_offset) s)``: mmdet's default offset is 0 (cell corners);
+    0.5 puts them at cell centres.
 
     Output order is level, then row, then column, then anchor: it matches head outputs reshaped
     ``[B, A*K, H, W] -> [B, H, W, A, K] -> [B, H*W*A, K]``.
@@ -29,11 +30,13 @@ class AnchorGenerator:
         octave_base_scale: float = 4.0,
         scales: Sequence[float] = (1.0, 2 ** (1 / 3), 2 ** (2 / 3)),
         ratios: Sequence[float] = (0.5, 1.0, 2.0),
+        center_offset: float = 0.0,
     ) -> None:
         self.strides = tuple(int(s) for s in strides)
         self.octave_base_scale = float(octave_base_scale)
         self.scales = tuple(float(s) for s in scales)
         self.ratios = tuple(float(r) for r in ratios)
+        self.center_offset = float(center_offset)
         self._cache: dict[tuple[object, ...], Tensor] = {}
         self._lock = threading.Lock()
 
@@ -77,8 +80,8 @@ class AnchorGenerator:
         if flat is None:
             levels = []
             for (h, w), stride in zip(sizes, self.strides, strict=True):
-                ys = (torch.arange(h, dtype=torch.float32) + 0.5) * stride
-                xs = (torch.arange(w, dtype=torch.float32) + 0.5) * stride
+                ys = (torch.arange(h, dtype=torch.float32) + self.center_offset) * stride
+                xs = (torch.arange(w, dtype=torch.float32) + self.center_offset) * stride
                 cy, cx = torch.meshgrid(ys, xs, indexing="ij")
                 shifts = torch.stack((cx, cy, cx, cy), dim=-1).reshape(-1, 1, 4)
                 levels.append((shifts + self.cell_anchors(stride)[None]).reshape(-1, 4).to(device))

@@ -72,8 +72,9 @@ class BoxCoder:
     """The R-CNN ``(dx, dy, dw, dh)`` box parameterisation relative to anchors.
 
     ``encode(anchors, boxes)`` gives the regression targets, ``decode(deltas, anchors)`` inverts
-    it. ``dw``/``dh`` are clamped at ``log(1000 / 16)`` before ``exp`` so a wild prediction cannot
-    overflow.
+    it. ``dw``/``dh`` are clamped to ``[-log(1000 / 16), log(1000 / 16)]`` before ``exp`` so a wild
+    prediction cannot overflow (mmdet's ``DeltaXYWHBBoxCoder`` with means 0 and stds 1 when the
+    weights are 1).
     """
 
     def __init__(
@@ -103,8 +104,8 @@ class BoxCoder:
         ax, ay, aw, ah = _center_size(anchors)
         dx = deltas[..., 0] / wx
         dy = deltas[..., 1] / wy
-        dw = (deltas[..., 2] / ww).clamp(max=self.clamp)
-        dh = (deltas[..., 3] / wh).clamp(max=self.clamp)
+        dw = (deltas[..., 2] / ww).clamp(-self.clamp, self.clamp)
+        dh = (deltas[..., 3] / wh).clamp(-self.clamp, self.clamp)
         cx = dx * aw + ax
         cy = dy * ah + ay
         w = torch.exp(dw) * aw
@@ -117,13 +118,16 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
 
     Same contract as ``torchvision.ops.nms``: returns the indices of kept boxes in decreasing score
     order; a box is suppressed when its IoU with a higher-scoring kept box is ``> iou_threshold``.
-    The IoU matrix is computed once; the greedy pass only walks over survivors.
+    The boolean overlap matrix is computed once, in row chunks (so 5000 candidates cost 25 MB,
+    not the float intermediates of a full pairwise IoU); the greedy pass only walks over survivors.
     """
     if boxes.numel() == 0:
         return torch.empty(0, dtype=torch.long, device=boxes.device)
     order = torch.argsort(scores, descending=True, stable=True)
     b = boxes[order].float()
-    over = (box_iou(b, b) > iou_threshold).cpu()
+    over = torch.cat(
+        [(box_iou(b[i : i + 512], b) > iou_threshold).cpu() for i in range(0, b.shape[0], 512)]
+    )
     n = b.shape[0]
     removed = torch.zeros(n, dtype=torch.bool)
     keep: list[int] = []
@@ -135,13 +139,26 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     return order[torch.tensor(keep, dtype=torch.long, device=boxes.device)]
 
 
-def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
+def batched_nms(
+    boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float, split: int = 4096
+) -> Tensor:
     """NMS independently per category ``idxs`` (boxes of different classes never suppress).
 
     Offsets each class's boxes by a distinct amount larger than any coordinate, then runs one NMS.
+    Above ``split`` boxes (Mask R-CNN: up to K x 1000 class-specific candidates) it runs one NMS
+    per category instead, so the overlap matrix stays per category (as mmcv's ``split_thr``);
+    both give the same kept set, in decreasing score order.
     """
     if boxes.numel() == 0:
         return torch.empty(0, dtype=torch.long, device=boxes.device)
+    if boxes.shape[0] > split:
+        keep = torch.cat(
+            [
+                ids[nms(boxes[ids], scores[ids], iou_threshold)]
+                for ids in (torch.nonzero(idxs == c).squeeze(1) for c in torch.unique(idxs))
+            ]
+        )
+        return keep[torch.argsort(scores[keep], descending=True, stable=True)]
     span = boxes.max() - boxes.min() + 1
     shifted = boxes - boxes.min() + (idxs.to(boxes) * span)[:, None]
     return nms(shifted, scores, iou_threshold)

@@ -30,8 +30,7 @@ from PIL import Image
 from handlers.decode import PixelBudget
 from handlers.errors import ImageDecodeError, ImageTooLargeError, UnsupportedImageError
 from handlers.pipeline import Pipeline, PipelineConfig
-from sepvit import create_model
-from sepvit.checkpoint import read_metadata
+from sepvit import load_model
 
 from ..batcher import DynamicBatcher
 from ..metrics import Metrics
@@ -213,10 +212,7 @@ class EmbeddedBackend(Backend):
                 f"checkpoint {spec.checkpoint} not found (the demo models come from "
                 "`make models`; or configure other models)"
             )
-        meta = read_metadata(spec.checkpoint)
-        if spec.task is not None and meta["task"] != spec.task:
-            raise ValueError(f"{spec.checkpoint} is a {meta['task']} model, not {spec.task}")
-        model = create_model(meta["variant"], task=meta["task"], checkpoint=spec.checkpoint)
+        model = load_model(spec.checkpoint, task=spec.task)  # native or OpenMMLab
         handler: dict[str, Any] = {**(m.ts_config.get("handler") or {}), **spec.handler}
         if spec.runtime:
             handler["runtime"] = spec.runtime

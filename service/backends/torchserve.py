@@ -3,8 +3,8 @@
 One ``grpc.aio`` channel to ``torchserve_address``. A request of N images becomes N concurrent
 ``Predictions`` calls (TorchServe batches them with other requests by the model's ``batchSize``
 and ``maxBatchDelay``), so there is no gateway batcher here. Each call carries the image as the
-``data`` input and the request parameters (``top_k``, ``score_threshold``, ``format``) as further
-inputs, which is what :mod:`handlers.torchserve_handler` reads. Answers:
+``data`` input and the request parameters (``top_k``, ``score_threshold``, ``max_detections``,
+``format``) as further inputs, which is what :mod:`handlers.torchserve_handler` reads. Answers:
 
 * a JSON document: the pipeline's result for that image, exactly as the embedded backend gives it;
 * PNG bytes (segmentation ``format=png|overlay``): ``{"media_type": "image/png", "data": ...}``;

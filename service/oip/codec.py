@@ -50,7 +50,7 @@ __all__ = [
     "rest_response",
 ]
 
-PARAM_KEYS = ("top_k", "score_threshold", "format")
+PARAM_KEYS = ("top_k", "score_threshold", "max_detections", "format")
 
 
 def encode_bytes_tensor(items: Iterable[bytes]) -> bytes:

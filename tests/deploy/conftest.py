@@ -23,6 +23,7 @@ HELM_VALUES = {
     "gpu": [CHART / "values-gpu.yaml"],
     "auth-keda": [CHART / "ci" / "auth-keda-values.yaml"],
     "embedded": [CHART / "ci" / "embedded-values.yaml"],
+    "own-checkpoints": [CHART / "ci" / "own-checkpoints-values.yaml"],
 }
 KUSTOMIZE = {
     "base": ROOT / "k8s" / "base",

@@ -18,7 +18,14 @@ from service.settings import Settings
 
 from .conftest import ROOT, Rendered, dockerfile_entrypoint, properties
 
-HELM = ["helm-default", "helm-cpu", "helm-gpu", "helm-auth-keda", "helm-embedded"]
+HELM = [
+    "helm-default",
+    "helm-cpu",
+    "helm-gpu",
+    "helm-auth-keda",
+    "helm-embedded",
+    "helm-own-checkpoints",
+]
 KUST = ["kustomize-base", "kustomize-cpu", "kustomize-gpu"]
 ALL = HELM + KUST
 WITH_TORCHSERVE = [n for n in ALL if n != "helm-embedded"]
@@ -116,8 +123,10 @@ def test_gateway_settings_load_from_the_rendered_pod(
     assert [m.name for m in s.models] == names
     for m in s.models:
         # every model's config file is in the ConfigMap, and the checkpoint path is the image's
+        # (or, absolute, on a mounted volume: test_own_checkpoints_come_from_volumes)
         assert m.model_config_file is not None and m.model_config_file.is_file()
-        assert (ROOT / m.checkpoint).parent == MODEL_STORE / m.name
+        if not m.checkpoint.is_absolute():
+            assert (ROOT / m.checkpoint).parent == MODEL_STORE / m.name
     if s.backend == "torchserve":
         ts_service = r.get("Service", "-torchserve")
         host, port = s.torchserve_address.rsplit(":", 1)
@@ -279,13 +288,41 @@ def test_archive_init_containers(renders: dict[str, Rendered], name: str) -> Non
         assert init["command"] == ["sepvit-archive"]
         args = dict(zip(init["args"][::2], init["args"][1::2], strict=False))
         assert args["--name"] == model["name"]
-        assert args["--checkpoint"] == f"/opt/sepvit/{model['checkpoint']}"
+        ckpt = model["checkpoint"]
+        assert args["--checkpoint"] == (ckpt if ckpt.startswith("/") else f"/opt/sepvit/{ckpt}")
         assert args["--export-path"] == store["mountPath"]
         assert args["--config"] == f"/etc/sepvit/{model['name']}.yaml"
         assert init["image"] == spec["containers"][0]["image"]
     # the image holds the checkpoints where the init containers look for them
     text = (ROOT / "docker" / "torchserve.Dockerfile").read_text()
     assert "COPY model_store/ /opt/sepvit/model_store/" in text
+
+
+def test_own_checkpoints_come_from_volumes(renders: dict[str, Rendered]) -> None:
+    """ci/own-checkpoints-values.yaml: an existing claim and an extra volume hold the model files;
+    every container that reads a checkpoint mounts both read-only, and every checkpoint lies
+    under a mount."""
+    r = renders["helm-own-checkpoints"]
+    models = yaml.safe_load(r.configmap_data("-models")["models.yaml"])["models"]
+    for deployment in (gateway(r), torchserve(r)):
+        volumes = {v["name"]: v for v in pod_spec(deployment)["volumes"]}
+        assert volumes["model-files"]["persistentVolumeClaim"] == {
+            "claimName": "sepvit-checkpoints", "readOnly": True
+        }  # fmt: skip
+        assert (
+            volumes["team-checkpoints"]["persistentVolumeClaim"]["claimName"] == "team-checkpoints"
+        )
+    readers = [gateway(r)["spec"]["template"]["spec"]["containers"][0]]
+    readers += pod_spec(torchserve(r))["initContainers"]
+    for c in readers:
+        mounts = [m for m in c["volumeMounts"] if m["name"] in ("model-files", "team-checkpoints")]
+        assert {m["mountPath"] for m in mounts} == {"/models", "/models/team"}
+        assert all(m["readOnly"] for m in mounts)
+        for model in models:
+            assert any(model["checkpoint"].startswith(m["mountPath"] + "/") for m in mounts)
+    # the serving container itself reads archives only
+    ts = pod_spec(torchserve(r))["containers"][0]
+    assert not {m["name"] for m in ts["volumeMounts"]} & {"model-files", "team-checkpoints"}
 
 
 @pytest.mark.parametrize("name", ["helm-gpu", "kustomize-gpu"])

@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from handlers.geometry import choose_bucket, classify_transform, letterbox, resample_filter
+from handlers.geometry import (
+    choose_bucket,
+    classify_transform,
+    keep_ratio_resize,
+    letterbox,
+    resample_filter,
+)
 from handlers.outputs import (
     label_map_png,
     overlay_png,
@@ -36,6 +42,36 @@ def test_letterbox_places_content_top_left_and_inverts_boxes() -> None:
     assert np.allclose(
         lb.boxes_to_original(np.array([[-5.0, -5.0, 500.0, 500.0]])), [[0, 0, 200, 100]]
     )
+
+
+@pytest.mark.parametrize(
+    ("hw", "resized", "padded"),
+    [
+        ((480, 640), (800, 1067), (800, 1088)),  # landscape: the short side reaches 800
+        ((640, 480), (1067, 800), (1088, 800)),  # portrait: the same, turned
+        ((300, 1500), (267, 1333), (288, 1344)),  # panorama: the long side stops at 1333
+    ],
+)
+def test_keep_ratio_resize_follows_mmcv_rescale(
+    hw: tuple[int, int], resized: tuple[int, int], padded: tuple[int, int]
+) -> None:
+    img = np.random.default_rng(0).integers(0, 255, (*hw, 3), dtype=np.uint8)
+    out, lb = keep_ratio_resize(img, (800, 1333), pad_divisor=32)
+    assert lb.valid_hw == resized and out.shape[:2] == padded == lb.bucket
+    assert not out[resized[0] :].any() and not out[:, resized[1] :].any()
+    # boxes go back by the per-axis scale of the rounded size, as mmdet's scale_factor does
+    sy, sx = resized[0] / hw[0], resized[1] / hw[1]
+    box = np.array([[10.0, 20.0, 100.0, 200.0]])
+    assert np.allclose(lb.boxes_to_original(box * [sx, sy, sx, sy]), box)
+
+
+def test_keep_ratio_resize_is_opencv_bilinear() -> None:
+    # 2x upscaling with half-pixel centres: output pixel 1 sits at input 0.25 between 0 and 1
+    img = np.zeros((2, 2, 3), np.uint8)
+    img[:, 1] = 200
+    out, lb = keep_ratio_resize(img, (4, 4))
+    assert lb.valid_hw == (4, 4) and out.shape == (4, 4, 3)
+    assert out[0, :, 0].tolist() == [0, 50, 150, 200]
 
 
 def test_bucket_choice_keeps_most_pixels() -> None:

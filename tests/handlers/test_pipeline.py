@@ -88,6 +88,41 @@ def test_detection_boxes_map_back_to_original_pixels(monkeypatch: pytest.MonkeyP
     assert det["box"] == pytest.approx([30.0, 15.0, 150.0, 75.0], abs=0.05)
 
 
+def test_openmmlab_presets_resize_keep_ratio_and_pad_after_normalising() -> None:
+    torch.manual_seed(0)
+    # the COCO preset at a small scale (long 96, short 64) so the test stays fast
+    model = create_model(
+        "sepvit_lite", task="detect", preset="coco", img_size=(64, 96), fpn_channels=16,
+        head_channels=16, head_convs=1,
+    ).eval()  # fmt: skip
+    cfg = model.pretrained_cfg
+    assert (cfg["resize"], cfg["pad_divisor"], len(cfg["label_names"])) == ("keep_ratio", 32, 80)
+    pipe = Pipeline(model, PipelineConfig(max_detections=20))
+    image = np.random.default_rng(3).integers(0, 255, (30, 50, 3), dtype=np.uint8)
+    (res,) = pipe.handle([_png(image)], [{"score_threshold": 0.0}])
+    # by hand: scale min(96 / 50, 64 / 30) = 1.92 -> 58 x 96, padded to 64 x 96 with zeros after
+    # normalisation; boxes clipped to the 58 x 96 content (mmdet's img_shape), back by 50 / 96
+    # and 30 / 58
+    arr, box = pipe.preprocess(image)
+    assert arr.shape[:2] == (64, 96) and box is not None and box.valid_hw == (58, 96)
+    x = (torch.from_numpy(arr).permute(2, 0, 1)[None].float() / 255 - pipe.mean) / pipe.std
+    x[:, :, 58:] = 0.0
+    assert torch.equal(pipe._to_batch([arr], [box.valid_hw]), x)
+    with torch.no_grad():
+        (det,) = model.postprocess(*model.forward_raw(x), (64, 96), 0.0, 20, clip_size=(58, 96))
+    want = det["boxes"].numpy() * [50 / 96, 30 / 58, 50 / 96, 30 / 58]
+    got = np.array([d["box"] for d in res["detections"]])
+    assert len(got) == 20 and np.allclose(got, want, atol=0.01)
+    assert [d["label"] for d in res["detections"]] == [
+        cfg["label_names"][i] for i in det["labels"].tolist()
+    ]
+    # keep-ratio shapes vary per image: a non-eager runtime needs a configured bucket
+    fallback = Pipeline(model, PipelineConfig(runtime="onnxruntime"))
+    assert fallback.runtime.name == "eager"
+    with pytest.raises(RuntimeError, match="bucket"):
+        Pipeline(model, PipelineConfig(runtime="onnxruntime", on_parity_failure="fail"))
+
+
 def test_segmentation_formats_and_geometry(monkeypatch: pytest.MonkeyPatch) -> None:
     names = ["background", *LABELS]
     model = create_model(

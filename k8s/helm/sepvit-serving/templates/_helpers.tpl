@@ -150,3 +150,33 @@ periodSeconds: {{ .probe.periodSeconds }}
 timeoutSeconds: {{ .probe.timeoutSeconds }}
 failureThreshold: {{ .probe.failureThreshold }}
 {{- end }}
+
+{{/*
+Model-file volumes (values modelVolume, extraVolumes) and their mounts, for the containers that
+read checkpoints: the gateway (embedded backend) and TorchServe's archive init containers.
+*/}}
+{{- define "sepvit-serving.modelVolumeMounts" -}}
+{{- with .Values.modelVolume.existingClaim }}
+- name: model-files
+  mountPath: {{ $.Values.modelVolume.mountPath }}
+  {{- with $.Values.modelVolume.subPath }}
+  subPath: {{ . }}
+  {{- end }}
+  readOnly: true
+{{- end }}
+{{- with .Values.extraVolumeMounts }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{- define "sepvit-serving.modelVolumes" -}}
+{{- with .Values.modelVolume.existingClaim }}
+- name: model-files
+  persistentVolumeClaim:
+    claimName: {{ . }}
+    readOnly: true
+{{- end }}
+{{- with .Values.extraVolumes }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
