@@ -94,6 +94,12 @@ class Metrics:
             ["model"],
             registry=r,
         )
+        self.loop_lag = Histogram(
+            "sepvit_event_loop_lag_seconds",
+            "How late the event loop's heartbeat woke (0.1 s period).",
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+            registry=r,
+        )
         self.model_ready = Gauge(
             "sepvit_model_ready", "1 when the model takes requests.", ["model"], registry=r
         )

@@ -134,6 +134,8 @@ def start_gateway(
             stderr=subprocess.STDOUT,
         )
     gw = Gateway(proc, port, grpc_port, log)
+    tokens = settings.get("auth_tokens") or []
+    headers = {"Authorization": f"Bearer {tokens[0]}"} if tokens else {}
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if proc.poll() is not None:
