@@ -15,7 +15,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[onnx,dev,torchserve]"
+	$(PY) -m pip install --quiet -e ".[onnx,openvino,dev,torchserve]"
 	touch $(STAMP)
 
 lint: $(STAMP)
@@ -62,11 +62,16 @@ serve: $(STAMP)
 protos: $(STAMP)
 	PY=$(PY) bash proto/generate.sh
 
-# Benchmarks (about 90 min on 2 cores; run on a quiet machine): model throughput matrix, serving
-# load (embedded vs TorchServe, batching on/off, detect/segment), then docs/performance.md + plots.
+# Benchmarks (about 2 h on 2 cores; run on a quiet machine): model throughput matrix, serving
+# load (embedded vs TorchServe, batching on/off, detect/segment), serving CPU overhead, the fast
+# CPU runtimes (bf16/int8/auto), then docs/performance.md + plots. Every JSON records its host.
 bench: $(STAMP)
 	$(PY) bench/model_throughput.py
 	$(PY) bench/serving_load.py
+	$(PY) bench/serving_overhead.py
+	$(PY) bench/model_throughput.py --variants sepvit_tiny sepvit_lite --batches 8 --threads 2 \
+		--runtimes eager auto auto-nobf16 bf16 bf16-torch int8 int8-static onnxruntime \
+		--output bench/results/cpu_runtimes.json
 	$(PY) bench/report.py
 
 # Demo models on SepViT-Shapes (sepvit_lite). Each step resumes from runs/<name>/state.pt, so an

@@ -19,6 +19,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 MODEL_CMD = "python bench/model_throughput.py"
 SERVING_CMD = "python bench/serving_load.py"
+CPU_CMD = (
+    "python bench/model_throughput.py --variants sepvit_tiny sepvit_lite --batches 8 --threads 2 "
+    "--runtimes eager auto auto-nobf16 bf16 bf16-torch int8 int8-static onnxruntime --output "
+    "bench/results/cpu_runtimes.json"
+)
+OVERHEAD_CMD = "python bench/serving_overhead.py"
 
 
 def _load(path: Path) -> dict[str, Any] | None:
@@ -31,29 +37,71 @@ def _fmt(v: Any) -> str:
     return f"{v:.1f}" if isinstance(v, float) else str(v)
 
 
+def tied_to_host(doc: dict[str, Any]) -> bool:
+    """Whether a results JSON names its host well enough to be compared (bench/hostinfo.py):
+    CPU identity and flags, and GEMM peaks measured in the same run."""
+    m = doc.get("machine") or {}
+    return bool(m.get("family") and m.get("flags") and (doc.get("gemm_peaks") or {}).get("fp32"))
+
+
 def _machine(doc: dict[str, Any]) -> str:
     m = doc["machine"]
-    parts = [
-        f"{m.get('cpu_model', m.get('processor'))} ({m.get('cpu_count')} vCPU)",
-        f"Python {m.get('python')}",
-        f"torch {m.get('torch')}",
+    flags = ", ".join(f for f, on in (m.get("flags") or {}).items() if on) or "none of note"
+    versions = ", ".join(f"{k} {v.split('-')[0]}" for k, v in (m.get("versions") or {}).items())
+    peaks = doc.get("gemm_peaks") or {}
+    peak_txt = "; ".join(
+        f"{dtype} "
+        + " / ".join(f"{v:.0f}" for v in peaks[dtype].values())
+        + f" GFLOP/s at {' / '.join(peaks[dtype])} thread(s)"
+        for dtype in ("fp32", "bf16")
+        if peaks.get(dtype)
+    )
+    load = f"load average {m.get('loadavg')} at the start"
+    if doc.get("loadavg_end"):
+        load += f", {doc['loadavg_end']} at the end"
+    busy = ""
+    cores = m.get("cpus_usable") or m.get("cpu_count") or 0
+    if max((m.get("loadavg") or [0])[:1] + (doc.get("loadavg_end") or [0])[:1]) > cores:
+        busy = (
+            "; **the host was busy during this run (load average above its CPU count): absolute "
+            "figures and peak fractions are distorted, ratios within a cell less so**"
+        )
+    return (
+        f"{m.get('cpu_model')} (family {m.get('family')} model {m.get('model')} stepping "
+        f"{m.get('stepping')}; {m.get('cpus_usable') or m.get('cpu_count')} usable CPUs; flags: "
+        f"{flags}), {versions}, OMP_WAIT_POLICY={m.get('OMP_WAIT_POLICY')}; GEMM peaks "
+        f"({peaks.get('n', 2048)}³ matmul, this run): {peak_txt}; {load}; run started "
+        f"{doc['started']}{busy}"
+    )
+
+
+def _untied(fname: str, cmd: str) -> list[str]:
+    return [
+        f"`bench/results/{fname}` does not record its host (CPU model, flags, GEMM peaks), so "
+        f"its figures are not shown. Re-run `{cmd}`.",
+        "",
     ]
-    if m.get("onnxruntime"):
-        parts.append(f"onnxruntime {m['onnxruntime']}")
-    parts.append(f"OMP_WAIT_POLICY={m.get('OMP_WAIT_POLICY')}")
-    return ", ".join(parts) + f"; run started {doc['started']}"
 
 
 # -- model throughput --------------------------------------------------------------------------
-def model_section(doc: dict[str, Any] | None, img: Path, rel: str) -> list[str]:
-    out = ["## 1. Model throughput", ""]
+def model_section(
+    doc: dict[str, Any] | None,
+    img: Path,
+    rel: str,
+    title: str = "## 1. Model throughput",
+    fname: str = "model_throughput.json",
+    cmd: str = MODEL_CMD,
+) -> list[str]:
+    out = [title, ""]
     if doc is None:
-        return [*out, f"Not measured yet: `{MODEL_CMD}`.", ""]
+        return [*out, f"Not measured yet: `{cmd}`.", ""]
+    if not tied_to_host(doc):
+        return [*out, *_untied(fname, cmd)]
     s = doc["settings"]
     out += [
-        f"`bench/results/model_throughput.json`: images/s at {s['img_size']}², fp32, the median "
-        f"of {s['repeats']} repeats of at least {s['min_seconds_per_repeat']} s each. "
-        "`vs eager` is the ratio to eager PyTorch in the same cell of the same run.",
+        f"`bench/results/{fname}` (`{cmd}`): images/s at {s['img_size']}², the median "
+        f"of {s['repeats']} interleaved repeats of at least {s['min_seconds_per_repeat']} s each. "
+        "`vs eager` is the ratio to eager fp32 PyTorch in the same cell of the same run.",
         "",
         f"Machine: {_machine(doc)}.",
         "",
@@ -76,7 +124,24 @@ def model_section(doc: dict[str, Any] | None, img: Path, rel: str) -> list[str]:
                         vals.append(_fmt(r["img_per_s_median"]))
                     else:
                         vals.append(f"{r['img_per_s_median']:.1f} ({r['vs_eager']:.2f}x)")
+                    if r is not None and r.get("peak_fraction") is not None:
+                        vals[-1] += f" [{r['peak_fraction']:.0%}]"
             out.append(f"| {variant} | {threads} | " + " | ".join(vals) + " |")
+    out += [
+        "",
+        "`[n%]`: the cell's GFLOP/s (GFLOP/image times img/s) as a fraction of the GEMM peak "
+        "of its arithmetic (fp32; bf16 for bf16 and int8) at the same thread count, this run.",
+    ]
+    picks = {
+        f"{r['variant']} t{r['threads']} b{r['batch']} {r['runtime']}": r["served"].get("chosen")
+        for r in rows
+        if r["runtime"].startswith("auto") and r.get("served")
+    }
+    if picks:
+        out += [
+            "",
+            "What `auto` picked: " + "; ".join(f"{k} → {v}" for k, v in picks.items()) + ".",
+        ]
     if doc.get("skipped"):
         out += ["", "Not run: " + "; ".join(f"{k}: {v}" for k, v in doc["skipped"].items()) + "."]
     if doc.get("failed"):
@@ -85,8 +150,9 @@ def model_section(doc: dict[str, Any] | None, img: Path, rel: str) -> list[str]:
             for f in doc["failed"]
         )
         out += ["", f"Failed (`-` above; the error is in the JSON): {cells}."]
-    _plot_models(doc, img / "model_throughput.png")
-    out += ["", f"![model throughput]({rel}/model_throughput.png)", ""]
+    stem = fname.removesuffix(".json")
+    _plot_models(doc, img / f"{stem}.png")
+    out += ["", f"![model throughput]({rel}/{stem}.png)", ""]
     return out
 
 
@@ -138,6 +204,9 @@ def serving_section(
     out = [title, ""]
     if doc is None:
         return [*out, f"Not measured yet: `{SERVING_CMD}`.", ""]
+    if not tied_to_host(doc):
+        tasks = ["## 3. Detection and segmentation", "", f"Part of `{fname}`: not shown.", ""]
+        return [*out, *_untied(fname, SERVING_CMD), *(tasks if stem == "serving" else [])]
     s = doc["settings"]
     out += [
         f"`bench/results/{fname}`: {s['client']}; {s['warmup']} s warm-up, then "
@@ -238,6 +307,50 @@ def _plot_serving(series: dict[str, list[dict[str, Any]]], img: Path, stem: str)
     plt.close(fig)
 
 
+def overhead_section(doc: dict[str, Any] | None) -> list[str]:
+    out = ["## 4. Serving overhead (CPU per request outside inference)", ""]
+    if doc is None:
+        return [*out, f"Not measured yet: `{OVERHEAD_CMD}`.", ""]
+    if not tied_to_host(doc):
+        return [*out, *_untied("serving_overhead.json", OVERHEAD_CMD)]
+    st, pipe = doc["settings"], doc["pipeline"]
+    out += [
+        f"`bench/results/serving_overhead.json` (`{OVERHEAD_CMD}`): the demo classifier, runtime "
+        f"`{st['runtime']}` (served by `{pipe['runtime']}`), one intra-op thread, closed-loop "
+        f"clients for {st['duration']} s per cell. Server CPU = user + system time of the "
+        "server's process tree over the cell ÷ requests answered; the pipeline's CPU per image "
+        "is measured in-process at the same batch size.",
+        "",
+        f"Machine: {_machine(doc)}.",
+        "",
+        "| server | concurrency | req/s | p50 ms | p99 ms | CPU-ms/request | "
+        "CPU-ms outside the pipeline |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    ov = doc.get("overhead", {})
+    for server, cells in doc["servers"].items():
+        for c, r in cells.items():
+            out.append(
+                f"| {server} | {c} | {_fmt(r['throughput_rps'])} | {_fmt(r['latency_ms']['p50'])} "
+                f"| {_fmt(r['latency_ms']['p99'])} | {_fmt(r['cpu_ms_per_request'])} | "
+                f"{_fmt(ov.get(f'{server}_c{c}_cpu_ms_outside_pipeline'))} |"
+            )
+    out += [
+        "",
+        "In-process pipeline: "
+        + "; ".join(
+            f"batch {k[1:]}: {v['cpu_ms_per_image']} CPU-ms/image, {v['img_per_s']} img/s"
+            for k, v in pipe.items()
+            if k.startswith("b")
+        )
+        + ".",
+    ]
+    out += ["", "Ratios from this run:", ""] + [f"- `{k}`: {v}" for k, v in ov.items()]
+    if doc.get("skipped"):
+        out += ["", "Not run: " + "; ".join(f"{k}: {v}" for k, v in doc["skipped"].items()) + "."]
+    return [*out, ""]
+
+
 def tasks_section(tasks: dict[str, Any] | None) -> list[str]:
     out = ["## 3. Detection and segmentation", ""]
     if not tasks:
@@ -272,16 +385,28 @@ machine's idleness). Methodology:
 - The load generator (`bench/loadgen.py`) is closed-loop: N clients, each on a keep-alive
   connection, send the next request as soon as the previous answer is in. It runs on the same
   machine as the server, as a sidecar would, and shares its CPU.
+- Every JSON records its host (bench/hostinfo.py: CPU model, family/model/stepping, the flags
+  that decide fp32/bf16/int8 speed, usable cores, library versions, the load average at the
+  start and end) and fp32/bf16 GEMM peaks measured in the same run; a JSON without them is not
+  shown here.
 
 The full run, step by step (`make bench` does the same):
 
 ```
 OMP_WAIT_POLICY=PASSIVE .venv/bin/python bench/model_throughput.py   # ~60 min: 6 variants x
-    # eager/compile/onnxruntime (TensorRT on a GPU) x batch 1/8/32 x threads 1/2
+    # eager/compile/onnxruntime/auto (TensorRT on a GPU) x batch 1/8/32 x threads 1/2
 OMP_WAIT_POLICY=PASSIVE .venv/bin/python bench/serving_load.py       # ~30 min: raw, embedded
     # batching on/off x onnxruntime/eager, TorchServe direct and behind the gateway, detect/segment
+OMP_WAIT_POLICY=PASSIVE .venv/bin/python bench/serving_overhead.py   # ~5 min: CPU per request
+    # outside the pipeline, gateway vs TorchServe, concurrency 1 and 4
+OMP_WAIT_POLICY=PASSIVE .venv/bin/python bench/model_throughput.py --variants sepvit_tiny \\
+    sepvit_lite --batches 8 --threads 2 --runtimes eager auto auto-nobf16 bf16 bf16-torch \\
+    int8 int8-static onnxruntime --output bench/results/cpu_runtimes.json    # ~15 min
 .venv/bin/python bench/report.py                                    # this page and docs/img/
 ```
+
+On a GPU machine: `bash bench/gpu_check.sh` (TensorRT / ONNX Runtime CUDA / eager CUDA, and the
+gateway on `runtime: tensorrt`; `bench/results/gpu_<gpu>.json`).
 """
 
 
@@ -295,6 +420,15 @@ def main(argv: list[str] | None = None) -> int:
     lines = [HEADER]
     lines += model_section(_load(args.results / "model_throughput.json"), img, "img")
     lines += serving_section(_load(args.results / "serving_load.json"), img, "img")
+    lines += overhead_section(_load(args.results / "serving_overhead.json"))
+    lines += model_section(
+        _load(args.results / "cpu_runtimes.json"),
+        img,
+        "img",
+        "## 5. Fast CPU runtimes (bf16, int8, auto)",
+        "cpu_runtimes.json",
+        CPU_CMD,
+    )
     out = args.docs / "performance.md"
     out.write_text("\n".join(lines).rstrip() + "\n")
     print(f"wrote {out}")

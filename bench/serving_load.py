@@ -59,8 +59,8 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.hostinfo import gemm_peaks, host_facts, write_results  # noqa: E402
 from bench.loadgen import Request, run_closed_loop, summarize  # noqa: E402
-from bench.model_throughput import machine_info  # noqa: E402
 
 STORE = ROOT / "model_store"
 DEMO = {
@@ -352,7 +352,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "benchmark": "serving_load",
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "machine": machine_info(),
+        "machine": host_facts(),
+        "gemm_peaks": gemm_peaks([1, args.threads]),
         "settings": {
             k: v for k, v in vars(args).items() if k not in ("output",) and not callable(v)
         },
@@ -588,11 +589,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "serving_load.json")
     args = p.parse_args(argv)
     doc = run(args)
-    doc["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(doc, indent=2, default=str) + "\n")
     print(json.dumps(doc["ratios"], indent=2))
-    print(f"wrote {args.output}")
+    write_results(doc, args.output)
     return 0
 
 

@@ -56,7 +56,7 @@ COPY service service
 # DL3013: the project from the build context (its dependencies are pinned in pyproject.toml) and
 # TENSORRT_SPEC, pinned by the build argument
 # hadolint ignore=DL3013
-RUN pip install ".[onnx,torchserve]" \
+RUN pip install ".[onnx,openvino,torchserve]" \
     && if [ "$FLAVOUR" = gpu ]; then pip install "$TENSORRT_SPEC"; fi \
     && find /opt/venv -name '__pycache__' -prune -exec rm -rf {} +
 COPY model_store/ model_store/
@@ -67,7 +67,7 @@ RUN mkdir -p /model-store \
             echo "skipping $name: no $dir/model.safetensors (run make models)"; continue; \
         fi; \
         if [ "$FLAVOUR" = gpu ]; then \
-            sed -i -E "s/^deviceType: cpu/deviceType: gpu/; s/^(  runtime: )eager/\1${GPU_RUNTIME}/" "$cfg"; \
+            sed -i -E "s/^deviceType: cpu/deviceType: gpu/; s/^(  runtime: )[a-z0-9]+/\1${GPU_RUNTIME}/" "$cfg"; \
         fi; \
         sepvit-archive --checkpoint "$dir/model.safetensors" --config "$cfg" --name "$name" \
             --export-path /model-store --force; \

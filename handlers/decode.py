@@ -15,7 +15,10 @@ person sees (EXIF orientation applied), or raises a typed :mod:`handlers.errors`
 from __future__ import annotations
 
 import io
+import threading
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,7 +26,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import ImageDecodeError, ImageTooLargeError, UnsupportedImageError
 
-__all__ = ["ALLOWED_FORMATS", "DecodeLimits", "decode_image"]
+__all__ = ["ALLOWED_FORMATS", "DecodeLimits", "PixelBudget", "decode_image", "image_pixels"]
 
 ALLOWED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "BMP", "GIF", "TIFF"})
 
@@ -33,6 +36,47 @@ class DecodeLimits:
     max_bytes: int = 20 * 1024 * 1024
     max_pixels: int = 40_000_000  # decoded width x height
     max_side: int = 16_384
+
+
+# what one decoded pixel costs at the peak of decode + preprocess: Pillow's 4-byte RGB(X) image
+# plus the 3-byte numpy copy, plus a mode conversion or EXIF rotation of the Pillow image (4
+# more) while decoding; then the 3-byte array plus the keep-ratio resize's float32 copy (12)
+# while preprocessing: at most 15
+DECODE_BYTES_PER_PIXEL = 15
+
+
+class PixelBudget:
+    """Decoded pixels alive at once, across threads: :meth:`hold` blocks until ``n`` pixels of
+    the budget are free. A thread holds one reservation at a time and never waits on anything
+    else while holding it, so a request for at most the whole budget always gets its turn."""
+
+    def __init__(self, pixels: int) -> None:
+        self.total = max(1, pixels)
+        self.free = self.total
+        self._cond = threading.Condition()
+
+    @contextmanager
+    def hold(self, pixels: int) -> Iterator[None]:
+        n = min(max(pixels, 0), self.total)
+        with self._cond:
+            self._cond.wait_for(lambda: self.free >= n)
+            self.free -= n
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.free += n
+                self._cond.notify_all()
+
+
+def image_pixels(data: bytes) -> int:
+    """Width x height from the image header (0 when it cannot be read: decoding will say why)."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            w, h = img.size
+    except Exception:  # anything unreadable is decode_image's to report
+        return 0
+    return max(0, w * h)
 
 
 def _to_uint8(arr: np.ndarray) -> np.ndarray:

@@ -1,8 +1,10 @@
 """Preprocessing geometry and its exact inverse.
 
 * Classification: resize the shorter side to ``size / crop_pct`` then centre-crop ``size``
-  (timm's eval transform; ``crop_pct`` comes from the checkpoint metadata).
-* Detection/segmentation: *letterbox* into a shape bucket: scale by ``s`` (aspect kept) so the
+  (timm's eval transform; ``crop_pct`` comes from the checkpoint metadata). Any aspect ratio is
+  accepted: an extreme one is centre-cropped like any other, at the cost of the crop alone.
+* Detection/segmentation: *letterbox* into a shape bucket (any aspect ratio; a side that would
+  shrink below one pixel keeps one): scale by ``s`` (aspect kept) so the
   image fits, place it at the top-left, pad the rest. The inverse maps network-input pixels back
   to original pixels exactly: ``x_orig = x_net / s`` (boxes), and the valid region of a logit map
   is ``[:round(h*s), :round(w*s)]`` (masks).
@@ -53,14 +55,21 @@ def resample_filter(name: str) -> Image.Resampling:
 def classify_transform(
     image: np.ndarray, size: tuple[int, int], crop_pct: float = 1.0, interpolation: str = "bicubic"
 ) -> np.ndarray:
-    """Resize (shorter side to ``size / crop_pct``) and centre-crop to ``size = (H, W)``."""
+    """Resize (shorter side to ``size / crop_pct``) and centre-crop to ``size = (H, W)``.
+
+    Only the region that survives the crop is resampled (Pillow's ``box``), straight to
+    ``size``: the same pixels as resizing the whole image and cropping, but the work and memory
+    stay ``O(H * W)`` whatever the aspect ratio (a 1x16000 image would otherwise be resized to
+    256x4096000 first)."""
     h, w = image.shape[:2]
     th, tw = size
     scale = max(th / crop_pct / h, tw / crop_pct / w)
     nh, nw = max(th, round(h * scale)), max(tw, round(w * scale))
-    resized = np.asarray(Image.fromarray(image).resize((nw, nh), resample_filter(interpolation)))
     top, left = (nh - th) // 2, (nw - tw) // 2
-    return np.ascontiguousarray(resized[top : top + th, left : left + tw])
+    sy, sx = h / nh, w / nw  # original pixels per resized pixel
+    region = (left * sx, top * sy, (left + tw) * sx, (top + th) * sy)
+    out = Image.fromarray(image).resize((tw, th), resample_filter(interpolation), box=region)
+    return np.ascontiguousarray(np.asarray(out))
 
 
 @dataclass(frozen=True)

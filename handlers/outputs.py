@@ -202,9 +202,12 @@ def palette(n: int = 256) -> np.ndarray:
     return pal
 
 
+OVERLAY_CHUNK_PIXELS = 1 << 20
+
+
 def _png(img: Image.Image) -> bytes:
     buf = io.BytesIO()
-    img.save(buf, format="PNG", optimize=False, compress_level=6)
+    img.save(buf, format="PNG", optimize=False, compress_level=1)  # fast: outputs can be big
     return buf.getvalue()
 
 
@@ -223,8 +226,14 @@ def overlay_png(
     """Class colours blended over the image (``alpha`` on labelled pixels), as RGB PNG."""
     if image.shape[:2] != labels.shape:
         raise ValueError(f"image {image.shape[:2]} and labels {labels.shape} differ in size")
-    colours = palette()[labels.astype(np.int64) % 256].astype(np.float32)
-    blend = image.astype(np.float32) * (1 - alpha) + colours * alpha
-    if background is not None:
-        blend[labels == background] = image[labels == background]
-    return _png(Image.fromarray(np.clip(blend + 0.5, 0, 255).astype(np.uint8)))
+    pal = palette().astype(np.float32)
+    out = np.empty_like(image)
+    rows = max(1, OVERLAY_CHUNK_PIXELS // max(1, labels.shape[1]))
+    for top in range(0, labels.shape[0], rows):  # in bands: float work stays O(chunk)
+        lab, img = labels[top : top + rows], image[top : top + rows]
+        blend = img.astype(np.float32) * (1 - alpha) + pal[lab.astype(np.int64) % 256] * alpha
+        band = np.clip(blend + 0.5, 0, 255).astype(np.uint8)
+        if background is not None:
+            band[lab == background] = img[lab == background]
+        out[top : top + rows] = band
+    return _png(Image.fromarray(out))

@@ -29,7 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .decode import DecodeLimits, decode_image
+from .cpu_runtimes import gate, gate_inputs
+from .decode import DecodeLimits, PixelBudget, decode_image, image_pixels
 from .errors import BadParameterError, PipelineError, TooManyImagesError
 from .geometry import Letterbox, classify_transform, keep_ratio_resize, letterbox
 from .outputs import (
@@ -41,23 +42,24 @@ from .outputs import (
     rle_encode_crop,
     segments_from_labels,
 )
-from .runtime import Runtime, build_runtime, check_parity, golden_inputs
+from .runtime import GATED, Runtime, build_runtime, check_parity, golden_inputs
 
 __all__ = ["Pipeline", "PipelineConfig", "Prepared", "RequestParams"]
 
 log = logging.getLogger(__name__)
 
 SEGMENT_FORMATS = ("rle", "png", "overlay")
-# bilinear-upsampling the logits to the original size is exact but costs K*H*W floats; above this
-# many elements the label map is upsampled by nearest neighbour instead
-MAX_UPSAMPLE_ELEMENTS = 64_000_000
+# bilinear-upsampling the logits to the original size costs K*H*W floats; above this many
+# elements (64 MB of float32) the label map is upsampled by nearest neighbour instead, which
+# costs one byte per original pixel
+MAX_UPSAMPLE_ELEMENTS = 16_000_000
 
 
 @dataclass
 class PipelineConfig:
     """Per-model handler options (``model-config.yaml`` ``handler:`` section)."""
 
-    runtime: str = "eager"
+    runtime: str = "eager"  # eager | onnxruntime | tensorrt | bf16 | int8 | auto
     on_parity_failure: str = "fallback"  # or "fail"
     top_k: int = 5
     score_threshold: float | None = None  # detection; None: the model's own
@@ -123,7 +125,7 @@ class RequestParams:
 @dataclass
 class _Item:
     index: int
-    image: np.ndarray  # original RGB
+    payload: bytes  # the encoded image (an overlay decodes it again rather than holding pixels)
     tensor: np.ndarray  # preprocessed [H, W, 3] uint8 (network input size)
     box: Letterbox | None
     params: RequestParams
@@ -140,10 +142,18 @@ class Prepared:
 class Pipeline:
     """Decode/preprocess/infer/postprocess for one model built by ``sepvit.create_model``."""
 
-    def __init__(self, model: nn.Module, config: PipelineConfig | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        config: PipelineConfig | None = None,
+        budget: PixelBudget | None = None,
+    ) -> None:
+        """``budget`` bounds the decoded pixels alive at once; share one between pipelines to
+        bound a whole process (default: one full-size image at a time in this pipeline)."""
         from sepvit import model_config
 
         self.config = config or PipelineConfig()
+        self.budget = budget or PixelBudget(self.config.limits.max_pixels)
         self.model = model.eval()
         self.cfg = model_config(model)
         self.task: str = self.cfg["task"]
@@ -167,6 +177,9 @@ class Pipeline:
     def _load_runtime(self) -> tuple[Runtime, Any]:
         eager = build_runtime("eager", self.model, self.input_size)
         name = self.config.runtime
+        # what /models reports: the runtime asked for, the one serving, auto's decision (its
+        # "chosen" candidate, speeds, gates) and why a runtime fell back to eager
+        self.runtime_info: dict[str, Any] = {"requested": name, "serving": "eager"}
         if name == "eager":
             return eager, None
         if self.task != "classify" and len(self.buckets) > 1:
@@ -185,8 +198,11 @@ class Pipeline:
                 threads=self.config.threads,
                 options=self.config.runtime_options,
             )
-            decode = self._decode_raw if self.task == "detect" else None
-            checked = check_parity(self.task, candidate, eager, golden_inputs(size), decode=decode)
+            self.runtime_info.update(candidate.info)
+            if candidate.name == "eager":  # auto found nothing faster that passed its gate
+                log.info("runtime %s -> eager", name)
+                return candidate, None
+            checked = self._check(name, candidate, eager, size)
         except Exception as exc:  # a runtime that cannot load is a parity failure too
             report = None
             reason = f"{name} runtime unavailable: {exc}"
@@ -194,12 +210,23 @@ class Pipeline:
             report = checked
             if checked.ok:
                 log.info("runtime %s", checked)
+                self.runtime_info["serving"] = candidate.name
                 return candidate, checked
             reason = str(checked)
         if self.config.on_parity_failure == "fail":
             raise RuntimeError(f"refusing to load: {reason}")
         log.warning("%s; falling back to eager", reason)
+        self.runtime_info["fallback"] = reason
         return eager, report
+
+    def _check(self, name: str, candidate: Runtime, eager: Runtime, size: tuple[int, int]) -> Any:
+        """Reduced-precision runtimes: the accuracy gate on dataset images (a short one when auto
+        has just gated it, or cached the decision); others: parity on the golden inputs."""
+        decode = self._decode_raw if self.task == "detect" else None
+        if candidate.name in GATED:
+            inputs = gate_inputs(self.model, size, quick=name == "auto")
+            return gate(self.task, candidate, eager, inputs, decode=decode)
+        return check_parity(self.task, candidate, eager, golden_inputs(size), decode=decode)
 
     # -- stages ------------------------------------------------------------------------------
     def decode(self, payload: bytes) -> np.ndarray:
@@ -297,7 +324,9 @@ class Pipeline:
         if it.params.format == "png":
             return {"media_type": "image/png", "data": instance_map_png(masks, size)}
         if it.params.format == "overlay":
-            data = instance_overlay_png(it.image, masks, boxes[keep].tolist())
+            with self.budget.hold(size[0] * size[1]):
+                image = self.decode(it.payload)
+                data = instance_overlay_png(image, masks, boxes[keep].tolist())
             return {"media_type": "image/png", "data": data}
         for d, m in zip(detections, masks, strict=True):
             d["mask"] = rle_encode_crop(m, size)
@@ -327,12 +356,11 @@ class Pipeline:
                 valid[None], size=(box.orig_h, box.orig_w), mode="bilinear", align_corners=False
             )
             return up[0].argmax(0).numpy().astype(np.uint8)
-        small = valid.argmax(0)[None, None].float()
-        return (
-            F.interpolate(small, size=(box.orig_h, box.orig_w), mode="nearest")[0, 0]
-            .numpy()
-            .astype(np.uint8)
-        )
+        # nearest neighbour by index (torch's rule: source = floor(dst * in / out)), uint8 only
+        small = valid.argmax(0).numpy().astype(np.uint8)
+        rows = np.minimum(np.arange(box.orig_h) * vh // box.orig_h, vh - 1)
+        cols = np.minimum(np.arange(box.orig_w) * vw // box.orig_w, vw - 1)
+        return small[rows[:, None], cols[None, :]]
 
     def _segment_result(self, logits: Tensor, it: _Item) -> dict[str, Any]:
         assert it.box is not None
@@ -341,10 +369,10 @@ class Pipeline:
         if fmt == "png":
             return {"media_type": "image/png", "data": label_map_png(labels)}
         if fmt == "overlay":
-            return {
-                "media_type": "image/png",
-                "data": overlay_png(it.image, labels, background=self.background),
-            }
+            with self.budget.hold(labels.size):
+                image = self.decode(it.payload)
+                data = overlay_png(image, labels, background=self.background)
+            return {"media_type": "image/png", "data": data}
         return {"segments": segments_from_labels(labels, self.labels, self.background)}
 
     # -- the whole path ----------------------------------------------------------------------
@@ -378,13 +406,27 @@ class Pipeline:
                     )
                 if p.format == "rle" and self.task == "detect":
                     p.format = None  # detections with RLE masks are the default answer
-                image = self.decode(payload)
-                arr, box = self.preprocess(image)
+                with self.budget.hold(image_pixels(payload)):
+                    arr, box = self.preprocess(self.decode(payload))
+                self._check_input(arr)
             except PipelineError as exc:
                 out.results[i] = exc
                 continue
-            out.groups.setdefault(arr.shape[:2], []).append(_Item(i, image, arr, box, p))
+            out.groups.setdefault(arr.shape[:2], []).append(_Item(i, payload, arr, box, p))
         return out
+
+    def _check_input(self, arr: np.ndarray) -> None:
+        """The limit that matters is on the tensor the model sees: one of its input shapes, or
+        (keep-ratio models) within the configured scale, padded."""
+        h, w = arr.shape[:2]
+        if self.task != "classify" and self.keep_ratio:
+            d = max(1, int(self.pad_divisor))
+            side = -(-max(self.input_size) // d) * d
+            ok = h <= side and w <= side and min(h, w) <= -(-min(self.input_size) // d) * d
+        else:
+            ok = (h, w) in ([self.input_size] if self.task == "classify" else self.buckets)
+        if not ok or arr.shape[2:] != (3,):
+            raise RuntimeError(f"preprocessing produced {arr.shape}, beyond the model's input")
 
     def run(self, prepared: Prepared) -> list[dict[str, Any] | PipelineError]:
         """The second half of :meth:`handle`: infer each shape group, postprocess, in order."""

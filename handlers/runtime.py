@@ -4,22 +4,26 @@
 * ``onnxruntime``: the model exported by :func:`sepvit.export.export_onnx`, CPU provider (CUDA
   provider first when available).
 * ``tensorrt``: an engine built by :func:`sepvit.export.build_tensorrt_engine` (GPU nodes).
+* ``bf16``, ``int8`` and ``auto`` (the fastest gated one for this host): see
+  :mod:`handlers.cpu_runtimes`.
 
 A non-eager runtime is checked at load time against eager on golden inputs
 (:func:`check_parity`); the caller decides whether a mismatch falls back to eager or refuses to
-load. Optional dependencies (onnxruntime, tensorrt) are imported only when that runtime is built.
+load. Optional dependencies (onnxruntime, openvino, tensorrt) are imported only when that runtime
+is built.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import logging
 import os
 import shutil
 import tempfile
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +43,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-RUNTIMES = ("eager", "onnxruntime", "tensorrt")
+RUNTIMES = ("eager", "onnxruntime", "tensorrt", "bf16", "int8", "auto")
+# reduced-precision runtimes: checked on real images by handlers.cpu_runtimes.gate
+GATED = ("bf16", "int8")
 
 
 class RuntimeUnavailable(RuntimeError):
@@ -51,6 +57,7 @@ class Runtime:
     name: str
     run: Callable[[Tensor], list[Tensor]]
     device: torch.device
+    info: dict[str, Any] = field(default_factory=dict)  # engine, auto's decision, ...
 
     def __call__(self, batch: Tensor) -> list[Tensor]:
         return self.run(batch)
@@ -107,10 +114,16 @@ def _cached_onnx(
         log.info("onnx export from cache %s", entry)
         return entry / "model.onnx"
     export_onnx(model, out / "model.onnx", img_size=img_size, check=False)
+    return _stage_into_cache(out, entry)
+
+
+def _stage_into_cache(staged_dir: Path, entry: Path) -> Path:
+    """Copy ``staged_dir`` (holding ``model.onnx``) to cache ``entry`` atomically; the path of the
+    cached ``model.onnx``, or the staged one when the cache cannot be written."""
     try:  # an unwritable cache costs a re-export next time, nothing more
-        cache.mkdir(parents=True, exist_ok=True)
-        staged = cache / f".{entry.name}.{os.getpid()}.{threading.get_ident()}"
-        shutil.copytree(out, staged)
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        staged = entry.parent / f".{entry.name}.{os.getpid()}.{threading.get_ident()}"
+        shutil.copytree(staged_dir, staged)
         try:
             os.rename(staged, entry)
         except OSError:  # another worker cached it first
@@ -118,24 +131,18 @@ def _cached_onnx(
             if not (entry / "model.onnx").is_file():
                 raise
     except OSError as exc:
-        log.warning("cannot cache the onnx export in %s: %s", cache, exc)
-        return out / "model.onnx"
+        log.warning("cannot cache the onnx export in %s: %s", entry.parent, exc)
+        return staged_dir / "model.onnx"
     return entry / "model.onnx"
 
 
-def _onnxruntime(
-    model: nn.Module,
-    img_size: tuple[int, int],
-    workdir: Path,
-    threads: int,
-    cache: Path | None = None,
-) -> Runtime:
+def _onnxruntime(path: Path, threads: int, name: str = "onnxruntime") -> Runtime:
+    """An ONNX Runtime session of the graph at ``path`` (CUDA provider first when available)."""
     try:
         import onnxruntime as ort
     except ImportError as exc:
-        raise RuntimeUnavailable("the onnxruntime runtime needs the 'onnxruntime' package") from exc
+        raise RuntimeUnavailable(f"the {name} runtime needs the 'onnxruntime' package") from exc
 
-    path = _cached_onnx(model, img_size, workdir, cache)
     opts = ort.SessionOptions()
     if threads:
         opts.intra_op_num_threads = threads
@@ -146,13 +153,13 @@ def _onnxruntime(
         if p in ort.get_available_providers()
     ]
     sess = ort.InferenceSession(str(path), opts, providers=providers)
-    name = sess.get_inputs()[0].name
+    input_name = sess.get_inputs()[0].name
 
     def run(batch: Tensor) -> list[Tensor]:
-        outs = sess.run(None, {name: batch.detach().cpu().float().numpy()})
+        outs = sess.run(None, {input_name: batch.detach().cpu().float().numpy()})
         return [torch.from_numpy(np.asarray(o)) for o in outs]
 
-    return Runtime("onnxruntime", run, torch.device("cpu"))
+    return Runtime(name, run, torch.device("cpu"))
 
 
 def _tensorrt(
@@ -229,8 +236,10 @@ def build_runtime(
     """Build runtime ``name`` for ``model`` at input size ``img_size``.
 
     ``cache_dir`` (default ``$SEPVIT_CACHE_DIR``, else ``.cache``) keeps exports between loads:
-    ONNX graphs under ``onnx/`` keyed by :func:`model_digest`, TensorRT engines under
-    ``tensorrt/``. ``options["cache"] = False`` turns the ONNX cache off.
+    ONNX graphs under ``onnx/`` keyed by :func:`model_digest`, int8 graphs under ``onnx-int8/``,
+    OpenVINO compiled blobs under ``openvino/``, ``auto``'s decisions under ``auto/``, TensorRT
+    engines under ``tensorrt/``. ``options["cache"] = False`` turns these caches off (TensorRT's
+    excepted). ``auto`` returns the winning runtime: its ``name`` says which, its ``info`` why.
     """
     if name not in RUNTIMES:
         raise ValueError(f"unknown runtime {name!r}; expected one of {RUNTIMES}")
@@ -242,8 +251,30 @@ def build_runtime(
     opts = options or {}
     if name == "onnxruntime":
         cache = root / "onnx" if opts.get("cache", True) else None
-        return _onnxruntime(model, img_size, work, threads, cache)
-    return _tensorrt(model, img_size, work, root, opts)
+        if importlib.util.find_spec("onnxruntime") is None:
+            raise RuntimeUnavailable("the onnxruntime runtime needs the 'onnxruntime' package")
+        return _onnxruntime(_cached_onnx(model, img_size, work, cache), threads)
+    if name == "tensorrt":
+        return _tensorrt(model, img_size, work, root, opts)
+    from . import cpu_runtimes
+
+    if name == "bf16":
+        return cpu_runtimes.bf16_runtime(model, img_size, work, root, threads, opts)
+    if name == "int8":
+        return cpu_runtimes.int8_runtime(model, img_size, work, root, threads, opts)
+
+    def build(candidate: str, extra: dict[str, Any]) -> Runtime:
+        return build_runtime(
+            candidate,
+            model,
+            img_size,
+            workdir=work,
+            cache_dir=root,
+            threads=threads,
+            options={**opts, **extra},
+        )
+
+    return cpu_runtimes.auto_runtime(model, img_size, build, root, threads, opts)
 
 
 def golden_inputs(img_size: tuple[int, int], batch: int = 4, seed: int = 0) -> Tensor:

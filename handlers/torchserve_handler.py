@@ -89,10 +89,11 @@ class SepViTHandler(BaseHandler):
         self.model = model
         self.initialized = True
         log.info(
-            "loaded %s (%s, %s runtime) from %s",
+            "loaded %s (%s, runtime %s: %s) from %s",
             meta["variant"],
             meta["task"],
-            self.pipeline.config.runtime,
+            self.pipeline.runtime.name,
+            self.pipeline.runtime_info,
             checkpoint,
         )
 

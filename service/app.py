@@ -2,8 +2,13 @@
 plane, the HTTP routes and (in the lifespan) the gRPC server; nothing happens at import time.
 
 Lifespan: start the backend (models load in the background; readiness stays false until every
-model has loaded, warmed up and passed its parity check), start gRPC. On shutdown: readiness
-false, gRPC stops accepting and finishes its calls, the batchers finish their queues.
+model has loaded, warmed up and passed its parity check), the event loop's heartbeat, and gRPC.
+
+The drain (SIGTERM): at once both transports report not ready and refuse new work (503 /
+UNAVAILABLE with Retry-After; health and metrics still answer); after ``drain_delay_s`` both stop
+accepting connections and calls, and in-flight calls on both get the rest of
+``shutdown_grace_s``; whatever still runs shortly before the grace period ends is cut off with
+503 / UNAVAILABLE, so every accepted request gets an answer. Then the batchers stop.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from types import FrameType
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -24,16 +30,17 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from handlers.errors import PipelineError
 
 from . import __version__
+from .admission import Admission
 from .auth import TokenChecker
 from .backends import Backend, create_backend
 from .dataplane import DataPlane
 from .errors import ErrorInfo, ServiceError
-from .limits import ConcurrencyLimit
 from .metrics import Metrics
 from .middleware import GatewayMiddleware, error_response, is_oip
 from .pages import add_pages
 from .rest import router
 from .settings import Settings, load_settings
+from .watchdog import LoopWatch
 
 __all__ = ["create_app", "create_app_from_env"]
 
@@ -69,29 +76,75 @@ async def _internal_error(request: Request, exc: Exception) -> Response:
     return error_response(exc, _rid(request), request.url.path)
 
 
-def _drain_on_sigterm(plane: DataPlane, delay: float) -> None:
-    """Chain onto the server's SIGTERM handler: readiness goes false at once, and the server's
-    own graceful stop (stop accepting, finish in-flight requests) follows ``delay`` seconds
-    later, so load balancers see the pod unready before it stops listening."""
-    if threading.current_thread() is not threading.main_thread():
-        return  # signals are the main thread's (in-process test clients run elsewhere)
-    server_handler = signal.getsignal(signal.SIGTERM)
-    if not callable(server_handler):
-        return
-    loop = asyncio.get_running_loop()
+# the cut-off comes this long (at most a quarter of the grace) before the grace period ends, so
+# that its 503s are written before uvicorn and gRPC give up on what is left
+CUT_OFF_MARGIN_S = 1.0
 
-    def on_sigterm(sig: int, frame: FrameType | None) -> None:
-        if plane.draining:
+
+class Drain:
+    """The shutdown sequence, shared by SIGTERM and the lifespan's end."""
+
+    def __init__(self, plane: DataPlane, admission: Admission, settings: Settings) -> None:
+        self.plane = plane
+        self.admission = admission
+        self.settings = settings
+        self.grpc_server: Any = None
+        self.grpc_stop: asyncio.Task[None] | None = None
+        self.cut_at: float | None = None  # loop time of the cut-off, once stopping
+
+    def begin(self) -> None:
+        """Not ready and no new work, on both transports."""
+        self.plane.draining = True
+
+    def stop_accepting(self) -> None:
+        """Close gRPC to new calls (in-flight ones get the grace) and schedule the cut-off
+        (once)."""
+        if self.cut_at is not None:
             return
-        plane.draining = True
-        log.info("SIGTERM: readiness off, draining in %.1f s", delay)
+        grace = self.settings.shutdown_grace_s
+        loop = asyncio.get_running_loop()
+        if self.grpc_server is not None:
+            self.grpc_stop = loop.create_task(self.grpc_server.stop(grace))
+        self.cut_at = loop.time() + max(0.0, grace - min(CUT_OFF_MARGIN_S, grace / 4))
+        loop.call_at(self.cut_at, self.admission.cut_off)
 
-        def stop_later() -> None:
-            loop.call_later(delay, server_handler, sig, frame)
+    async def finish(self) -> None:
+        """The lifespan's end: stop, then wait until every admitted call has answered (the
+        cut-off answers the last ones): grpc.aio's ``stop`` can return while handlers still
+        run, and leaving then would drop their answers."""
+        self.begin()
+        self.stop_accepting()
+        if self.grpc_stop is not None:
+            await self.grpc_stop
+        loop = asyncio.get_running_loop()
+        assert self.cut_at is not None
+        end = self.cut_at + CUT_OFF_MARGIN_S
+        while self.admission.calls and loop.time() < end:
+            await asyncio.sleep(0.02)
 
-        loop.call_soon_threadsafe(stop_later)
+    def on_sigterm(self) -> None:
+        """Chain onto the server's SIGTERM handler: not ready at once; ``drain_delay_s`` later
+        both transports stop accepting, so load balancers see the pod unready first."""
+        if threading.current_thread() is not threading.main_thread():
+            return  # signals are the main thread's (in-process test clients run elsewhere)
+        server_handler = signal.getsignal(signal.SIGTERM)
+        if not callable(server_handler):
+            return
+        loop = asyncio.get_running_loop()
+        delay = self.settings.drain_delay_s
 
-    signal.signal(signal.SIGTERM, on_sigterm)
+        def stop(sig: int, frame: FrameType | None) -> None:
+            self.stop_accepting()
+            server_handler(sig, frame)
+
+        def on_sigterm(sig: int, frame: FrameType | None) -> None:
+            if self.plane.draining:
+                return
+            log.info("SIGTERM: not ready, refusing new work; closing in %.1f s", delay)
+            loop.call_soon_threadsafe(self.begin)
+            loop.call_soon_threadsafe(lambda: loop.call_later(delay, stop, sig, frame))
+
+        signal.signal(signal.SIGTERM, on_sigterm)
 
 
 def create_app(settings: Settings | None = None, backend: Backend | None = None) -> FastAPI:
@@ -99,29 +152,29 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
     settings = settings or load_settings()
     metrics = Metrics()
     backend = backend or create_backend(settings, metrics)
-    plane = DataPlane(settings, backend, metrics.stats)
-    tokens = TokenChecker(settings.tokens())
-    limit = ConcurrencyLimit(settings.max_concurrent_requests, settings.retry_after_s, metrics)
+    watch = LoopWatch(metrics, settings.liveness_stall_s)
+    plane = DataPlane(settings, backend, metrics.stats, watch)
+    admission = Admission(settings, metrics, TokenChecker(settings.tokens()), plane)
+    drain = Drain(plane, admission, settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await backend.start()
-        _drain_on_sigterm(plane, settings.drain_delay_s)
-        grpc_server = None
+        watch.start()
+        drain.on_sigterm()
         if settings.grpc_port is not None:
             from .grpc_server import start_grpc_server
 
-            grpc_server, app.state.grpc_port = await start_grpc_server(
-                plane, settings, metrics, tokens, limit
+            drain.grpc_server, app.state.grpc_port = await start_grpc_server(
+                plane, settings, admission
             )
             log.info("gRPC listening on %s:%d", settings.host, app.state.grpc_port)
         try:
             yield
         finally:
-            plane.draining = True
-            if grpc_server is not None:
-                await grpc_server.stop(settings.shutdown_grace_s)
+            await drain.finish()
             await backend.stop(settings.shutdown_grace_s)
+            await watch.stop()
             log.info("stopped")
 
     app = FastAPI(
@@ -138,7 +191,7 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
     app.state.backend = backend
     app.state.plane = plane
     app.state.grpc_port = None
-    app.state.limit = limit
+    app.state.limit = app.state.admission = admission
     app.include_router(router)
     add_pages(app)
     app.add_exception_handler(ServiceError, _service_error)
@@ -146,9 +199,7 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _internal_error)
-    app.add_middleware(
-        GatewayMiddleware, settings=settings, metrics=metrics, tokens=tokens, limit=limit
-    )
+    app.add_middleware(GatewayMiddleware, settings=settings, admission=admission)
     return app
 
 

@@ -27,6 +27,10 @@ its thread) each batch's phase times, go to ``/metrics`` and to the statistics e
   its images are dropped from the queue if they have not started.
 * A caller that goes away (its task is cancelled: client disconnect, gRPC cancellation) takes
   its images out of the queue the same way.
+* Watchdog: a batch still running ``watchdog_margin_s`` after the latest deadline of its
+  requests is hung (a decoder or runtime that never returns; Python cannot stop the thread). The
+  batcher then fails: every waiting request gets 503 ``not_ready`` with the reason, new ones are
+  refused, and ``on_hang(reason)`` lets the backend mark the model failed and rebuild it.
 """
 
 from __future__ import annotations
@@ -80,6 +84,8 @@ class DynamicBatcher:
         adaptive: bool = True,
         prepare: BatchPreparer | None = None,
         phases: PhaseTimes | None = None,
+        watchdog_margin_s: float = 10.0,
+        on_hang: Callable[[str], None] | None = None,
     ) -> None:
         """``run(payloads, params)`` answers a batch; with ``prepare``, ``run`` receives
         ``prepare(payloads, params)``'s result instead and the two stages overlap. ``phases()``
@@ -107,6 +113,9 @@ class DynamicBatcher:
         self._tickets = 0
         self._running: set[asyncio.Task[None]] = set()
         self._batch_seconds = 0.05  # running mean of a batch's duration (Retry-After hints)
+        self.watchdog_margin_s = watchdog_margin_s
+        self.on_hang = on_hang
+        self.failure: str | None = None  # set when the watchdog found a hung batch
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -138,6 +147,8 @@ class DynamicBatcher:
     ) -> list[Any]:
         """Results for ``payloads`` in order. ``deadline`` is in ``loop.time()`` seconds."""
         loop = asyncio.get_running_loop()
+        if self.failure is not None:
+            raise NotReadyError(f"model {self.name!r} failed: {self.failure}")
         if self._closing:
             raise NotReadyError(f"model {self.name!r} is shutting down")
         n = len(payloads)
@@ -232,6 +243,26 @@ class DynamicBatcher:
         self.metrics.queue_depth.labels(self.name).set(self._queued)
         return batch
 
+    def _hung(self, batch: list[_Entry], seconds: float) -> None:
+        """The watchdog fired: fail this batch, the queue and the batcher; tell the owner."""
+        if self.failure is not None:  # a later batch stuck behind the hung one
+            self._fail(batch, NotReadyError(f"model {self.name!r} failed: {self.failure}"))
+            return
+        self.failure = (
+            f"a batch of {sum(len(e.payloads) for e in batch)} images ran {seconds:.1f} s, "
+            f"more than {self.watchdog_margin_s:g} s past its deadline (hung worker)"
+        )
+        log.error("model %s: %s", self.name, self.failure)
+        error = NotReadyError(f"model {self.name!r} failed: {self.failure}")
+        self._fail(batch, error)
+        self._fail(list(self._queue), error)
+        self._closing = True
+        self._wakeup.set()
+        self._turns.abandon()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        if self.on_hang is not None:
+            self.on_hang(self.failure)
+
     @staticmethod
     def _fail(batch: list[_Entry], exc: BaseException) -> None:
         for e in batch:
@@ -271,10 +302,13 @@ class DynamicBatcher:
             self._last_batch = max(1, len(payloads))
             ticket, self._tickets = self._tickets, self._tickets + 1
             t0 = time.perf_counter()
+            work = loop.run_in_executor(self._executor, self._work, ticket, payloads, params)
+            patience = max(e.deadline for e in batch) + self.watchdog_margin_s - loop.time()
             try:
-                results, phases = await loop.run_in_executor(
-                    self._executor, self._work, ticket, payloads, params
-                )
+                results, phases = await asyncio.wait_for(asyncio.shield(work), max(patience, 0.0))
+            except TimeoutError:
+                self._hung(batch, time.perf_counter() - t0)
+                return
             except Exception as exc:  # a server-side failure fails the batch's requests
                 log.exception("batch of %d images failed on model %s", len(payloads), self.name)
                 self._fail(batch, exc)

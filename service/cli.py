@@ -8,6 +8,7 @@ spinning OpenMP threads steal the cores that the other requests and workers need
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -76,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "port": settings.port,
         "log_config": None,
         "access_log": False,
-        "timeout_graceful_shutdown": int(settings.shutdown_grace_s) or None,
+        "timeout_graceful_shutdown": math.ceil(settings.shutdown_grace_s) or None,
         "server_header": False,
     }
     if settings.workers > 1:

@@ -22,6 +22,7 @@ from .backends import Backend, ModelInfo, ModelState
 from .errors import BadRequestError, ModelNotFoundError, NotReadyError, describe
 from .settings import Settings
 from .stats import InferenceStats
+from .watchdog import LoopWatch
 
 __all__ = ["DataPlane", "InferenceRequest", "InferenceResponse", "encode_result"]
 
@@ -66,16 +67,22 @@ def encode_result(item: dict[str, Any] | PipelineError) -> dict[str, Any]:
 
 class DataPlane:
     def __init__(
-        self, settings: Settings, backend: Backend, stats: InferenceStats | None = None
+        self,
+        settings: Settings,
+        backend: Backend,
+        stats: InferenceStats | None = None,
+        watch: LoopWatch | None = None,
     ) -> None:
         self.settings = settings
         self.backend = backend
         self.stats = stats or InferenceStats()
-        self.draining = False
+        self.watch = watch
+        self.draining = False  # set once by the drain (service/app.py): not ready, no new work
 
     # -- health and metadata -----------------------------------------------------------------
     def live(self) -> bool:
-        return True
+        """False when the event loop has stalled for ``liveness_stall_s`` (service/watchdog)."""
+        return self.watch is None or not self.watch.stalled()
 
     def ready(self) -> bool:
         if self.draining:

@@ -23,6 +23,7 @@ __all__ = [
     "OverloadedError",
     "PayloadTooLargeError",
     "QueueFullError",
+    "RequestTimeoutError",
     "ServiceError",
     "UnauthorizedError",
     "UnsupportedMediaTypeError",
@@ -59,6 +60,12 @@ class ForbiddenError(ServiceError):
 
 class ModelNotFoundError(ServiceError):
     http_status, grpc_code, code = 404, "NOT_FOUND", "model_not_found"
+
+
+class RequestTimeoutError(ServiceError):
+    """The request body did not arrive within ``body_timeout_s``."""
+
+    http_status, grpc_code, code = 408, "DEADLINE_EXCEEDED", "request_timeout"
 
 
 class PayloadTooLargeError(ServiceError):

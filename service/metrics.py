@@ -94,8 +94,21 @@ class Metrics:
             ["model"],
             registry=r,
         )
+        self.loop_lag = Histogram(
+            "sepvit_event_loop_lag_seconds",
+            "How late the event loop's heartbeat woke (0.1 s period).",
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+            registry=r,
+        )
         self.model_ready = Gauge(
             "sepvit_model_ready", "1 when the model takes requests.", ["model"], registry=r
+        )
+        self.model_runtime = Gauge(
+            "sepvit_model_runtime_img_per_s",
+            "The runtime serving each model (label runtime; requested: as configured, e.g. auto) "
+            "and its speed measured at load by runtime auto (img/s at batch 8; 0 if not measured).",
+            ["model", "runtime", "requested"],
+            registry=r,
         )
 
     def render(self) -> bytes:

@@ -1,32 +1,36 @@
 """One pure-ASGI middleware for every HTTP request (pure ASGI so that client disconnects still
-reach the routes): request ID, access log, metrics, auth, concurrency and body-size limits.
+reach the routes): the HTTP adapter of :class:`service.admission.Admission`, plus the body's
+size and time limits.
 
-Order per request: request ID -> auth (liveness and the public pages of
-:mod:`service.pages` exempt) -> concurrency limit (health and metrics
-exempt, so probes answer under overload) -> body limit (checked on ``Content-Length`` and while
-the body streams) -> the app. Refusals are JSON errors from :func:`service.errors.describe`.
+Order per request: request ID -> auth (liveness and the public pages of :mod:`service.pages`
+exempt) -> drain and concurrency limit (health and metrics exempt, so probes answer under
+overload) -> body limits (size on ``Content-Length`` and while the body streams; the whole body
+within ``body_timeout_s``, else 408) -> the app. Refusals are JSON errors from
+:func:`service.errors.describe`.
 """
 
 from __future__ import annotations
 
-import logging
+import asyncio
+import contextlib
 import time
 from typing import Any
 
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .auth import TokenChecker, request_id
-from .errors import PayloadTooLargeError, ServiceError, describe
-from .limits import ConcurrencyLimit
-from .logs import request_id_var
-from .metrics import Metrics
+from .admission import Admission, Call, decimal
+from .errors import (
+    NotReadyError,
+    PayloadTooLargeError,
+    RequestTimeoutError,
+    ServiceError,
+    describe,
+)
 from .pages import is_public
 from .settings import Settings
 
-__all__ = ["GatewayMiddleware", "error_response", "is_oip"]
-
-log = logging.getLogger("service.access")
+__all__ = ["AUTH_EXEMPT", "GatewayMiddleware", "error_response", "is_oip"]
 
 AUTH_EXEMPT = frozenset({"/v2/health/live"})
 LIMIT_EXEMPT = frozenset({"/v2/health/live", "/v2/health/ready", "/metrics"})
@@ -47,93 +51,108 @@ def error_response(exc: BaseException, rid: str | None, path: str) -> JSONRespon
 
 
 class GatewayMiddleware:
-    def __init__(
-        self,
-        app: ASGIApp,
-        settings: Settings,
-        metrics: Metrics,
-        tokens: TokenChecker,
-        limit: ConcurrencyLimit,
-    ) -> None:
+    def __init__(self, app: ASGIApp, settings: Settings, admission: Admission) -> None:
         self.app = app
         self.settings = settings
-        self.metrics = metrics
-        self.tokens = tokens
-        self.limit = limit
+        self.admission = admission
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-        rid = request_id(headers.get("x-request-id"))
-        scope.setdefault("state", {})["request_id"] = rid
-        token = request_id_var.set(rid)
         path: str = scope["path"]
+        peer = (scope.get("client") or ("?",))[0]
+        call = self.admission.open("http", scope["method"], path, headers, peer)
+        scope.setdefault("state", {})["request_id"] = call.request_id
         status = 500
-        t0 = time.perf_counter()
+        started = False
 
         async def send_wrapper(message: Message) -> None:
-            nonlocal status
+            nonlocal status, started
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, started = message["status"], True
                 message.setdefault("headers", [])
-                message["headers"] = [*message["headers"], (b"x-request-id", rid.encode())]
+                extra = [(b"x-request-id", call.request_id.encode())]
+                if self.admission.draining:  # no keep-alive reuse racing the listener's close
+                    extra.append((b"connection", b"close"))
+                message["headers"] = [*message["headers"], *extra]
             await send(message)
 
         limited = path not in LIMIT_EXEMPT
-        counted = False
-        self.metrics.in_flight.inc()
         try:
             try:
-                if path not in AUTH_EXEMPT and not is_public(path):
-                    self.tokens.check(headers.get("authorization"))
-                if limited:
-                    self.limit.acquire()
-                    counted = True
+                self.admission.check(
+                    call, auth=path not in AUTH_EXEMPT and not is_public(path), limited=limited
+                )
                 receive = self._limit_body(headers, receive)
             except ServiceError as exc:
-                await error_response(exc, rid, path)(scope, receive, send_wrapper)
+                await self._answer(exc, call, scope, receive, send_wrapper)
                 return
-            await self.app(scope, receive, send_wrapper)
+            if not limited:  # probes and metrics: never cut off, no task of their own
+                await self.app(scope, receive, send_wrapper)
+                return
+            # the app runs as a task of its own, so that the drain's cut-off can end it (and
+            # answer 503 if nothing was sent yet) without cancelling the server's request task
+            work = asyncio.ensure_future(self.app(scope, receive, send_wrapper))
+            cut = asyncio.Event()
+            call.on_cut = cut.set
+            waiter = asyncio.ensure_future(cut.wait())
+            try:
+                await asyncio.wait({work, waiter}, return_when=asyncio.FIRST_COMPLETED)
+                if not work.done() and not started:
+                    work.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await work
+                    over = NotReadyError("the server is shutting down (grace period over)")
+                    await self._answer(over, call, scope, receive, send_wrapper)
+                else:
+                    await work  # done, or its answer is already on the way: let it finish
+            finally:
+                waiter.cancel()
+                if not work.done():  # this request's own task was cancelled
+                    work.cancel()
         finally:
-            if counted:
-                self.limit.release()
-            self.metrics.in_flight.dec()
-            elapsed = time.perf_counter() - t0
             route = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
-            self.metrics.requests.labels(template, str(status)).inc()
-            self.metrics.request_latency.labels(template).observe(elapsed)
-            log.info(
-                "%s %s %d %.1f ms",
-                scope["method"],
-                path,
-                status,
-                elapsed * 1000,
-                extra={
-                    "method": scope["method"],
-                    "path": path,
-                    "status": status,
-                    "duration_ms": round(elapsed * 1000, 2),
-                },
-            )
-            request_id_var.reset(token)
+            self.admission.close(call, str(status), getattr(route, "path", None) or "unmatched")
+
+    @staticmethod
+    async def _answer(
+        exc: ServiceError, call: Call, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        await error_response(exc, call.request_id, call.path)(scope, receive, send)
 
     def _limit_body(self, headers: dict[str, str], receive: Receive) -> Receive:
+        """``receive`` with the body's limits: size (413) and arrival time (408)."""
         limit = self.settings.max_body_bytes
-        length = headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > limit:
+        raw = headers.get("content-length")
+        length = decimal(raw) if raw is not None else None
+        if length is not None and length > limit:
             raise PayloadTooLargeError(f"body is {length} bytes; the limit is {limit}")
+        timeout = self.settings.body_timeout_s
+        deadline = time.monotonic() + timeout
         seen = 0
+        done = False
 
         async def limited_receive() -> Message:
-            nonlocal seen
-            message: dict[str, Any] = dict(await receive())
+            nonlocal seen, done
+            if done:  # the body is in: what follows is the disconnect, with no time limit
+                return await receive()
+            try:
+                message: dict[str, Any] = dict(
+                    await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
+                )
+            except TimeoutError:
+                raise RequestTimeoutError(
+                    f"the request body did not arrive within {timeout:g} s"
+                ) from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit:
                     raise PayloadTooLargeError(f"body exceeds the limit of {limit} bytes")
+                done = not message.get("more_body", False)
+            else:
+                done = True
             return message
 
         return limited_receive

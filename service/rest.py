@@ -1,9 +1,11 @@
 """HTTP routes. Each stays short: parse the transport, call the data plane, shape the answer.
-No torch here; errors are raised and mapped once by the app's exception handlers."""
+No torch here; errors are raised and mapped once by the app's exception handlers. Parsing a
+large OIP body (JSON, base64) and rendering answers run in a worker thread, off the event loop."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -12,6 +14,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from .admission import decimal
 from .dataplane import DataPlane, InferenceRequest, InferenceResponse, encode_result
 from .errors import BadRequestError, PayloadTooLargeError, UnsupportedMediaTypeError
 from .metrics import CONTENT_TYPE_LATEST, Metrics
@@ -20,6 +23,10 @@ from .oip.codec import rest_request, rest_response
 __all__ = ["router"]
 
 T = TypeVar("T")
+
+# bodies above this size are parsed in a worker thread: below it the thread hop costs more than
+# the parse, above it a parse could hold the event loop for milliseconds
+OFF_LOOP_BYTES = 64 * 1024
 
 router = APIRouter()
 
@@ -158,6 +165,9 @@ async def until_disconnect(request: Request, work: Awaitable[T]) -> T | Response
     watcher = asyncio.ensure_future(watch())
     try:
         await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:  # this request was cancelled (the drain's cut-off): so is its work
+        task.cancel()
+        raise
     finally:
         watcher.cancel()
     if task.done():
@@ -191,20 +201,23 @@ async def read_images(request: Request, plane: DataPlane) -> list[bytes]:
     )
 
 
-def task_response(resp: InferenceResponse) -> Response:
+async def task_response(resp: InferenceResponse) -> Response:
     if len(resp.results) == 1:
         item = resp.results[0]
         if isinstance(item, Exception):
             raise item
         if isinstance(item.get("data"), bytes | bytearray):
             return Response(item["data"], media_type=item["media_type"])
-    return JSONResponse(
-        {
+
+    def render() -> bytes:  # RLE masks and base64 PNGs can be megabytes of JSON
+        doc = {
             "model": resp.model,
             "task": resp.task,
             "results": [encode_result(r) for r in resp.results],
         }
-    )
+        return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
+
+    return Response(await asyncio.to_thread(render), media_type="application/json")
 
 
 def _task_endpoint(task: str) -> Any:
@@ -235,7 +248,7 @@ def _task_endpoint(task: str) -> Any:
         resp = await until_disconnect(request, plane.infer(req))
         if isinstance(resp, Response):
             return resp
-        return task_response(resp)
+        return await task_response(resp)
 
     endpoint.__name__ = task
     return endpoint
@@ -283,8 +296,10 @@ async def server_metadata(plane: PlaneDep) -> dict[str, Any]:
 
 
 @router.get("/v2/health/live", tags=["v2"])
-async def server_live(plane: PlaneDep) -> dict[str, bool]:
-    return {"live": plane.live()}
+async def server_live(plane: PlaneDep) -> Response:
+    """200 while the event loop turns; 503 once it has stalled (service/watchdog.py)."""
+    live = plane.live()
+    return JSONResponse({"live": live}, status_code=200 if live else 503)
 
 
 @router.get("/v2/health/ready", tags=["v2"], responses=ERRORS)
@@ -344,20 +359,23 @@ async def model_infer(
     plane.model(model_name, model_version)
     body = await request.body()
     raw_len = request.headers.get("inference-header-content-length")
-    if raw_len is not None and not raw_len.isdigit():
-        raise BadRequestError("Inference-Header-Content-Length must be an integer")
-    req, binary, oip_id = rest_request(
-        model_name, body, int(raw_len) if raw_len else None, _timeout(request)
-    )
+    header_len = decimal(raw_len) if raw_len is not None else None
+    if raw_len is not None and header_len is None:
+        raise BadRequestError("Inference-Header-Content-Length must be a decimal integer")
+    args = (model_name, body, header_len, _timeout(request), plane.settings.max_images_per_request)
+    if len(body) > OFF_LOOP_BYTES:
+        req, binary, oip_id = await asyncio.to_thread(rest_request, *args)
+    else:
+        req, binary, oip_id = rest_request(*args)
     req.request_id = request.state.request_id
     resp = await until_disconnect(request, plane.infer(req))
     if isinstance(resp, Response):
         return resp
-    content, header_len = rest_response(resp, binary, oip_id)
-    if header_len is None:
+    content, out_len = await asyncio.to_thread(rest_response, resp, binary, oip_id)
+    if out_len is None:
         return Response(content, media_type="application/json")
     return Response(
         content,
         media_type="application/octet-stream",
-        headers={"Inference-Header-Content-Length": str(header_len)},
+        headers={"Inference-Header-Content-Length": str(out_len)},
     )

@@ -26,9 +26,22 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
-__all__ = ["DEMO_MODELS", "ModelSpec", "Settings", "load_settings"]
+from handlers.decode import DECODE_BYTES_PER_PIXEL
+
+__all__ = ["DEMO_MODELS", "MemoryBudget", "ModelSpec", "Settings", "load_settings"]
 
 TASKS = ("classify", "detect", "segment")
+
+MiB = 1024 * 1024
+# The worst-case memory model (docs/reliability.md "Memory budget"; tests/deploy ties it to the
+# Helm chart): the process at rest, plus every admitted request's body held BODY_COPIES times
+# (the bytes read, the images cut out of them or base64-decoded, and a protobuf or JSON copy),
+# plus the embedded backend's decoded pixels (one shared budget of max_pixels, each pixel costing
+# DECODE_BYTES_PER_PIXEL at the peak of a decode; the model inputs themselves are a few MB).
+BASELINE_BYTES = 512 * MiB
+BODY_COPIES = 3
+# an OIP tensor's rank; its element count is capped by max_images_per_request
+MAX_TENSOR_RANK = 8
 
 _CONFIG_FILE: ContextVar[Path | None] = ContextVar("sepvit_config_file", default=None)
 
@@ -41,7 +54,7 @@ class ModelSpec(BaseModel):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     checkpoint: Path
     task: Literal["classify", "detect", "segment"] | None = None  # None: from the checkpoint
-    runtime: Literal["eager", "onnxruntime", "tensorrt"] | None = None
+    runtime: Literal["eager", "onnxruntime", "tensorrt", "bf16", "int8", "auto"] | None = None
     max_batch_size: int | None = Field(default=None, ge=1, le=256)
     max_delay_ms: float | None = Field(default=None, ge=0, le=10_000)
     adaptive_batching: bool | None = None  # None: the server's adaptive_batching
@@ -99,14 +112,24 @@ class Settings(BaseSettings):
     pipelining: bool = True
     max_queue: int = Field(default=64, ge=1)
     # limits
-    max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
+    max_body_bytes: int = Field(default=8 * MiB, ge=1024)
     max_images_per_request: int = Field(default=16, ge=1)
-    max_pixels: int = Field(default=40_000_000, ge=1)
-    max_concurrent_requests: int = Field(default=64, ge=1)
+    max_pixels: int = Field(default=40_000_000, ge=1)  # per image; also the decode budget
+    max_concurrent_requests: int = Field(default=32, ge=1)  # HTTP and gRPC together
+    # a client (bearer token, else peer address) may hold at most its fair share of the
+    # concurrency limit while others wait: limit / clients holding slots (at least 1)
+    fair_share: bool = False
     # requests one ModelStreamInfer stream may have in flight before it stops reading
     max_stream_in_flight: int = Field(default=16, ge=1)
     request_timeout_s: float = Field(default=30.0, gt=0)
+    body_timeout_s: float = Field(default=30.0, gt=0)  # the whole body must arrive in time: 408
     retry_after_s: int = Field(default=1, ge=1)
+    # watchdog: a batch still running this long after its requests' deadline marks the model
+    # failed; its worker is then rebuilt up to watchdog_restarts times
+    watchdog_margin_s: float = Field(default=10.0, gt=0)
+    watchdog_restarts: int = Field(default=3, ge=0)
+    # liveness fails when the event loop has not turned for this long
+    liveness_stall_s: float = Field(default=5.0, gt=0)
     # auth: bearer tokens (any one matches); the file holds one token a line
     auth_tokens: list[SecretStr] = Field(default_factory=list)
     auth_token_file: Path | None = None
@@ -165,6 +188,12 @@ class Settings(BaseSettings):
             raise ValueError(f"torchserve_models names models that are not configured: {unknown}")
         return self
 
+    def memory_budget(self) -> MemoryBudget:
+        """Worst-case memory of one gateway process with these settings."""
+        images = self.max_pixels * DECODE_BYTES_PER_PIXEL if self.backend == "embedded" else 0
+        bodies = self.max_concurrent_requests * self.max_body_bytes * BODY_COPIES
+        return MemoryBudget(baseline=BASELINE_BYTES, bodies=bodies, images=images)
+
     def tokens(self) -> list[bytes]:
         """Accepted bearer tokens (settings plus the token file), as bytes."""
         out = [t.get_secret_value().encode() for t in self.auth_tokens]
@@ -173,6 +202,16 @@ class Settings(BaseSettings):
                 if line.strip():
                     out.append(line.strip().encode())
         return [t for t in out if t]
+
+
+class MemoryBudget(BaseModel):
+    baseline: int
+    bodies: int
+    images: int
+
+    @property
+    def total(self) -> int:
+        return self.baseline + self.bodies + self.images
 
 
 def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:

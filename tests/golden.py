@@ -4,12 +4,46 @@ The golden outputs in ``tests/data/golden_official.safetensors`` were produced b
 SepViT implementation (liwei109/SepViT @ 2b420d3, ``classification/sepvit.py`` and
 ``detection/sepvit.py``, run with torch 2.13 CPU and a minimal stand-in for the three timm 0.3.2
 helpers it imports) after loading exactly the weights that :func:`seeded_state_dict` builds here.
+The OpenMMLab records ``tests/data/openmmlab_<head>.safetensors`` (:func:`load_golden`) name their
+weights by template and seed; :func:`openmmlab_checkpoint` rebuilds that checkpoint as a ``.pth``.
 """
 
 from __future__ import annotations
 
+import json
+import math
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
 from torch import Tensor
+
+DATA = Path(__file__).parent / "data"
+
+
+def load_golden(head: str) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """The OpenMMLab record ``tests/data/openmmlab_<head>.safetensors``: outputs, metadata."""
+    path = DATA / f"openmmlab_{head}.safetensors"
+    with safe_open(str(path), framework="pt") as f:
+        meta = json.loads((f.metadata() or {})["openmmlab"])
+    return load_file(str(path)), meta
+
+
+def openmmlab_checkpoint(meta: dict[str, Any], path: Path, classes: tuple[str, ...]) -> Path:
+    """The seeded checkpoint OpenMMLab ran with, as an mmengine ``.pth`` (``state_dict`` under
+    mmdet/mmseg key names, ``meta.dataset_meta.classes``) at ``path``."""
+    template = {k: (tuple(s), d) for k, (s, d) in meta["template"].items()}
+    state = seeded_openmmlab_state(template, meta["seed"], meta["overrides"], meta.get("scales"))
+    for k, v in state.items():  # the very weights OpenMMLab ran with
+        assert math.isclose(
+            float(v.double().sum()), meta["checksums"][k], rel_tol=1e-9, abs_tol=1e-9
+        )
+    ckpt = {"meta": {"dataset_meta": {"classes": classes}}, "state_dict": OrderedDict(state)}
+    torch.save(ckpt, path)
+    return path
 
 
 def seeded_state_dict(template: dict[str, Tensor], seed: int = 0) -> dict[str, Tensor]:

@@ -11,42 +11,16 @@ layout, loaded through ``create_model`` and run on the same seeded input.
 
 from __future__ import annotations
 
-import json
-import math
-from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file
 
 from sepvit import create_model
 from sepvit.ops import box_iou
 from sepvit.presets import ADE20K_CLASSES, COCO_CLASSES
 
-from .golden import seeded_input, seeded_openmmlab_state, unpack_masks
-
-DATA = Path(__file__).parent / "data"
-
-
-def load_golden(head: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    path = DATA / f"openmmlab_{head}.safetensors"
-    with safe_open(str(path), framework="pt") as f:
-        meta = json.loads((f.metadata() or {})["openmmlab"])
-    return load_file(str(path)), meta
-
-
-def _checkpoint(meta: dict[str, Any], path: Path, classes: tuple[str, ...]) -> Path:
-    template = {k: (tuple(s), d) for k, (s, d) in meta["template"].items()}
-    state = seeded_openmmlab_state(template, meta["seed"], meta["overrides"], meta.get("scales"))
-    for k, v in state.items():  # the very weights OpenMMLab ran with
-        assert math.isclose(
-            float(v.double().sum()), meta["checksums"][k], rel_tol=1e-9, abs_tol=1e-9
-        )
-    ckpt = {"meta": {"dataset_meta": {"classes": classes}}, "state_dict": OrderedDict(state)}
-    torch.save(ckpt, path)
-    return path
+from .golden import load_golden, openmmlab_checkpoint, seeded_input, unpack_masks
 
 
 def _input(meta: dict[str, Any]) -> torch.Tensor:
@@ -55,7 +29,7 @@ def _input(meta: dict[str, Any]) -> torch.Tensor:
 
 def test_retinanet_matches_mmdet(tmp_path: Path) -> None:
     ref, meta = load_golden("retinanet")
-    path = _checkpoint(meta, tmp_path / "retinanet.pth", COCO_CLASSES)
+    path = openmmlab_checkpoint(meta, tmp_path / "retinanet.pth", COCO_CLASSES)
     model = create_model("sepvit_tiny", task="detect", checkpoint=path).eval()
     assert model.load_report.dropped_keys == [
         "backbone.head.bias", "backbone.head.weight", "backbone.norm.bias", "backbone.norm.weight"
@@ -78,7 +52,7 @@ def test_retinanet_matches_mmdet(tmp_path: Path) -> None:
 
 def test_semantic_fpn_matches_mmseg(tmp_path: Path) -> None:
     ref, meta = load_golden("semantic_fpn")
-    path = _checkpoint(meta, tmp_path / "fpn.pth", ADE20K_CLASSES)
+    path = openmmlab_checkpoint(meta, tmp_path / "fpn.pth", ADE20K_CLASSES)
     model = create_model("sepvit_tiny", task="segment", checkpoint=path).eval()
     cfg = model.pretrained_cfg
     assert (cfg["head"], cfg["num_classes"], cfg["dataset"]) == ("semantic_fpn", 150, "ade20k")
@@ -99,7 +73,7 @@ def _assert_logits_match(logits: torch.Tensor, ref: dict[str, torch.Tensor], pre
 
 def test_upernet_matches_mmseg(tmp_path: Path) -> None:
     ref, meta = load_golden("upernet")
-    path = _checkpoint(meta, tmp_path / "upernet.pth", ADE20K_CLASSES)
+    path = openmmlab_checkpoint(meta, tmp_path / "upernet.pth", ADE20K_CLASSES)
     model = create_model("sepvit_tiny", task="segment", checkpoint=path).eval()
     cfg = model.pretrained_cfg
     assert (cfg["head"], cfg["num_classes"], cfg["dataset"]) == ("upernet", 150, "ade20k")
@@ -114,7 +88,7 @@ def test_upernet_matches_mmseg(tmp_path: Path) -> None:
 
 def test_mask_rcnn_matches_mmdet(tmp_path: Path) -> None:
     ref, meta = load_golden("mask_rcnn")
-    path = _checkpoint(meta, tmp_path / "mask_rcnn.pth", COCO_CLASSES)
+    path = openmmlab_checkpoint(meta, tmp_path / "mask_rcnn.pth", COCO_CLASSES)
     model = create_model("sepvit_tiny", task="detect", checkpoint=path).eval()
     cfg = model.pretrained_cfg
     assert (cfg["head"], cfg["num_classes"], cfg["dataset"]) == ("mask_rcnn", 80, "coco")

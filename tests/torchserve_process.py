@@ -38,7 +38,7 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 STORE = ROOT / "model_store"
-STARTUP_TIMEOUT = 240.0
+STARTUP_TIMEOUT = 600.0  # a first start exports the models and runs auto's search
 
 __all__ = [
     "STORE",

@@ -28,6 +28,9 @@ class ModelInfo:
     state: ModelState = ModelState.LOADING
     labels: list[str] | None = None
     runtime: str | None = None
+    # the runtime asked for and the one serving: auto's choice and measured img/s, candidates,
+    # or why a gated runtime fell back to eager
+    runtime_info: dict[str, Any] | None = None
     input_size: list[int] | None = None
     batching: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
@@ -41,6 +44,7 @@ class ModelInfo:
             "ready": self.state is ModelState.READY,
             "labels": self.labels,
             "runtime": self.runtime,
+            "runtime_info": self.runtime_info,
             "input_size": self.input_size,
             "batching": self.batching,
             "error": self.error,

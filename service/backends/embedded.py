@@ -5,6 +5,11 @@ the checkpoint metadata, build the model, build the pipeline (a non-eager runtim
 parity-checked there), and warm it up with one image. Only then is the model ready. A model that
 fails to load stays ``failed`` with the reason, which ``GET /models`` shows and its requests
 return as 503.
+
+A model whose batch hangs (the batcher's watchdog) is marked failed with the reason and rebuilt
+from its checkpoint (a fresh pipeline and worker threads; the hung thread is abandoned), up to
+``watchdog_restarts`` times; after that it stays failed. Every pipeline shares one
+:class:`~handlers.decode.PixelBudget` of ``max_pixels`` decoded pixels.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from handlers.decode import PixelBudget
 from handlers.errors import ImageDecodeError, ImageTooLargeError, UnsupportedImageError
 from handlers.pipeline import Pipeline, PipelineConfig
 from sepvit import load_model
@@ -41,8 +47,13 @@ _DECODE_ERRORS = (ImageDecodeError, ImageTooLargeError, UnsupportedImageError)
 class TimedPipeline(Pipeline):
     """A :class:`Pipeline` that adds up the time of its phases (one thread per pipeline)."""
 
-    def __init__(self, model: torch.nn.Module, config: PipelineConfig | None = None) -> None:
-        super().__init__(model, config)
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        config: PipelineConfig | None = None,
+        budget: PixelBudget | None = None,
+    ) -> None:
+        super().__init__(model, config, budget)
         self.phases = {"preprocess": 0.0, "inference": 0.0, "postprocess": 0.0}
         self._lock = threading.Lock()  # prepare and run may be in two threads at once
 
@@ -120,6 +131,7 @@ class _Model:
         )
         self.pipeline: TimedPipeline | None = None
         self.batcher: DynamicBatcher | None = None
+        self.restarts = 0
 
 
 class EmbeddedBackend(Backend):
@@ -129,6 +141,7 @@ class EmbeddedBackend(Backend):
         self._models = {s.name: _Model(s, settings) for s in settings.models}
         self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-load")
         self._tasks: list[asyncio.Task[None]] = []
+        self.budget = PixelBudget(settings.max_pixels)
         for name in self._models:
             metrics.model_ready.labels(name).set(0)
 
@@ -163,9 +176,12 @@ class EmbeddedBackend(Backend):
             metrics=self.metrics,
             retry_after_s=self.settings.retry_after_s,
             adaptive=m.adaptive,
+            watchdog_margin_s=self.settings.watchdog_margin_s,
+            on_hang=lambda reason: self._hung(m, reason),
         )
         m.batcher.start()
         m.info.state = ModelState.READY
+        m.info.error = None
         self.metrics.model_ready.labels(m.spec.name).set(1)
         log.info(
             "model %s ready (%s, runtime %s) in %.1f s",
@@ -174,6 +190,20 @@ class EmbeddedBackend(Backend):
             m.info.runtime,
             time.perf_counter() - t0,
         )
+
+    def _hung(self, m: _Model, reason: str) -> None:
+        """The watchdog found a hung batch: not ready at once, then rebuild (or stay failed)."""
+        self.metrics.model_ready.labels(m.spec.name).set(0)
+        m.batcher = None
+        if m.restarts >= self.settings.watchdog_restarts:
+            m.info.state = ModelState.FAILED
+            m.info.error = f"{reason}; not restarted ({m.restarts} restarts already)"
+            return
+        m.restarts += 1
+        m.info.state = ModelState.LOADING
+        m.info.error = f"restart {m.restarts} of {self.settings.watchdog_restarts} after: {reason}"
+        log.warning("model %s: %s", m.spec.name, m.info.error)
+        self._tasks.append(asyncio.get_running_loop().create_task(self._load(m)))
 
     def _build(self, m: _Model) -> TimedPipeline:
         spec = m.spec
@@ -193,13 +223,17 @@ class EmbeddedBackend(Backend):
         cfg = PipelineConfig.from_mapping(handler)
         # batches merge requests: the pipeline's own per-call cap must admit a whole batch
         cfg.max_images = max(cfg.max_images, m.max_batch_size, self.settings.max_images_per_request)
-        pipe = TimedPipeline(model, cfg)
+        pipe = TimedPipeline(model, cfg, self.budget)
         if self.settings.warmup:
             pipe.handle([_warmup_image(pipe.input_size)])
             pipe.take_phases()
         m.info.task = pipe.task
         m.info.labels = pipe.labels
         m.info.runtime = pipe.runtime.name
+        m.info.runtime_info = pipe.runtime_info
+        self.metrics.model_runtime.labels(
+            m.spec.name, pipe.runtime.name, pipe.runtime_info["requested"]
+        ).set(pipe.runtime_info.get("img_per_s") or 0)
         m.info.input_size = list(pipe.input_size)
         return pipe
 

@@ -15,6 +15,11 @@ Wire forms handled here:
 
 A raw ``BYTES`` tensor holds each element as a 4-byte little-endian length and the bytes.
 
+Every count is bounded before any work depends on it: a shape has at most ``MAX_TENSOR_RANK``
+dimensions and at most ``max_elements`` (the image limit) elements, checked dimension by
+dimension before multiplying; tensor data stops being read one element past the limit.
+Over the limit is 413 ``too_many_images``; anything malformed is 400.
+
 The request parameter ``timeout`` (microseconds, as Triton and tritonclient's ``timeout=`` send
 it) shortens the request's deadline on both transports; it is the only per-request deadline a
 request on a gRPC stream can carry.
@@ -29,8 +34,11 @@ import struct
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from handlers.errors import TooManyImagesError
+
 from ..dataplane import OUTPUT_NAME, InferenceRequest, InferenceResponse, encode_result
 from ..errors import BadRequestError
+from ..settings import MAX_TENSOR_RANK
 from . import grpc_service_pb2 as pb
 
 __all__ = [
@@ -49,9 +57,16 @@ def encode_bytes_tensor(items: Iterable[bytes]) -> bytes:
     return b"".join(struct.pack("<I", len(b)) + b for b in items)
 
 
-def decode_bytes_tensor(raw: bytes) -> list[bytes]:
-    out, pos, n = [], 0, len(raw)
+def _too_many(limit: int) -> TooManyImagesError:
+    return TooManyImagesError(f"more than {limit} images in one request")
+
+
+def decode_bytes_tensor(raw: bytes, max_elements: int | None = None) -> list[bytes]:
+    out: list[bytes] = []
+    pos, n = 0, len(raw)
     while pos < n:
+        if max_elements is not None and len(out) >= max_elements:
+            raise _too_many(max_elements)
         if pos + 4 > n:
             raise BadRequestError("BYTES tensor data is truncated (length prefix)")
         (size,) = struct.unpack_from("<I", raw, pos)
@@ -63,26 +78,35 @@ def decode_bytes_tensor(raw: bytes) -> list[bytes]:
     return out
 
 
-def _count(shape: Sequence[Any]) -> int:
-    # a list of integers: a string ("12") or floats ([1.5]) would otherwise pass int()
-    if isinstance(shape, str | bytes | dict) or not all(
-        isinstance(d, int) and not isinstance(d, bool) for d in shape
-    ):
-        raise BadRequestError(f"invalid tensor shape {shape!r}")
-    dims = [int(d) for d in shape]
+def _count(shape: Sequence[Any], max_elements: int) -> int:
+    """The element count of a shape, refused before any arithmetic that could grow with it."""
+    if isinstance(shape, str | bytes | dict) or not hasattr(shape, "__len__"):
+        raise BadRequestError("invalid tensor shape: expected a list of integers")
+    if len(shape) > MAX_TENSOR_RANK:
+        raise BadRequestError(
+            f"tensor shape has {len(shape)} dimensions; at most {MAX_TENSOR_RANK}"
+        )
+    # integers only: a string ("12") or floats ([1.5]) would otherwise pass int()
+    if not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
+        raise BadRequestError(f"invalid tensor shape {list(shape)!r}")
+    if any(d < 0 for d in shape):
+        raise BadRequestError("invalid tensor shape: negative dimension")
     count = 1
-    for d in dims:
-        if d < 0:
-            raise BadRequestError(f"invalid tensor shape {shape!r}")
+    for d in shape:  # each factor is <= the limit, so the product never grows past limit^2
+        if d > max_elements:
+            raise _too_many(max_elements)
         count *= d
+        if count > max_elements:
+            raise _too_many(max_elements)
     return count
 
 
 _END = object()
 
 
-def _flatten(data: Any) -> list[Any]:
-    """Leaves of nested lists, in order; iterative, so deep nesting cannot overflow the stack."""
+def _flatten(data: Any, max_leaves: int | None = None) -> list[Any]:
+    """Leaves of nested lists, in order; iterative, so deep nesting cannot overflow the stack.
+    More than ``max_leaves`` leaves is 413."""
     out: list[Any] = []
     stack = [iter([data])]
     while stack:
@@ -92,6 +116,8 @@ def _flatten(data: Any) -> list[Any]:
         elif isinstance(item, list):
             stack.append(iter(item))
         else:
+            if max_leaves is not None and len(out) >= max_leaves:
+                raise _too_many(max_leaves)
             out.append(item)
     return out
 
@@ -122,10 +148,14 @@ def _image_input(inputs: Any) -> Any:
 
 
 def rest_request(
-    model: str, body: bytes, header_length: int | None, timeout_s: float | None
+    model: str,
+    body: bytes,
+    header_length: int | None,
+    timeout_s: float | None,
+    max_elements: int,
 ) -> tuple[InferenceRequest, bool, str | None]:
     """Parse a REST infer body. Returns the request, whether the output goes binary, and the
-    request ``id`` to echo."""
+    request ``id`` to echo. Linear in the body; large bodies are parsed off the event loop."""
     if header_length is not None:
         if not 0 < header_length <= len(body):
             raise BadRequestError("Inference-Header-Content-Length is out of range")
@@ -134,14 +164,14 @@ def rest_request(
         head, binary = body, b""
     try:
         doc = json.loads(head)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BadRequestError(f"request is not valid JSON: {exc}") from exc
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an int of 4300+ digits
+        raise BadRequestError(f"request is not valid JSON: {str(exc)[:200]}") from None
     except RecursionError:  # "[[[[..." nested deeper than the parser's stack
         raise BadRequestError("request JSON is nested too deeply") from None
     if not isinstance(doc, dict):
         raise BadRequestError("request must be a JSON object")
     tensor = _image_input(doc.get("inputs"))
-    n = _count(tensor.get("shape", []))
+    n = _count(tensor.get("shape", []), max_elements)
     tparams = tensor.get("parameters") or {}
     if not isinstance(tparams, dict):
         raise BadRequestError("input parameters must be an object")
@@ -149,13 +179,13 @@ def rest_request(
         size = tparams["binary_data_size"]
         if not isinstance(size, int) or not 0 <= size <= len(binary):
             raise BadRequestError("binary_data_size does not match the binary data")
-        images = decode_bytes_tensor(binary[:size])
+        images = decode_bytes_tensor(binary[:size], max_elements)
     else:
         data = tensor.get("data")
         if data is None:
             raise BadRequestError("input has neither data nor binary_data_size")
         images = []
-        for item in _flatten(data):
+        for item in _flatten(data, max_elements):
             if not isinstance(item, str):
                 raise BadRequestError("BYTES data in JSON must be base64 strings")
             try:
@@ -214,18 +244,22 @@ def _param_value(p: pb.InferParameter) -> Any:
     return getattr(p, which) if which else None
 
 
-def grpc_request(req: pb.ModelInferRequest, timeout_s: float | None) -> InferenceRequest:
+def grpc_request(
+    req: pb.ModelInferRequest, timeout_s: float | None, max_elements: int
+) -> InferenceRequest:
     if len(req.inputs) != 1:
         raise BadRequestError("expected exactly one input: a BYTES tensor of encoded images")
     tensor = req.inputs[0]
     if tensor.datatype != "BYTES":
         raise BadRequestError(f"input datatype must be BYTES, got {tensor.datatype!r}")
-    n = _count(tensor.shape)
+    n = _count(tensor.shape, max_elements)
     if req.raw_input_contents:
         if len(req.raw_input_contents) != 1:
             raise BadRequestError("one raw_input_contents entry per input is expected")
-        images = decode_bytes_tensor(req.raw_input_contents[0])
+        images = decode_bytes_tensor(req.raw_input_contents[0], max_elements)
     else:
+        if len(tensor.contents.bytes_contents) > max_elements:
+            raise _too_many(max_elements)
         images = list(tensor.contents.bytes_contents)
     if len(images) != n:
         raise BadRequestError(f"input shape says {n} elements, the data holds {len(images)}")

@@ -152,3 +152,31 @@ def test_errors_carry_status_codes() -> None:
     assert ImageDecodeError("x").http_status == 400
     assert ImageTooLargeError("x").http_status == 413
     assert UnsupportedImageError("x").http_status == 415
+
+
+def test_pixel_budget_bounds_decoded_pixels_across_threads() -> None:
+    """Holds add up to the budget at most; a hold larger than the budget takes all of it (and
+    waits for it) instead of deadlocking; the header gives the pixel count without decoding."""
+    import threading
+    import time
+
+    from handlers.decode import PixelBudget, image_pixels
+
+    budget = PixelBudget(100)
+    peak, lock = [0], threading.Lock()
+
+    def hold(n: int) -> None:
+        with budget.hold(n):
+            with lock:
+                peak[0] = max(peak[0], budget.total - budget.free)
+            time.sleep(0.02)
+
+    threads = [threading.Thread(target=hold, args=(n,)) for n in (60, 60, 30, 500, 10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(5)
+    assert peak[0] <= 100 and budget.free == 100
+    buf = io.BytesIO()
+    Image.new("RGB", (123, 45)).save(buf, format="PNG")
+    assert image_pixels(buf.getvalue()) == 123 * 45 and image_pixels(b"junk") == 0

@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from handlers.geometry import choose_bucket, classify_transform, keep_ratio_resize, letterbox
+from handlers.geometry import (
+    choose_bucket,
+    classify_transform,
+    keep_ratio_resize,
+    letterbox,
+    resample_filter,
+)
 from handlers.outputs import (
     label_map_png,
     overlay_png,
@@ -135,3 +141,24 @@ def test_png_outputs_decode_back() -> None:
     assert over.shape == (30, 40, 3)
     assert (over[labels == 0] == 100).all()  # background untouched
     assert not (over[labels == 1] == 100).all()
+
+
+@pytest.mark.parametrize("shape", [(480, 640), (300, 200), (50, 60), (1, 16_000), (16_000, 1)])
+def test_classify_transform_resamples_only_the_crop(shape: tuple[int, int]) -> None:
+    """Resampling only the crop region gives the pixels of resizing the whole image and then
+    cropping (within 2 levels of rounding), while its cost no longer grows with the aspect
+    ratio: the whole-image resize of a 1x16000 image would be 256 x 4 096 000 pixels."""
+    rng = np.random.default_rng(0)
+    small = rng.integers(0, 255, (max(1, shape[0] // 4), max(1, shape[1] // 4), 3), np.uint8)
+    img = np.asarray(Image.fromarray(small).resize((shape[1], shape[0]), Image.Resampling.BILINEAR))
+    for interp in ("bicubic", "bilinear"):
+        out = classify_transform(img, (32, 32), 0.875, interp)
+        assert out.shape == (32, 32, 3)
+        if max(shape) / min(shape) < 100:  # the reference itself stays affordable
+            h, w = shape
+            scale = max(32 / 0.875 / h, 32 / 0.875 / w)
+            nh, nw = max(32, round(h * scale)), max(32, round(w * scale))
+            full = np.asarray(Image.fromarray(img).resize((nw, nh), resample_filter(interp)))
+            top, left = (nh - 32) // 2, (nw - 32) // 2
+            ref = full[top : top + 32, left : left + 32].astype(int)
+            assert np.abs(ref - out.astype(int)).max() <= 2

@@ -10,9 +10,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.service.conftest import Gateway, checkpoints, model_entries, start_gateway
+from tests.service.conftest import (
+    Gateway,
+    checkpoints,
+    gateway_factory,
+    model_entries,
+    start_gateway,
+)
 
-__all__ = ["LIMITS", "SLOW", "checkpoints", "metric_sum", "rss_mib"]
+__all__ = ["LIMITS", "SLOW", "checkpoints", "gateway_factory", "metric_sum", "rss_mib"]
 
 # the reliability gateway's limits (the corpus expects exactly these)
 LIMITS = {

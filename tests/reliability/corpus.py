@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-__all__ = ["CORPUS", "Case", "png_bomb"]
+__all__ = ["AMPLIFICATION", "CORPUS", "Case", "png_bomb"]
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,8 @@ class Case:
     content_type: str | None
     status: int
     code: str | None = None  # the JSON error code; None for 200
-    headers: dict[str, str] = field(default_factory=dict)
+    headers: dict[str, str | bytes] = field(default_factory=dict)
+    group: str = "input"
 
 
 def _encode(img: Image.Image, fmt: str, **kw: object) -> bytes:
@@ -115,6 +116,70 @@ def _multipart(n: int, payload: bytes, boundary: str = "b0undary") -> bytes:
 
 def _oip(doc: object) -> bytes:
     return json.dumps(doc).encode()
+
+
+def _solid_png(h: int, w: int) -> bytes:
+    """A valid grey PNG of h x w pixels: a few hundred KB that decodes to h*w*3 bytes."""
+    return _encode(Image.new("RGB", (w, h), (90, 140, 200)), "PNG", compress_level=9)
+
+
+SEGMENT_FORMATS = ("", "?format=rle", "?format=png", "?format=overlay")
+
+
+def _amplification() -> list[Case]:
+    """Requests whose cost could be out of all proportion to their size: extreme aspect ratios
+    on every task and output format (the classifier used to resize a 16000x1 image to
+    256 x 4 096 000), the largest image the pixel limit admits, OIP shapes with 200 000
+    dimensions or integers of 5000 digits, and Unicode digits in numeric headers."""
+    tensor = {"name": "IMAGE", "datatype": "BYTES", "data": [base64.b64encode(b"x").decode()]}
+    infer = "/v2/models/cls/infer"
+    cases = []
+    for h, w in ((1, 16_000), (16_000, 1), (2, 16_384)):
+        img = _encode(_rgb(h, w), "PNG")
+        routes = ["/classify", "/detect", *(f"/segment{f}" for f in SEGMENT_FORMATS)]
+        cases += [Case(f"{h}x{w} {r}", r, img, "image/png", 200) for r in routes]
+    multi = _multipart(2, _encode(_rgb(1, 16_000), "PNG"))
+    mp = "multipart/form-data; boundary=b0undary"
+    cases += [  # two extreme images at once: the JSON answer with base64 PNGs
+        Case(f"2 x 1x16000 /segment{f}", f"/segment{f}", multi, mp, 200)
+        for f in ("?format=overlay", "?format=png")
+    ]
+    big = _solid_png(2000, 3000)  # 6 Mpixel (a phone photo): served in full
+    cases += [
+        Case(f"2000x3000 {r}", r, big, "image/png", 200)
+        for r in ("/classify", "/detect", "/segment", "/segment?format=overlay")
+    ]
+    oip = [
+        ("shape of 200000 dimensions", {"shape": [1] * 200_000}, 400),
+        ("shape of 9 dimensions", {"shape": [1] * 9}, 400),
+        ("shape of 17 elements", {"shape": [17]}, 413),
+        ("shape [10^30]", {"shape": [10**30]}, 413),
+        ("shape [2^62, 2^62, 0]", {"shape": [2**62, 2**62, 0]}, 413),
+    ]
+    cases += [
+        Case(
+            f"OIP: {label}", infer, _oip({"inputs": [{**tensor, **extra}]}), "application/json", st
+        )
+        for label, extra, st in oip
+    ]
+    digits = b'{"inputs": [{"name": "IMAGE", "datatype": "BYTES", "shape": [' + b"9" * 5000
+    cases.append(
+        Case("OIP: a 5000-digit integer", infer, digits + b"]}]}", "application/json", 400)
+    )
+    # latin-1 digits pass str.isdigit() but not int(): '\xb2' is superscript two
+    for label, value in (("superscript two", b"\xb2"), ("superscripts one two", b"\xb9\xb2")):
+        cases.append(
+            Case(
+                f"OIP: Inference-Header-Content-Length in {label}",
+                infer,
+                b"{}",
+                "application/octet-stream",
+                400,
+                "bad_request",
+                {"Inference-Header-Content-Length": value},
+            )
+        )
+    return [Case(**{**vars(c), "group": "amplification"}) for c in cases]
 
 
 def _build() -> list[Case]:
@@ -272,8 +337,8 @@ def _build() -> list[Case]:
             infer,
             _oip({"inputs": [{**tensor, "shape": [10**12, 10**12]}]}),
             "application/json",
-            400,
-            None,
+            413,
+            "too_many_images",
         ),
         Case(
             "OIP: negative shape",
@@ -456,4 +521,5 @@ def _binary_cases(image: bytes) -> list[tuple[str, bytes, bytes]]:
     ]
 
 
-CORPUS = _build()
+AMPLIFICATION = _amplification()
+CORPUS = _build() + AMPLIFICATION

@@ -69,6 +69,8 @@ def test_runtime_failing_parity_never_becomes_ready(
         assert listing["strict"]["state"] == "failed"
         assert "DISAGREES with eager" in listing["strict"]["error"]
         assert listing["lenient"]["state"] == "ready" and listing["lenient"]["runtime"] == "eager"
+        # /models says why it serves eager
+        assert "DISAGREES with eager" in listing["lenient"]["runtime_info"]["fallback"]
         for _ in range(5):  # and it stays that way: nothing retries it into service
             assert c.get("/v2/models/strict/ready").status_code == 503
             assert c.get("/v2/health/ready").status_code == 503  # every model must be ready

@@ -113,7 +113,7 @@ class Gateway:
 def start_gateway(
     tmp: Path,
     models: list[dict],
-    timeout: float = 120.0,
+    timeout: float = 600.0,  # a first load of a runtime: auto model exports and searches
     headers: dict[str, str] | None = None,
     **settings: Any,
 ) -> Gateway:
@@ -134,6 +134,8 @@ def start_gateway(
             stderr=subprocess.STDOUT,
         )
     gw = Gateway(proc, port, grpc_port, log)
+    tokens = settings.get("auth_tokens") or []
+    headers = {"Authorization": f"Bearer {tokens[0]}"} if tokens else {}
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if proc.poll() is not None:

@@ -50,7 +50,7 @@ def served() -> Iterator[tuple[TestClient, int]]:
     port = free_port()
     s = load_settings(models=[m.model_dump() for m in models], grpc_port=port)
     with TestClient(create_app(s)) as client:
-        for _ in range(1200):
+        for _ in range(6000):  # a first load runs auto's search (then cached)
             if client.get("/v2/health/ready").status_code == 200:
                 break
             time.sleep(0.1)
@@ -168,3 +168,18 @@ def test_png_formats(served: tuple[TestClient, int]) -> None:
     labels = np.asarray(Image.open(io.BytesIO(r.content)))
     assert labels.shape == scene.segmentation.shape
     assert set(np.unique(labels)) <= set(range(len(CLASSES) + 1))
+
+
+def test_models_and_metrics_say_which_runtime_auto_chose(served: tuple[TestClient, int]) -> None:
+    client, _ = served
+    models = {m["name"]: m for m in client.get("/models").json()["models"]}
+    metrics = client.get("/metrics").text
+    for name in (CLS, DET, SEG):
+        info = models[name]["runtime_info"]
+        assert info["requested"] == "auto"  # model_store/*/model-config.yaml
+        assert info["serving"] == models[name]["runtime"]
+        # the decision, measured on this host (from the cache on later loads)
+        assert info["candidates"]["eager"]["img_per_s"] > 0
+        assert info["candidates"][info["chosen"]]["img_per_s"] == info["img_per_s"]
+        runtime = models[name]["runtime"]
+        assert f'model="{name}",requested="auto",runtime="{runtime}"' in metrics

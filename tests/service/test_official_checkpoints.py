@@ -1,6 +1,7 @@
 """mmdet/mmseg checkpoints end to end: listed in ``models`` and served with no extra options
-(preprocessing and class names from the COCO / ADE20K presets), through the task routes, OIP v2,
-a TorchServe archive and its handler."""
+(preprocessing and class names from the COCO / ADE20K presets), through the task routes,
+OIP v2 over REST and gRPC, a TorchServe archive and its handler (a real TorchServe serving the
+seeded SepViT-T ones: ``tests/integration/test_torchserve_official.py``)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -24,7 +26,7 @@ from sepvit.presets import ADE20K_CLASSES, COCO_CLASSES
 from service.app import create_app
 from service.settings import load_settings
 
-from .conftest import png
+from .conftest import free_port, png
 
 HEAD = {"fpn_channels": 16, "head_channels": 16}
 
@@ -60,7 +62,7 @@ def client(official: dict[str, Path]) -> Iterator[TestClient]:
         {"name": "coco_det", "checkpoint": str(official["det"])},
         {"name": "ade_seg", "checkpoint": str(official["seg"])},
     ]
-    settings = load_settings(models=models, grpc_port=None, warmup=False)
+    settings = load_settings(models=models, grpc_port=free_port(), warmup=False)
     with TestClient(create_app(settings), raise_server_exceptions=False) as c:
         for _ in range(1200):
             if c.get("/v2/health/ready").status_code == 200:
@@ -74,6 +76,22 @@ def test_checkpoint_info_reads_variant_task_and_head(official: dict[str, Path]) 
         "variant": "sepvit_lite", "task": "detect", "head": "retinanet"
     }  # fmt: skip
     assert checkpoint_info(official["seg"])["head"] == "semantic_fpn"
+
+
+def _grpc_answer(client: TestClient, model: str, image: bytes) -> Any:
+    """``model``'s answer to ``image`` through OIP v2 over gRPC (``tritonclient.grpc``)."""
+    import tritonclient.grpc as grpcclient
+
+    g = grpcclient.InferenceServerClient(f"127.0.0.1:{client.app.state.grpc_port}")  # type: ignore[attr-defined]
+    try:
+        outputs = g.get_model_metadata(model, as_json=True)["outputs"]
+        assert [o["name"] for o in outputs] == ["RESULT"]
+        inp = grpcclient.InferInput("IMAGE", [1], "BYTES")
+        inp.set_data_from_numpy(np.array([image], dtype=np.object_))
+        (answer,) = g.infer(model, [inp]).as_numpy("RESULT")
+    finally:
+        g.close()
+    return json.loads(answer)
 
 
 def test_gateway_serves_official_checkpoints_with_their_presets(
@@ -93,7 +111,8 @@ def test_gateway_serves_official_checkpoints_with_their_presets(
     dets = result["detections"]
     assert dets and all(d["label"] == COCO_CLASSES[d["index"]] for d in dets)
     assert all(0 <= d["box"][0] <= d["box"][2] <= 80 and d["box"][3] <= 60 for d in dets)
-    # OIP v2 gives the same answer
+    # OIP v2 gives the same answer, over REST and over gRPC
+    assert _grpc_answer(client, "coco_det", image) == result
     doc = {"inputs": [{"name": "IMAGE", "shape": [1], "datatype": "BYTES",
                        "data": [base64.b64encode(image).decode()]}]}  # fmt: skip
     r = client.post("/v2/models/coco_det/infer", json=doc)
@@ -104,6 +123,7 @@ def test_gateway_serves_official_checkpoints_with_their_presets(
                     headers={"content-type": "image/png"})  # fmt: skip
     assert r.status_code == 200, r.text
     segs = r.json()["results"][0]["segments"]
+    assert _grpc_answer(client, "ade_seg", image) == r.json()["results"][0]
     assert segs and all(s["rle"]["size"] == [60, 80] for s in segs)
     assert all(s["label"] == ADE20K_CLASSES[s["index"]] for s in segs)
     assert sum(s["area"] for s in segs) == 60 * 80  # no background class: every pixel labelled

@@ -127,7 +127,7 @@ def test_timeout_parameter_shortens_the_deadline() -> None:
         req.inputs.add(name="IMAGE", datatype="BYTES", shape=[1])
         if value is not None:
             req.parameters["timeout"].CopyFrom(value)
-        return grpc_request(req, transport).timeout_s
+        return grpc_request(req, transport, 16).timeout_s
 
     assert timeout(None, 2.0) == 2.0 and timeout(None, None) is None
     assert timeout(pb.InferParameter(int64_param=500_000), None) == 0.5
