@@ -21,8 +21,7 @@ from handlers.outputs import rle_decode
 from handlers.pipeline import Pipeline
 from sepvit import load_model
 from sepvit.presets import ADE20K_CLASSES, COCO_CLASSES
-from tests.golden import load_golden, openmmlab_checkpoint
-from tests.integration.test_torchserve import _same_answer
+from tests.golden import assert_same_detections, load_golden, openmmlab_checkpoint
 from tests.service.conftest import png
 from tests.torchserve_process import TorchServeProcess, build_archives, require_torchserve
 
@@ -76,7 +75,8 @@ def test_official_retinanet_archive_answers_as_the_pipeline(
     dets = served["detections"]
     assert dets and all(d["label"] == COCO_CLASSES[d["index"]] for d in dets)
     assert all(0 <= d["box"][0] <= d["box"][2] <= 80 and d["box"][3] <= 60 for d in dets)
-    _same_answer(served, _local(official["coco_retinanet"]))
+    # TorchServe's worker runs with its own thread count: near-tied boxes may swap
+    assert_same_detections(dets, _local(official["coco_retinanet"])["detections"])
 
 
 def test_official_semantic_fpn_archive_answers_as_the_pipeline(

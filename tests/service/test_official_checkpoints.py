@@ -26,6 +26,7 @@ from sepvit.presets import ADE20K_CLASSES, COCO_CLASSES
 from service.app import create_app
 from service.settings import load_settings
 
+from ..golden import assert_same_detections
 from .conftest import free_port, png
 
 HEAD = {"fpn_channels": 16, "head_channels": 16}
@@ -105,9 +106,10 @@ def test_gateway_serves_official_checkpoints_with_their_presets(
                     headers={"content-type": "image/png"})  # fmt: skip
     assert r.status_code == 200, r.text
     (result,) = r.json()["results"]
-    # exactly what the handler pipeline answers for the model loaded from the file alone
+    # what the handler pipeline answers for the model loaded from the file alone (the gateway's
+    # intra-op thread count may differ from this process's: near-ties may swap)
     (want,) = Pipeline(load_model(official["det"])).handle([image])
-    assert result == json.loads(json.dumps(want))
+    assert_same_detections(result["detections"], json.loads(json.dumps(want))["detections"])
     dets = result["detections"]
     assert dets and all(d["label"] == COCO_CLASSES[d["index"]] for d in dets)
     assert all(0 <= d["box"][0] <= d["box"][2] <= 80 and d["box"][3] <= 60 for d in dets)
