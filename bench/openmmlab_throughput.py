@@ -26,10 +26,10 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
 import statistics
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,8 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.model_throughput import machine_info, time_fn  # noqa: E402
+from bench.hostinfo import gemm_peaks, host_facts, loadavg, write_results  # noqa: E402
+from bench.model_throughput import time_repeat  # noqa: E402
 from handlers.pipeline import Pipeline  # noqa: E402
 from sepvit import create_model  # noqa: E402
 
@@ -81,8 +82,12 @@ def bench_cell(
         with torch.inference_mode():
             return pipe.handle([image])
 
-    model_rates = time_fn(run_model, batch, repeats, min_seconds)
-    pipe_rates = time_fn(run_pipeline, 1, repeats, min_seconds)
+    for fn in (run_model, run_model, run_pipeline, run_pipeline):  # warm-up
+        fn()
+    model_rates, pipe_rates = [], []
+    for _ in range(repeats):  # interleaved, so a load change hits both alike
+        model_rates.append(time_repeat(run_model, batch, min_seconds))
+        pipe_rates.append(time_repeat(run_pipeline, 1, min_seconds))
     return {
         "variant": variant,
         "config": config,
@@ -111,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         "--output", type=Path, default=ROOT / "bench" / "results" / "openmmlab_throughput.json"
     )
     a = p.parse_args(argv)
+    started, load_start = time.strftime("%Y-%m-%dT%H:%M:%S%z"), loadavg()
+    peaks = gemm_peaks(sorted(set(a.threads)))
     cells = []
     for variant in a.variants:
         for config in a.configs:
@@ -125,13 +132,15 @@ def main(argv: list[str] | None = None) -> int:
                     flush=True,
                 )
     doc = {
-        "machine": machine_info(),
+        "benchmark": "openmmlab_throughput",
+        "started": started,
+        "loadavg_start": load_start,
+        "machine": host_facts(),
+        "gemm_peaks": peaks,
         "settings": {"repeats": a.repeats, "min_seconds": a.min_seconds, "dtype": "float32"},
         "results": cells,
     }
-    a.output.parent.mkdir(parents=True, exist_ok=True)
-    a.output.write_text(json.dumps(doc, indent=2) + "\n")
-    print(a.output)
+    write_results(doc, a.output)
     return 0
 
 

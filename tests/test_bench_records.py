@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
+
+import pytest
 
 from bench import hostinfo, report
 
@@ -44,3 +47,12 @@ def test_peak_fraction_and_the_report_drops_untied_records(tmp_path: Path) -> No
     assert not report.tied_to_host(untied) and report.tied_to_host(tied)
     text = "\n".join(report.model_section(untied, tmp_path, "img"))
     assert "does not record its host" in text and "|" not in text
+
+
+@pytest.mark.parametrize(
+    "name", sorted(p.stem for p in (Path(__file__).parents[1] / "bench").glob("*.py"))
+)
+def test_every_bench_script_imports(name: str) -> None:
+    """A helper moved between bench modules breaks a script only when it runs (hours later, on
+    a quiet machine): importing each one here catches it."""
+    importlib.import_module(f"bench.{name}")
