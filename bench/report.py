@@ -19,11 +19,28 @@ ROOT = Path(__file__).resolve().parents[1]
 
 MODEL_CMD = "python bench/model_throughput.py"
 SERVING_CMD = "python bench/serving_load.py"
-CPU_CMD = (
-    "python bench/model_throughput.py --variants sepvit_tiny sepvit_lite --batches 8 --threads 2 "
-    "--runtimes eager auto auto-nobf16 bf16 bf16-torch int8 int8-static onnxruntime --output "
-    "bench/results/cpu_runtimes.json"
-)
+
+
+def cpu_cmd(doc: dict[str, Any] | None) -> str:
+    """The command that wrote ``cpu_runtimes.json``, from the settings it recorded."""
+    s = (doc or {}).get("settings", {})
+
+    def opt(flag: str, key: str, default: str) -> str:
+        v = s.get(key)
+        return f" --{flag} " + (" ".join(map(str, v)) if isinstance(v, list) else str(v or default))
+
+    return (
+        "python bench/model_throughput.py"
+        + opt("variants", "variants", "sepvit_tiny sepvit_lite")
+        + opt("batches", "batches", "8")
+        + opt("threads", "threads", "2")
+        + opt("repeats", "repeats", "3")
+        + opt("min-seconds", "min_seconds_per_repeat", "2")
+        + opt("runtimes", "runtimes", "eager auto auto-nobf16 bf16 int8 onnxruntime")
+        + " --output bench/results/cpu_runtimes.json"
+    )
+
+
 OVERHEAD_CMD = "python bench/serving_overhead.py"
 
 
@@ -421,14 +438,11 @@ def main(argv: list[str] | None = None) -> int:
     lines += model_section(_load(args.results / "model_throughput.json"), img, "img")
     lines += serving_section(_load(args.results / "serving_load.json"), img, "img")
     lines += overhead_section(_load(args.results / "serving_overhead.json"))
+    cpu = _load(args.results / "cpu_runtimes.json")
     lines += model_section(
-        _load(args.results / "cpu_runtimes.json"),
-        img,
-        "img",
-        "## 5. Fast CPU runtimes (bf16, int8, auto)",
-        "cpu_runtimes.json",
-        CPU_CMD,
-    )
+        cpu, img, "img", "## 5. Fast CPU runtimes (bf16, int8, auto)", "cpu_runtimes.json",
+        cpu_cmd(cpu),
+    )  # fmt: skip
     out = args.docs / "performance.md"
     out.write_text("\n".join(lines).rstrip() + "\n")
     print(f"wrote {out}")
