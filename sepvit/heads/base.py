@@ -104,3 +104,12 @@ def norm_of(state: StateDict, prefix: str) -> str | None:
         if f"{prefix}.{norm}.weight" in state:
             return norm
     return None
+
+
+def check_dense_model(name: str, backbone: Any, num_classes: int, min_classes: int) -> None:
+    """The checks every dense model makes of its arguments: a dense-layout backbone, and at least
+    ``min_classes`` classes (detectors 1; segmenters 2, background included)."""
+    if not getattr(backbone, "dense", False):
+        raise ValueError(f"{name} needs a dense-layout backbone (SepViT(dense=True))")
+    if num_classes < min_classes:
+        raise ValueError(f"num_classes must be >= {min_classes}, got {num_classes}")

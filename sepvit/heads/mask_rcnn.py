@@ -39,7 +39,7 @@ from ..backbones.sepvit import SepViT
 from ..backbones.set import SeT
 from ..ops import AnchorGenerator, BoxCoder, batched_nms, clip_boxes
 from ..ops.roi_align import roi_align
-from .base import HeadSpec, StateDict, register_head
+from .base import HeadSpec, StateDict, check_dense_model, register_head
 from .fpn import FPN, ConvModule
 
 __all__ = [
@@ -262,10 +262,7 @@ class MaskRCNN(nn.Module):
         mask_thresh: float = 0.5,
     ) -> None:
         super().__init__()
-        if not backbone.dense:
-            raise ValueError("MaskRCNN needs a dense-layout backbone (SepViT(dense=True))")
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        check_dense_model("MaskRCNN", backbone, num_classes, 1)
         self.backbone = backbone
         self.num_classes = num_classes
         self.neck = FPN(backbone.embed_dims, fpn_channels, pool_levels=1)

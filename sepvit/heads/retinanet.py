@@ -30,7 +30,7 @@ from ..ops import (
     sigmoid_focal_loss,
     smooth_l1_loss,
 )
-from .base import HeadSpec, StateDict, count_modules, norm_of, register_head
+from .base import HeadSpec, StateDict, check_dense_model, count_modules, norm_of, register_head
 from .fpn import FPN, ConvModule
 
 __all__ = ["RetinaHead", "RetinaNet"]
@@ -151,10 +151,7 @@ class RetinaNet(nn.Module):
         focal_gamma: float = 2.0,
     ) -> None:
         super().__init__()
-        if not backbone.dense:
-            raise ValueError("RetinaNet needs a dense-layout backbone (SepViT(dense=True))")
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        check_dense_model("RetinaNet", backbone, num_classes, 1)
         if box_loss not in ("smooth_l1", "giou"):
             raise ValueError(f"box_loss must be 'smooth_l1' or 'giou', got {box_loss!r}")
         self.backbone = backbone

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from ..backbones.sepvit import SepViT
 from ..backbones.set import SeT
-from .base import HeadSpec, StateDict, norm_of, register_head
+from .base import HeadSpec, StateDict, check_dense_model, norm_of, register_head
 from .fpn import FPN, ConvModule
 
 __all__ = ["FPNHead", "SemanticFPN", "Upsample"]
@@ -104,10 +104,7 @@ class SemanticFPN(nn.Module):
         ignore_index: int = 255,
     ) -> None:
         super().__init__()
-        if not backbone.dense:
-            raise ValueError("SemanticFPN needs a dense-layout backbone (SepViT(dense=True))")
-        if num_classes < 2:
-            raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+        check_dense_model("SemanticFPN", backbone, num_classes, 2)
         self.backbone = backbone
         self.num_classes = num_classes
         self.ignore_index = ignore_index

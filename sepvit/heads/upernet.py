@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from ..backbones.sepvit import SepViT
 from ..backbones.set import SeT
-from .base import HeadSpec, StateDict, register_head
+from .base import HeadSpec, StateDict, check_dense_model, register_head
 from .fpn import ConvModule
 
 __all__ = ["UPerHead", "UperNet"]
@@ -111,10 +111,7 @@ class UperNet(nn.Module):
         ignore_index: int = 255,
     ) -> None:
         super().__init__()
-        if not backbone.dense:
-            raise ValueError("UperNet needs a dense-layout backbone (SepViT(dense=True))")
-        if num_classes < 2:
-            raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+        check_dense_model("UperNet", backbone, num_classes, 2)
         self.backbone = backbone
         self.num_classes = num_classes
         self.ignore_index = ignore_index
