@@ -41,8 +41,6 @@ def _random_case(seed: int, n_images: int = 25, n_classes: int = 4):
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_coco_map_matches_pycocotools(seed: int) -> None:
-    coco_mod = pytest.importorskip("pycocotools.coco")
-    cocoeval_mod = pytest.importorskip("pycocotools.cocoeval")
     n_classes = 4
     preds, gts_b, gts_l = _random_case(seed, n_classes=n_classes)
     gt = {"images": [], "annotations": [], "categories": [{"id": c} for c in range(n_classes)]}
@@ -70,19 +68,27 @@ def test_coco_map_matches_pycocotools(seed: int) -> None:
                     "score": float(s),
                 }
             )
+    _assert_equals_cocoeval(coco_map(preds, gts_b, gts_l, n_classes), gt, dets, "bbox")
+
+
+def _assert_equals_cocoeval(ours: dict, gt: dict, dets: list, iou_type: str) -> float:
+    """Our mAP, mAP50 and mAP75 against ``COCOeval(iou_type)`` on the same data; returns
+    pycocotools' mAP50."""
+    coco_mod = pytest.importorskip("pycocotools.coco")
+    cocoeval_mod = pytest.importorskip("pycocotools.cocoeval")
     with contextlib.redirect_stdout(io.StringIO()):
         coco = coco_mod.COCO()
         coco.dataset = gt
         coco.createIndex()
         res = coco.loadRes(dets)
-        ev = cocoeval_mod.COCOeval(coco, res, "bbox")
+        ev = cocoeval_mod.COCOeval(coco, res, iou_type)
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
-    ours = coco_map(preds, gts_b, gts_l, n_classes)
     assert ours["mAP"] == pytest.approx(ev.stats[0], abs=1e-6)
     assert ours["mAP50"] == pytest.approx(ev.stats[1], abs=1e-6)
     assert ours["mAP75"] == pytest.approx(ev.stats[2], abs=1e-6)
+    return float(ev.stats[1])
 
 
 def _random_mask_case(seed: int, n_images: int = 12, n_classes: int = 3, size: int = 40):
@@ -131,8 +137,6 @@ def _mask_box(m: np.ndarray) -> list[float]:
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_mask_map_matches_pycocotools_segm(seed: int) -> None:
-    coco_mod = pytest.importorskip("pycocotools.coco")
-    cocoeval_mod = pytest.importorskip("pycocotools.cocoeval")
     mask_util = pytest.importorskip("pycocotools.mask")
     n_classes = 3
     preds, gts_b, gts_l, gts_m = _random_mask_case(seed, n_classes=n_classes)
@@ -165,20 +169,8 @@ def test_mask_map_matches_pycocotools_segm(seed: int) -> None:
                     "score": float(s),
                 }
             )
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco = coco_mod.COCO()
-        coco.dataset = gt
-        coco.createIndex()
-        res = coco.loadRes(dets)
-        ev = cocoeval_mod.COCOeval(coco, res, "segm")
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
     ours = coco_map(preds, gts_b, gts_l, n_classes, gt_masks=gts_m)
-    assert ev.stats[1] > 0.3  # a case with matches at .5, not a trivial zero
-    assert ours["mAP"] == pytest.approx(ev.stats[0], abs=1e-6)
-    assert ours["mAP50"] == pytest.approx(ev.stats[1], abs=1e-6)
-    assert ours["mAP75"] == pytest.approx(ev.stats[2], abs=1e-6)
+    assert _assert_equals_cocoeval(ours, gt, dets, "segm") > 0.3  # matches at .5: not trivial
 
 
 def test_mask_map_uses_the_masks_not_the_boxes() -> None:
