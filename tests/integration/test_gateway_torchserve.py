@@ -1,6 +1,7 @@
 """The gateway's two backends give the same answers: ``sepvit-serve`` with the embedded backend
 and ``sepvit-serve --backend torchserve`` in front of a real TorchServe, on the same random-weight
-checkpoints (archived with the three ``model_store/*/model-config.yaml`` files).
+checkpoints (archived with the three ``model_store/*/model-config.yaml`` files), plus a small
+Mask R-CNN whose instance masks must come through both backends and every transport.
 
 Every parametrized test runs the same assertions on both gateways and compares with the answer
 of :class:`handlers.pipeline.Pipeline` run here on the same checkpoint. The last test kills
@@ -25,6 +26,7 @@ import httpx
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from handlers.pipeline import Pipeline, PipelineConfig
@@ -37,7 +39,8 @@ from tests.torchserve_process import STORE, TorchServeProcess, build_archives, r
 pytestmark = pytest.mark.integration
 
 CLS, DET, SEG = "sepvit_lite_shapes_cls", "sepvit_lite_shapes_det", "sepvit_lite_shapes_seg"
-TS_NAMES = {CLS: "shapes_cls_v1", DET: DET, SEG: SEG}  # one gateway name maps to another archive
+MASK = "shapes_mask_rcnn"  # random but non-trivial weights: a few detections with masks each
+TS_NAMES = {CLS: "shapes_cls_v1", DET: DET, SEG: SEG, MASK: MASK}  # CLS: another archive name
 BACKENDS = ["embedded", "torchserve"]
 HEALTH_INTERVAL = 0.5
 
@@ -105,19 +108,33 @@ def _checkpoints(d: Path) -> dict[str, Path]:
             **head,
         ),
     }
+    models[MASK] = create_model(
+        "sepvit_lite",
+        task="detect",
+        head="mask_rcnn",
+        num_classes=8,
+        img_size=128,
+        label_names=labels,
+        crop_pct=1.0,
+        fpn_channels=32,
+        fc_channels=64,
+    )
     out = {}
     for name, model in models.items():
         (d / name).mkdir(parents=True)
         # the model-config.yaml beside the checkpoint: the embedded backend reads its handler:
         # section, the archive carries it to TorchServe
-        shutil.copy(STORE / name / "model-config.yaml", d / name / "model-config.yaml")
+        if name == MASK:  # the detector's, with thresholds that let random weights answer
+            cfg = yaml.safe_load((STORE / DET / "model-config.yaml").read_text())
+            cfg["handler"].update(runtime="eager", score_threshold=0.05, max_detections=4)
+            (d / name / "model-config.yaml").write_text(yaml.safe_dump(cfg))
+        else:
+            shutil.copy(STORE / name / "model-config.yaml", d / name / "model-config.yaml")
         out[name] = save_checkpoint(model, d / name / "model.safetensors")
     return out
 
 
 def _pipeline(checkpoint: Path) -> Pipeline:
-    import yaml
-
     meta = read_metadata(checkpoint)
     model = create_model(meta["variant"], task=meta["task"], checkpoint=checkpoint)
     cfg = yaml.safe_load((checkpoint.parent / "model-config.yaml").read_text())
@@ -267,6 +284,39 @@ def test_open_inference_protocol_rest_and_grpc(stack: Stack, backend: str) -> No
             assert client.is_model_ready(DET)
         finally:
             client.close()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_instance_masks_through_rest_and_oip_grpc(stack: Stack, backend: str) -> None:
+    import tritonclient.grpc as grpcclient
+
+    gw = stack.gateways[backend]
+    images = [IMAGE_A, IMAGE_B]
+    want = stack.reference(MASK, images)
+    for result, (h, w) in zip(want, ((180, 240), (300, 200)), strict=True):
+        assert result["detections"], "the random Mask R-CNN finds something at 0.05"
+        for det in result["detections"]:  # COCO RLE in original-image pixels
+            assert det["mask"]["size"] == [h, w] and det["mask"]["counts"]
+    with httpx.Client(base_url=gw.url, timeout=60) as c:
+        r = c.post("/detect", params={"model": MASK}, files=_files(*images))
+        assert r.status_code == 200, r.text
+        assert_same(r.json()["results"], want)
+        r = c.post(
+            "/detect",
+            params={"model": MASK, "format": "png"},
+            content=IMAGE_A,
+            headers={"Content-Type": "image/png"},
+        )
+        assert r.status_code == 200 and r.headers["content-type"] == "image/png", r.text
+        assert r.content == stack.reference(MASK, [IMAGE_A], format="png")[0]["data"]
+    client = grpcclient.InferenceServerClient(gw.grpc_url)
+    try:
+        inp = grpcclient.InferInput("IMAGE", [len(images)], "BYTES")
+        inp.set_data_from_numpy(np.array(images, dtype=np.object_))
+        got = [json.loads(x) for x in client.infer(MASK, [inp]).as_numpy("RESULT")]
+    finally:
+        client.close()
+    assert_same(got, want)
 
 
 def _wait(predicate: Any, timeout: float, what: str) -> None:
