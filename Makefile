@@ -124,7 +124,7 @@ INST := --task detect --head mask_rcnn --img-size 128 --batch-size 8 --val-image
 	--steps 900 --lr 2e-4 --warmup-steps 50 --first-image 96000 --save-every 25 \
 	--model-args '{"fpn_channels": 96, "fc_channels": 256, "anchor_scale": 4.0, "roi_batch": 128, \
 	"rpn_train_nms_pre": 1000, "center_input": true}'
-DEMOS := cls:cls224_dr2 det:det128_dr seg:seg128_p3
+DEMOS := cls:cls224_dr2 det:det128_dr seg:seg128_p3 inst:inst128
 
 models: $(STAMP)
 	# the classifier trains at 64x64 with the easy-to-full curriculum; the detector starts from its
@@ -165,11 +165,12 @@ segmenter-dr: $(STAMP)
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
 
-# TorchServe archives of the three demo models into archives/, TorchServe's model store
+# TorchServe archives of the four demo models into archives/, TorchServe's model store
 # (git-ignored; model_store/config.properties loads all of it). The sources stay in model_store/:
 # TorchServe would read their folders as archives without a handler.
 archives: $(STAMP)
-	for m in sepvit_lite_shapes_cls sepvit_lite_shapes_det sepvit_lite_shapes_seg; do \
+	for m in sepvit_lite_shapes_cls sepvit_lite_shapes_det sepvit_lite_shapes_seg \
+		sepvit_lite_shapes_inst; do \
 		$(VENV)/bin/sepvit-archive --checkpoint model_store/$$m/model.safetensors \
 			--config model_store/$$m/model-config.yaml --name $$m --export-path archives --force || exit 1; \
 	done

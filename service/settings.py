@@ -81,6 +81,7 @@ DEMO_MODELS = [
     _demo("sepvit_lite_shapes_cls", "classify"),
     _demo("sepvit_lite_shapes_det", "detect"),
     _demo("sepvit_lite_shapes_seg", "segment"),
+    _demo("sepvit_lite_shapes_inst", "detect"),  # Mask R-CNN: instance masks
 ]
 
 

@@ -133,6 +133,16 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
             label_names=["background", *labels],
             **head,
         ),
+        "sepvit_lite_shapes_inst": create_model(
+            "sepvit_lite",
+            task="detect",
+            head="mask_rcnn",
+            num_classes=8,
+            img_size=64,
+            label_names=labels,
+            fpn_channels=16,
+            fc_channels=32,
+        ),
     }
     for name, model in models.items():
         d = root / "model_store" / name

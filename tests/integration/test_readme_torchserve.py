@@ -113,7 +113,7 @@ def test_readme_torchserve_commands_as_written(tmp_path: Path) -> None:
 
     # the archives went into their own store, the sources folder holds none
     assert sorted(p.name for p in (repo / "archives").iterdir()) == [
-        f"sepvit_lite_shapes_{t}.mar" for t in ("cls", "det", "seg")
+        f"sepvit_lite_shapes_{t}.mar" for t in ("cls", "det", "inst", "seg")
     ]
     assert not list((repo / "model_store").glob("*.mar"))
     # the two answers, among TorchServe's own log lines (its stdout shares the file)

@@ -421,6 +421,7 @@ def test_settings_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
         "sepvit_lite_shapes_cls",
         "sepvit_lite_shapes_det",
         "sepvit_lite_shapes_seg",
+        "sepvit_lite_shapes_inst",
     ]
     with pytest.raises(ValueError):
         load_settings(models=[{"name": "a", "checkpoint": "x"}, {"name": "a", "checkpoint": "y"}])

@@ -1,5 +1,6 @@
 """Correct answers from the demo checkpoints through every transport: a generated circle comes
-back as a circle over REST, OIP v2 REST and gRPC; detections and masks overlap the ground truth.
+back as a circle over REST, OIP v2 REST and gRPC; detections, masks and instance masks overlap the
+ground truth.
 
 Skipped until the demo weights exist (``make models`` writes model_store/<name>/model.safetensors).
 """
@@ -34,7 +35,7 @@ if MISSING:
 from sepvit.data import ShapesDataset  # noqa: E402
 from sepvit.data.shapes import CLASSES  # noqa: E402
 
-CLS, DET, SEG = (m.name for m in DEMO_MODELS)
+CLS, DET, SEG, INST = (m.name for m in DEMO_MODELS)
 PLAIN_DRAWINGS_RIGHT = 14  # of 16; the shipped classifier: 0.965 on 200 of them (docs/shapes.md)
 
 
@@ -155,6 +156,30 @@ def test_masks_overlap_ground_truth(served: tuple[TestClient, int]) -> None:
             a, b = scene.segmentation == cls, pred == cls
             ious.append((a & b).sum() / max((a | b).sum(), 1))
     assert float(np.mean(ious)) >= 0.6
+
+
+def test_instance_masks_overlap_ground_truth(served: tuple[TestClient, int]) -> None:
+    """The Mask R-CNN demo: each object's best detection of its class, at 256 px (the model runs
+    at 128), carries an RLE mask in the request's pixels that covers the object's own mask."""
+    client, _ = served
+    data = ShapesDataset("test", "detect", size=256, length=6)
+    ious = []
+    for i in range(6):
+        scene = data[i]
+        r = client.post(
+            f"/detect?model={INST}",
+            content=encode(scene.image),
+            headers={"content-type": "image/png"},
+        )
+        dets = r.json()["results"][0]["detections"]
+        for label, mask in zip(scene.labels, scene.masks, strict=True):
+            best = 0.0
+            for d in (d for d in dets if d["index"] == label):
+                got = rle_decode(d["mask"])
+                assert got.shape == mask.shape
+                best = max(best, float((got & mask).sum() / max((got | mask).sum(), 1)))
+            ious.append(best)
+    assert float(np.mean(ious)) >= 0.6, ious
 
 
 def test_png_formats(served: tuple[TestClient, int]) -> None:
