@@ -439,9 +439,17 @@ def export_state(state_path: str | Path, output: str | Path, half: bool = False)
     if legacy:
         model = _build(cfg, legacy)
     model.load_state_dict(_current_layout(cfg, st["model"]))
-    provenance = {"exported_from": str(state_path), "steps": int(st["step"])}
+    step = int(st["step"])
+    provenance = {
+        "exported_from": str(state_path),
+        "steps": step,
+        "images_seen": step * cfg.batch_size,
+        "train_seconds": round(float(st["elapsed"]), 1),
+        "train_config": st["config"],
+        "torch": torch.__version__,
+    }
     save_checkpoint(model, output, provenance=provenance, half=half)
-    return int(st["step"])
+    return step
 
 
 def _comparable(cfg: TrainConfig) -> dict[str, Any]:

@@ -13,8 +13,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="sepvit-train-state", description=__doc__)
     p.add_argument("--state", type=Path, required=True, help="runs/<name>/state.pt")
     p.add_argument("--output", type=Path, required=True, help="native .safetensors to write")
+    p.add_argument("--half", action="store_true", help="store the weights in fp16")
     a = p.parse_args(argv)
-    step = export_state(a.state, a.output)
+    step = export_state(a.state, a.output, half=a.half)
     print(f"{a.output}: model at step {step}")
     return 0
 

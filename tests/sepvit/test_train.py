@@ -187,6 +187,15 @@ def test_stop_after_then_resume_and_export_state(tmp_path: Path) -> None:
     mid = create_model("sepvit_lite", task="classify", checkpoint=tmp_path / "mid.safetensors")
     state = torch.load(run / "state.pt", weights_only=True)["model"]
     assert all(torch.equal(v.float(), state[k].float()) for k, v in mid.state_dict().items())
+    prov = read_metadata(tmp_path / "mid.safetensors")["provenance"]
+    assert (prov["steps"], prov["images_seen"], prov["train_config"]["curriculum_steps"]) == (
+        2,
+        8,
+        4,
+    )
+    assert export_state(run / "state.pt", tmp_path / "half.safetensors", half=True) == 2
+    half = create_model("sepvit_lite", task="classify", checkpoint=tmp_path / "half.safetensors")
+    assert all(torch.equal(v, state[k].half().float()) for k, v in half.state_dict().items())
     train(_cfg("classify", 6, train_images=0, curriculum_steps=4), run, log=null)  # finish
     a = torch.load(ref / "state.pt", weights_only=True)["model"]
     b = torch.load(run / "state.pt", weights_only=True)["model"]
