@@ -246,8 +246,8 @@ def _init_from(model: nn.Module, path: str) -> str:
     A checkpoint of the same variant, task and head arguments initialises the whole model (a
     continuation, e.g. a longer run at full difficulty, or one with a backbone input option such
     as ``center_input``); any other initialises the backbone only
-    (e.g. a dense model from the Shapes classifier), plus the feature pyramid when both are
-    dense models with one (:func:`_pyramid_by_level`: a Mask R-CNN from the Shapes RetinaNet).
+    (e.g. a dense model from the Shapes classifier), plus the feature pyramid when it is another
+    head of the same task (:func:`_pyramid_by_level`: a Mask R-CNN from the Shapes RetinaNet).
     The backbone family's checkpoint filter adapts resolution-dependent tables; tensors whose
     shapes still differ keep their init.
     """
@@ -266,11 +266,10 @@ def _init_from(model: nn.Module, path: str) -> str:
         src = {
             k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")
         }
-        heads = (
-            {k: v for k, v in state.items() if not k.startswith("backbone.")}
-            if same
-            else _pyramid_by_level(path, model)
-        )
+        if same:
+            heads = {k: v for k, v in state.items() if not k.startswith("backbone.")}
+        elif meta["task"] == cfg["task"] and meta.get("head") != cfg.get("head"):
+            heads = _pyramid_by_level(path, model)  # another detector: its pyramid too
     backbone = getattr(model, "backbone", None)
     target, prefix = (backbone, "backbone.") if isinstance(backbone, nn.Module) else (model, "")
     src_hw = tuple(meta["pretrained_cfg"]["input_size"][1:])

@@ -234,6 +234,24 @@ def test_init_from_same_model_continues_whole_model_other_task_takes_backbone(
     assert _init_from(wider, str(tmp_path / "det" / "model.safetensors")).startswith(
         "init backbone"
     )
+    assert "pyramid" not in _init_from(wider, str(tmp_path / "det" / "model.safetensors"))
+
+    # another head of the same task (a Mask R-CNN from the RetinaNet): its pyramid too, each
+    # conv by the backbone level it reads (the RetinaNet's C3-C5 are the Mask R-CNN's 1-3)
+    mask = _build(_cfg("mask_rcnn", 2))
+    before = {k: v.clone() for k, v in mask.state_dict().items()}
+    msg = _init_from(mask, str(tmp_path / "det" / "model.safetensors"))
+    assert msg.startswith("init backbone and pyramid"), msg
+    after = mask.state_dict()
+    for kind in ("lateral_convs", "fpn_convs"):
+        for i in range(3):
+            for p in ("conv.weight", "conv.bias"):
+                want = src[f"neck.{kind}.{i}.{p}"].float()
+                assert torch.equal(after[f"neck.{kind}.{i + 1}.{p}"], want), (kind, i, p)
+        assert torch.equal(
+            after[f"neck.{kind}.0.conv.weight"], before[f"neck.{kind}.0.conv.weight"]
+        )
+    assert all(torch.equal(after[k], before[k]) for k in after if k.startswith(("rpn_", "roi_")))
 
 
 def test_first_image_offsets_the_training_stream() -> None:
