@@ -23,7 +23,7 @@ import handlers.pipeline
 from bench.loadgen import Request, run_closed_loop, summarize
 from handlers.runtime import Runtime
 from service.app import create_app
-from service.settings import load_settings
+from service.loader import load_settings
 from tests.service.conftest import ROOT, png, start_gateway
 
 pytestmark = pytest.mark.integration

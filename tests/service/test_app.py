@@ -18,7 +18,7 @@ from PIL import Image
 
 from handlers.outputs import rle_decode
 from service.app import create_app
-from service.settings import load_settings
+from service.loader import load_settings
 
 from .conftest import model_entries, png
 

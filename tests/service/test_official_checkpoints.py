@@ -24,7 +24,7 @@ from handlers.pipeline import Pipeline
 from sepvit import checkpoint_info, create_model, load_model, read_metadata
 from sepvit.presets import ADE20K_CLASSES, COCO_CLASSES
 from service.app import create_app
-from service.settings import load_settings
+from service.loader import load_settings
 
 from ..golden import assert_same_detections
 from .conftest import free_port, png

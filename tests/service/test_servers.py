@@ -27,7 +27,7 @@ from schemathesis.checks import not_a_server_error
 from tritonclient.utils import InferenceServerException
 
 from service.app import create_app
-from service.settings import load_settings
+from service.loader import load_settings
 
 from .conftest import Gateway, free_port, model_entries, png, start_gateway
 

@@ -23,7 +23,7 @@ from service.backends import torchserve_inference_pb2 as pb
 from service.backends import torchserve_inference_pb2_grpc as pb_grpc
 from service.backends.torchserve import TokenSource, parse_prediction
 from service.errors import BackendError
-from service.settings import load_settings
+from service.loader import load_settings
 
 from .conftest import free_port, png
 
