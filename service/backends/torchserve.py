@@ -61,7 +61,13 @@ from . import torchserve_inference_pb2 as pb
 from . import torchserve_inference_pb2_grpc as pb_grpc
 from .base import Backend, ModelState, Params, ServedModel
 
-__all__ = ["TokenSource", "TorchServeBackend", "parse_prediction"]
+__all__ = [
+    "TORCHSERVE_BATCH_DELAY_MS",
+    "TORCHSERVE_BATCH_SIZE",
+    "TokenSource",
+    "TorchServeBackend",
+    "parse_prediction",
+]
 
 log = logging.getLogger(__name__)
 
