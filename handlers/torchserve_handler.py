@@ -35,6 +35,7 @@ from ts.torch_handler.base_handler import BaseHandler
 from handlers.errors import ImageDecodeError, PipelineError
 from handlers.params import PARAM_KEYS
 from handlers.pipeline import Pipeline, PipelineConfig
+from service.errors import ImageError, describe
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +61,6 @@ def split_row(row: dict[str, Any]) -> tuple[bytes | None, dict[str, str]]:
             break
     params = {k: _text(row[k]) for k in PARAM_KEYS if row.get(k) not in (None, b"", "")}
     return payload, params
-
-
-def error_body(exc: PipelineError) -> dict[str, Any]:
-    return {"error": {"code": exc.code, "message": str(exc)}}
 
 
 class SepViTHandler(BaseHandler):
@@ -131,6 +128,7 @@ class SepViTHandler(BaseHandler):
         return out
 
     @staticmethod
-    def _fail(context: Any, idx: int, exc: PipelineError) -> dict[str, Any]:
-        context.set_response_status(code=exc.http_status, phrase=str(exc)[:200], idx=idx)
-        return error_body(exc)
+    def _fail(context: Any, idx: int, exc: PipelineError) -> ImageError:
+        info = describe(exc)  # the one kind -> status table, shipped in the archive
+        context.set_response_status(code=info.http_status, phrase=info.message[:200], idx=idx)
+        return info.image_body()

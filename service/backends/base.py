@@ -17,23 +17,16 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from handlers.errors import (
-    ImageDecodeError,
-    ImageTooLargeError,
-    PipelineError,
-    UnsupportedImageError,
-)
+from handlers.errors import DECODE_KINDS, PipelineError
 
 from ..errors import ModelNotFoundError, NotReadyError
 from ..loader import read_model_config
 from ..metrics import Metrics
 from ..settings import ModelSpec, Settings
 
-__all__ = ["DECODE_ERRORS", "Backend", "ModelInfo", "ModelState", "Params", "ServedModel"]
+__all__ = ["Backend", "ModelInfo", "ModelState", "Params", "ServedModel"]
 
 Params = Sequence[Mapping[str, Any] | None]
-# the per-image errors counted as decode errors (sepvit_decode_errors_total)
-DECODE_ERRORS = (ImageDecodeError, ImageTooLargeError, UnsupportedImageError)
 T = TypeVar("T")
 
 
@@ -162,7 +155,7 @@ class ServedModel:
         for r in results:
             if isinstance(r, PipelineError):
                 errors += 1
-                decode += isinstance(r, DECODE_ERRORS)
+                decode += r.kind in DECODE_KINDS
         task = self.info.task or ""
         if self._images is None or self._images[0] != task:
             images = self._metrics.images

@@ -79,17 +79,6 @@ TORCHSERVE_BATCH_SIZE = 1
 TORCHSERVE_BATCH_DELAY_MS = 100.0
 
 
-def _pipeline_errors() -> dict[str, type[PipelineError]]:
-    """Every :class:`PipelineError` type by its ``code``."""
-    out: dict[str, type[PipelineError]] = {}
-    stack: list[type[PipelineError]] = [PipelineError]
-    while stack:
-        cls = stack.pop()
-        out.setdefault(cls.code, cls)
-        stack.extend(cls.__subclasses__())
-    return out
-
-
 def parse_prediction(body: bytes) -> dict[str, Any] | PipelineError:
     """One ``PredictionResponse.prediction``: a result dict, PNG bytes, or the image's error."""
     if body.startswith(PNG_MAGIC):
@@ -105,9 +94,8 @@ def parse_prediction(body: bytes) -> dict[str, Any] | PipelineError:
     err = doc.get("error")
     if isinstance(err, dict) and len(doc) == 1:
         code = str(err.get("code") or "bad_request")
-        exc = _pipeline_errors().get(code, PipelineError)(str(err.get("message") or code))
-        exc.code = code  # an unknown code stays as TorchServe sent it (a 400)
-        return exc
+        # the error of that kind; an unknown code stays as TorchServe sent it (a 400)
+        return PipelineError.from_code(code, str(err.get("message") or code))
     return doc
 
 
