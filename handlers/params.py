@@ -1,6 +1,6 @@
-"""The request vocabulary, defined once for the handlers and the gateway: the tasks a model
-serves and the per-request parameters. Torch-free, so the gateway's settings can import it before
-torch loads (OpenMP reads its environment once, at that import)."""
+"""The names the handlers and the gateway share, defined once: the tasks a model serves, the CPU
+and GPU runtimes, and the per-request parameters. Torch-free, so the gateway's settings can
+import it before torch loads (OpenMP reads its environment once, at that import)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,21 @@ from typing import Any, Literal, get_args
 
 from .errors import BadParameterError
 
-__all__ = ["PARAM_KEYS", "SEGMENT_FORMATS", "TASKS", "Format", "RequestParams", "Task"]
+__all__ = [
+    "PARAM_KEYS",
+    "RUNTIMES",
+    "SEGMENT_FORMATS",
+    "TASKS",
+    "Format",
+    "RequestParams",
+    "RuntimeName",
+    "Task",
+]
 
 Task = Literal["classify", "detect", "segment"]
 TASKS: tuple[Task, ...] = get_args(Task)
+RuntimeName = Literal["eager", "onnxruntime", "tensorrt", "bf16", "int8", "auto"]
+RUNTIMES: tuple[RuntimeName, ...] = get_args(RuntimeName)
 Format = Literal["rle", "png", "overlay"]  # segment, and detect with instance masks
 SEGMENT_FORMATS: tuple[Format, ...] = get_args(Format)
 
