@@ -5,7 +5,7 @@
 # - the _grpc module imports its messages relatively (it lives in a package);
 # - the messages are built in a private descriptor pool, not the process-wide default one:
 #   tritonclient ships the same `inference.*` symbols, and both must load in one process (and
-#   handlers.torchserve_grpc compiles TorchServe's own proto with the TorchServe symbols).
+#   tests/torchserve_grpc.py compiles TorchServe's own proto with the TorchServe symbols).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}

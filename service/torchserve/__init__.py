@@ -1,0 +1,1 @@
+"""Everything TorchServe: the launcher of a local TorchServe (:mod:`.process`)."""
