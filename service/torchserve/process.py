@@ -57,7 +57,7 @@ def missing() -> str | None:
 
 def build_archives(models: Mapping[str, tuple[Path, Path]], store: Path) -> Path:
     """``{archive name: (checkpoint, model-config.yaml)}`` -> ``<store>/<name>.mar``."""
-    from handlers.archive import build_archive
+    from service.torchserve.archive import build_archive
 
     for name, (checkpoint, config) in models.items():
         build_archive(checkpoint, config, name, store)

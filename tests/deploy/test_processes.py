@@ -25,10 +25,10 @@ import pytest
 import torch
 import yaml
 
-from handlers.archive import main as archive_main
 from sepvit import create_model, save_checkpoint
 from sepvit.data.shapes import CLASSES
 from service.processes import ServerProcess, child_env, free_port
+from service.torchserve.archive import main as archive_main
 
 from .conftest import Rendered, dockerfile_entrypoint, properties
 from .test_manifests import env_of, gateway, pod_spec, torchserve
