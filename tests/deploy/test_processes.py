@@ -22,13 +22,12 @@ from typing import Any
 
 import httpx
 import pytest
-import torch
 import yaml
 
-from sepvit import create_model, save_checkpoint
-from sepvit.data.shapes import CLASSES
+from sepvit import save_checkpoint
 from service.processes import ServerProcess, child_env, free_port
 from service.torchserve.archive import main as archive_main
+from tests.service.conftest import tiny_models
 
 from .conftest import Rendered, dockerfile_entrypoint, properties
 from .test_manifests import env_of, gateway, pod_spec, torchserve
@@ -44,31 +43,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The images' working directory: model_store/<name>/model.safetensors for the demo models
     (tiny random weights, 64 px) beside the repository's model-config.yaml files."""
     root = tmp_path_factory.mktemp("image")
-    torch.manual_seed(0)
-    head = {"fpn_channels": 16, "head_channels": 16}
-    labels = list(CLASSES)
-    models = {
-        "sepvit_lite_shapes_cls": create_model(
-            "sepvit_lite", num_classes=8, img_size=64, label_names=labels
-        ),
-        "sepvit_lite_shapes_det": create_model(
-            "sepvit_lite",
-            task="detect",
-            num_classes=8,
-            img_size=64,
-            label_names=labels,
-            head_convs=1,
-            **head,
-        ),
-        "sepvit_lite_shapes_seg": create_model(
-            "sepvit_lite",
-            task="segment",
-            num_classes=9,
-            img_size=64,
-            label_names=["background", *labels],
-            **head,
-        ),
-    }
+    models = {f"sepvit_lite_shapes_{k}": m for k, m in tiny_models().items()}
     for name, model in models.items():
         d = root / "model_store" / name
         d.mkdir(parents=True)

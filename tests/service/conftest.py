@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch import nn
 
 from sepvit import create_model, save_checkpoint
 from sepvit.data.shapes import CLASSES
@@ -29,14 +30,13 @@ def png(h: int = 48, w: int = 64, seed: int = 0) -> bytes:
     return buf.getvalue()
 
 
-@pytest.fixture(scope="session")
-def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """``cls``, ``det``, ``seg`` (64 px) and ``slow`` (a 224 px classifier) checkpoints."""
-    d = tmp_path_factory.mktemp("ckpt")
+def tiny_models() -> dict[str, nn.Module]:
+    """Seeded random-weight ``sepvit_lite`` models at 64 px with the SepViT-Shapes labels, one per
+    task (``cls``, ``det``, ``seg``), with small heads so that they load in a second."""
     torch.manual_seed(0)
     labels = list(CLASSES)
     head = {"fpn_channels": 16, "head_channels": 16}
-    models = {
+    return {
         "cls": create_model("sepvit_lite", num_classes=8, img_size=IMG, label_names=labels),
         "det": create_model(
             "sepvit_lite",
@@ -55,8 +55,17 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             label_names=["background", *labels],
             **head,
         ),
-        "slow": create_model("sepvit_lite", num_classes=8, img_size=224, label_names=labels),
     }
+
+
+@pytest.fixture(scope="session")
+def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """:func:`tiny_models` and ``slow`` (a 224 px classifier) as checkpoints."""
+    d = tmp_path_factory.mktemp("ckpt")
+    models = tiny_models()
+    models["slow"] = create_model(
+        "sepvit_lite", num_classes=8, img_size=224, label_names=list(CLASSES)
+    )
     return {name: save_checkpoint(m, d / f"{name}.safetensors") for name, m in models.items()}
 
 
