@@ -55,8 +55,7 @@ def encode_result(item: dict[str, Any] | PipelineError) -> dict[str, Any]:
     """One image's answer as JSON: the result, or ``{"error": {code, message}}``; PNG bytes
     (segmentation ``format=png|overlay``) become base64 text."""
     if isinstance(item, PipelineError):
-        info = describe(item)
-        return {"error": {"code": info.code, "message": info.message}}
+        return dict(describe(item).image_body())
     if isinstance(item.get("data"), bytes | bytearray):
         return {
             "media_type": item["media_type"],

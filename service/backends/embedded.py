@@ -28,7 +28,7 @@ import torch
 from PIL import Image
 
 from handlers.decode import PixelBudget
-from handlers.errors import ImageDecodeError, ImageTooLargeError, UnsupportedImageError
+from handlers.errors import DECODE_KINDS, PipelineError
 from handlers.pipeline import Pipeline, PipelineConfig
 from sepvit import load_model
 
@@ -40,8 +40,6 @@ from .base import Backend, ModelInfo, ModelState
 __all__ = ["EmbeddedBackend", "TimedPipeline"]
 
 log = logging.getLogger(__name__)
-
-_DECODE_ERRORS = (ImageDecodeError, ImageTooLargeError, UnsupportedImageError)
 
 
 class TimedPipeline(Pipeline):
@@ -244,7 +242,9 @@ class EmbeddedBackend(Backend):
 
         def record(results: list[Any]) -> list[Any]:
             errors = sum(isinstance(r, Exception) for r in results)
-            decode_errors = sum(isinstance(r, _DECODE_ERRORS) for r in results)
+            decode_errors = sum(
+                isinstance(r, PipelineError) and r.kind in DECODE_KINDS for r in results
+            )
             if errors:
                 metrics.images.labels(name, task, "error").inc(errors)
             if decode_errors:

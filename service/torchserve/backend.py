@@ -46,12 +46,7 @@ from typing import Any
 import grpc
 from pydantic import SecretStr
 
-from handlers.errors import (
-    ImageDecodeError,
-    ImageTooLargeError,
-    PipelineError,
-    UnsupportedImageError,
-)
+from handlers.errors import DECODE_KINDS, PipelineError
 
 from ..backends.base import Backend, ModelInfo, ModelState
 from ..errors import (
@@ -73,20 +68,6 @@ log = logging.getLogger(__name__)
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 PING_TIMEOUT_S = 5.0
 MAX_RESPONSE_BYTES = 256 * 1024 * 1024  # overlay PNGs of large images
-_DECODE_CODES = frozenset(
-    c.code for c in (ImageDecodeError, ImageTooLargeError, UnsupportedImageError)
-)
-
-
-def _pipeline_errors() -> dict[str, type[PipelineError]]:
-    """Every :class:`PipelineError` type by its ``code``."""
-    out: dict[str, type[PipelineError]] = {}
-    stack: list[type[PipelineError]] = [PipelineError]
-    while stack:
-        cls = stack.pop()
-        out.setdefault(cls.code, cls)
-        stack.extend(cls.__subclasses__())
-    return out
 
 
 def parse_prediction(body: bytes) -> dict[str, Any] | PipelineError:
@@ -104,9 +85,8 @@ def parse_prediction(body: bytes) -> dict[str, Any] | PipelineError:
     err = doc.get("error")
     if isinstance(err, dict) and len(doc) == 1:
         code = str(err.get("code") or "bad_request")
-        exc = _pipeline_errors().get(code, PipelineError)(str(err.get("message") or code))
-        exc.code = code  # an unknown code stays as TorchServe sent it (a 400)
-        return exc
+        # the error of that kind; an unknown code stays as TorchServe sent it (a 400)
+        return PipelineError.from_code(code, str(err.get("message") or code))
     return doc
 
 
@@ -380,7 +360,7 @@ class TorchServeBackend(Backend):
         task = m.info.task or ""
         if errors:
             self.metrics.images.labels(model, task, "error").inc(len(errors))
-        decode = sum(e.code in _DECODE_CODES for e in errors)
+        decode = sum(e.kind in DECODE_KINDS for e in errors)
         if decode:
             self.metrics.decode_errors.labels(model).inc(decode)
         self.metrics.images.labels(model, task, "ok").inc(n - len(errors))

@@ -1,8 +1,9 @@
 """TorchServe entry point: a thin ``BaseHandler`` around :class:`handlers.pipeline.Pipeline`.
 
 TorchServe imports this module inside its worker: :mod:`service.torchserve.archive` packs this
-file as the archive's ``handler.py`` beside the ``sepvit`` and ``handlers`` packages, so it imports
-only those two of this project (never ``service``: the archive does not carry it), plus ``ts``.
+file as the archive's ``handler.py`` beside the ``sepvit`` and ``handlers`` packages and the error
+table ``service/errors.py``, so it imports only those of this project (no other gateway code:
+the archive does not carry it), plus ``ts``.
 
 Request rows (one per request in TorchServe's batch):
 
@@ -35,6 +36,7 @@ from ts.torch_handler.base_handler import BaseHandler
 
 from handlers.errors import ImageDecodeError, PipelineError
 from handlers.pipeline import Pipeline, PipelineConfig
+from service.errors import ImageError, describe
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +63,6 @@ def split_row(row: dict[str, Any]) -> tuple[bytes | None, dict[str, str]]:
             break
     params = {k: _text(row[k]) for k in PARAM_KEYS if row.get(k) not in (None, b"", "")}
     return payload, params
-
-
-def error_body(exc: PipelineError) -> dict[str, Any]:
-    return {"error": {"code": exc.code, "message": str(exc)}}
 
 
 class SepViTHandler(BaseHandler):
@@ -132,6 +130,7 @@ class SepViTHandler(BaseHandler):
         return out
 
     @staticmethod
-    def _fail(context: Any, idx: int, exc: PipelineError) -> dict[str, Any]:
-        context.set_response_status(code=exc.http_status, phrase=str(exc)[:200], idx=idx)
-        return error_body(exc)
+    def _fail(context: Any, idx: int, exc: PipelineError) -> ImageError:
+        info = describe(exc)  # the one kind -> status table, shipped in the archive
+        context.set_response_status(code=info.http_status, phrase=info.message[:200], idx=idx)
+        return info.image_body()

@@ -19,7 +19,7 @@ from pydantic import SecretStr
 
 from handlers.errors import ImageDecodeError, ImageTooLargeError, PipelineError
 from service.app import create_app
-from service.errors import BackendError
+from service.errors import BackendError, describe
 from service.processes import free_port
 from service.settings import load_settings
 from service.torchserve import torchserve_inference_pb2 as pb
@@ -256,9 +256,10 @@ def test_parse_prediction() -> None:
     err = parse_prediction(b'{"error": {"code": "undecodable_image", "message": "bad"}}')
     assert type(err) is ImageDecodeError and err.message == "bad"
     err = parse_prediction(b'{"error": {"code": "image_too_large", "message": "big"}}')
-    assert type(err) is ImageTooLargeError and err.http_status == 413
+    assert type(err) is ImageTooLargeError and describe(err).http_status == 413
     err = parse_prediction(b'{"error": {"code": "brand_new", "message": "?"}}')
-    assert type(err) is PipelineError and err.code == "brand_new" and err.http_status == 400
+    assert type(err) is PipelineError and err.code == "brand_new"
+    assert describe(err).http_status == 400 and describe(err).code == "brand_new"
     for junk in (b"\x00junk", b"[1, 2]", b""):
         with pytest.raises(BackendError):
             parse_prediction(junk)
