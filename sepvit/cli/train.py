@@ -19,6 +19,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--task", choices=TASKS, default=d.task)
     p.add_argument("--model", default=d.model)
+    p.add_argument(
+        "--head",
+        default=d.head,
+        help="detect: retinanet (default) or mask_rcnn; segment: semantic_fpn (default) or upernet",
+    )
     p.add_argument("--output", type=Path, required=True, help="run directory (state, log, model)")
     p.add_argument("--img-size", type=int, default=d.img_size)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
@@ -87,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = TrainConfig(
         task=a.task,
         model=a.model,
+        head=a.head,
         img_size=a.img_size,
         batch_size=a.batch_size,
         steps=a.steps,

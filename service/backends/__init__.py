@@ -22,7 +22,7 @@ def create_backend(settings: Settings, metrics: Metrics) -> Backend:
 
         return EmbeddedBackend(settings, metrics)
     if settings.backend == "torchserve":
-        from .torchserve import TorchServeBackend
+        from ..torchserve.backend import TorchServeBackend
 
         return TorchServeBackend(settings, metrics)
     raise ValueError(f"unknown backend {settings.backend!r}")

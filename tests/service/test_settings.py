@@ -10,15 +10,15 @@ from typing import Any
 import pytest
 
 from service.backends.embedded import EmbeddedBackend
-from service.backends.torchserve import (
-    TORCHSERVE_BATCH_DELAY_MS,
-    TORCHSERVE_BATCH_SIZE,
-    TorchServeBackend,
-)
 from service.cli import FLAGS, _parser
 from service.loader import load_settings
 from service.metrics import Metrics
 from service.settings import Settings
+from service.torchserve.backend import (
+    TORCHSERVE_BATCH_DELAY_MS,
+    TORCHSERVE_BATCH_SIZE,
+    TorchServeBackend,
+)
 
 
 def _batching(

@@ -4,7 +4,7 @@ One ``grpc.aio`` channel to ``torchserve_address``. A request of N images become
 ``Predictions`` calls (TorchServe batches them with other requests by the model's ``batchSize``
 and ``maxBatchDelay``), so there is no gateway batcher here. Each call carries the image as the
 ``data`` input and the request parameters (``top_k``, ``score_threshold``, ``max_detections``,
-``format``) as further inputs, which is what :mod:`handlers.torchserve_handler` reads. Answers:
+``format``) as further inputs, which is what :mod:`service.torchserve.handler` reads. Answers:
 
 * a JSON document: the pipeline's result for that image, exactly as the embedded backend gives it;
 * PNG bytes (segmentation ``format=png|overlay``): ``{"media_type": "image/png", "data": ...}``;
@@ -48,6 +48,7 @@ from pydantic import SecretStr
 
 from handlers.errors import PipelineError
 
+from ..backends.base import Backend, ModelState, Params, ServedModel
 from ..errors import (
     BackendError,
     DeadlineExceededError,
@@ -59,7 +60,6 @@ from ..metrics import Metrics
 from ..settings import ModelSpec, Settings
 from . import torchserve_inference_pb2 as pb
 from . import torchserve_inference_pb2_grpc as pb_grpc
-from .base import Backend, ModelState, Params, ServedModel
 
 __all__ = [
     "TORCHSERVE_BATCH_DELAY_MS",
