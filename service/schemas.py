@@ -1,5 +1,5 @@
 """The HTTP answers (and request bodies) as pydantic models: the routes return them and FastAPI
-generates the OpenAPI schema from them, errors included; ``tests/service/test_openapi.py`` checks
+generates the OpenAPI schema from them, errors included; ``tests/service/test_servers.py`` checks
 real answers against that schema with schemathesis.
 
 Answers are strict (``extra="forbid"``): a field the schema does not name is a bug there.
