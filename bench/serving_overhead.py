@@ -6,9 +6,14 @@ the cache; one intra-op thread) to closed-loop clients. For each server and conc
 measures the server processes' CPU time (the whole process tree: the gateway; TorchServe's Java
 frontend and its Python worker) across a fixed-length load, divided by the requests answered.
 The in-process pipeline (decode, preprocess, runtime, postprocess; no HTTP) is measured the same
-way at batch 1 and at the concurrency's batch size. Overhead per request = server CPU per
-request - pipeline CPU per image. Latency percentiles come from the same runs; the raw
-runtime's and the gateway's throughput give the ``>= 0.95`` ratio.
+way at every batch size from 1 to the largest concurrency. Each server reports the batches it
+really ran (the gateway its statistics extension, TorchServe's worker the
+``x-sepvit-batch-size`` header on each answer), so the pipeline's share of a request is the
+in-process CPU per image at the batch sizes that server ran, weighted by images. Overhead per
+request = server CPU per request - that share. (The naive figure, which assumes every batch is
+as large as the concurrency, is kept as ``..._assuming_full_batches``.) Latency percentiles
+come from the same runs; the raw runtime's and the gateway's throughput give the ``>= 0.95``
+ratio.
 
 Targets (issue 21): gateway overhead <= 1/3 of TorchServe's; gateway throughput >= 0.95 of the
 raw runtime (in-process pipeline) with ``auto``.
@@ -28,6 +33,7 @@ import statistics
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -65,17 +71,49 @@ def tree_cpu_seconds(pid: int) -> float:
     return total
 
 
+BatchCounter = Callable[[], dict[int, int]]
+
+
+def gateway_batch_images(url: str, model: str) -> BatchCounter:
+    """Images the gateway has run per batch size, from its statistics extension."""
+
+    def read() -> dict[int, int]:
+        with urllib.request.urlopen(f"{url}/v2/models/{model}/stats", timeout=10) as r:
+            stats = json.load(r)["model_stats"][0]
+        return {
+            int(b["batch_size"]): int(b["batch_size"]) * int(b["compute_infer"]["count"])
+            for b in stats["batch_stats"]
+        }
+
+    return read
+
+
 def load(
-    url: str, make: Callable[[int], Request], pid: int, concurrency: int, args: argparse.Namespace
+    url: str,
+    make: Callable[[int], Request],
+    pid: int,
+    concurrency: int,
+    args: argparse.Namespace,
+    batch_images: BatchCounter | None = None,
 ) -> dict[str, Any]:
-    """A warm-up, then ``--duration`` s of closed-loop load with the server tree's CPU time."""
+    """A warm-up, then ``--duration`` s of closed-loop load with the server tree's CPU time and
+    the images run per batch size: from ``batch_images()`` (before/after) or, without it, from
+    each answer's ``x-sepvit-batch-size`` header."""
     asyncio.run(run_closed_loop(url, make, concurrency=concurrency, duration_s=args.warmup))
+    before = batch_images() if batch_images else {}
     cpu0 = tree_cpu_seconds(pid)
     result = asyncio.run(
         run_closed_loop(url, make, concurrency=concurrency, duration_s=args.duration)
     )
     cpu = tree_cpu_seconds(pid) - cpu0
+    if batch_images:
+        after = batch_images()
+        by_size = {k: n - before.get(k, 0) for k, n in after.items() if n > before.get(k, 0)}
+    else:
+        sizes = [int(s.headers.get("x-sepvit-batch-size", 0)) for s in result.samples]
+        by_size = {k: sizes.count(k) for k in sorted(set(sizes)) if k > 0}
     row = summarize(result)
+    row["images_by_batch_size"] = {str(k): n for k, n in sorted(by_size.items())}
     # every request started in the run was answered in it (in-flight ones are awaited)
     answered = sum(s.status == 200 for s in result.samples)
     row["cpu_ms_per_request"] = round(cpu / answered * 1000, 2) if answered else None
@@ -149,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     doc["settings"]["weights"] = weights
     payloads = images("classify", 224)
     print("in-process pipeline", flush=True)
-    doc["pipeline"] = pipeline_cpu(ckpt, args.runtime, payloads, [1, *args.concurrency], args)
+    sizes = list(range(1, max(args.concurrency) + 1))
+    doc["pipeline"] = pipeline_cpu(ckpt, args.runtime, payloads, sizes, args)
     jpeg = (("Content-Type", "image/jpeg"),)
     entry = {"name": "cls", "checkpoint": str(ckpt), "model_config_file": str(cfg)}
     print("gateway", flush=True)
@@ -159,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
             return Request("POST", "/classify?model=cls", payloads[i % len(payloads)], jpeg)
 
         doc["servers"]["gateway"] = {
-            str(c): load(gw.url, make_gw, gw.proc.pid, c, args) for c in args.concurrency
+            str(c): load(gw.url, make_gw, gw.proc.pid, c, args, gateway_batch_images(gw.url, "cls"))
+            for c in args.concurrency
         }
     why = None if args.torchserve else "disabled (--no-torchserve)"
     why = why or torchserve_available()
@@ -200,7 +240,12 @@ def overhead(doc: dict[str, Any]) -> dict[str, Any]:
             ref = pipe.get(f"b{c}") or pipe["b1"]
             if row.get("cpu_ms_per_request") is None:
                 continue
+            share = pipeline_share(pipe, row.get("images_by_batch_size") or {})
+            out[f"{server}_c{c}_mean_batch_size"] = share["mean_batch_size"]
             out[f"{server}_c{c}_cpu_ms_outside_pipeline"] = round(
+                row["cpu_ms_per_request"] - share["cpu_ms_per_image"], 2
+            )
+            out[f"{server}_c{c}_cpu_ms_outside_pipeline_assuming_full_batches"] = round(
                 row["cpu_ms_per_request"] - ref["cpu_ms_per_image"], 2
             )
             if server == "gateway":
@@ -212,10 +257,28 @@ def overhead(doc: dict[str, Any]) -> dict[str, Any]:
         t = out.get(f"torchserve_c{c}_cpu_ms_outside_pipeline")
         if g is not None and t:
             out[f"c{c}_gateway_over_torchserve_overhead"] = round(g / t, 3)
-    out["median_gateway_overhead_ms"] = statistics.median(
-        [v for k, v in out.items() if k.startswith("gateway_") and "outside" in k] or [0.0]
+    out["median_gateway_overhead_ms"] = round(
+        statistics.median(
+            [v for k, v in out.items() if k.startswith("gateway_") and k.endswith("_pipeline")]
+            or [0.0]
+        ),
+        2,
     )
     return out
+
+
+def pipeline_share(pipe: dict[str, Any], images_by_size: dict[str, int]) -> dict[str, float]:
+    """In-process pipeline CPU-ms per image at the batch sizes a server ran, weighted by images
+    (a size that was not measured counts as the nearest measured one); batch 1 when unknown."""
+    measured = sorted(int(k[1:]) for k in pipe if k.startswith("b") and k[1:].isdigit())
+    counts = {int(k): n for k, n in images_by_size.items() if n > 0} or {1: 1}
+    images = sum(counts.values())
+    cpu = 0.0
+    for size, n in counts.items():
+        nearest = min(measured, key=lambda m: (abs(m - size), m))
+        cpu += n * pipe[f"b{nearest}"]["cpu_ms_per_image"]
+    batches = sum(n / size for size, n in counts.items())
+    return {"cpu_ms_per_image": cpu / images, "mean_batch_size": round(images / batches, 2)}
 
 
 if __name__ == "__main__":

@@ -3,8 +3,8 @@
 The box mAP follows pycocotools' ``COCOeval`` (bbox, area "all", ``maxDets=100``): per image and
 class, detections sorted by score (stable) are greedily matched to the unmatched ground truth of
 highest IoU at each threshold 0.50:0.05:0.95; precision is made monotone and sampled at 101 recall
-points; classes without ground truth are left out of the mean. ``tests/test_evaluate.py`` checks
-it against pycocotools on the same predictions.
+points; classes without ground truth are left out of the mean.
+``tests/sepvit/test_evaluate.py`` checks it against pycocotools on the same predictions.
 """
 
 from __future__ import annotations

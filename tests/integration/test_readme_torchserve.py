@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from sepvit.data.shapes import CLASSES
-from tests.readme_blocks import ROOT, clean_copy, section_block
+from tests.docs.readme_blocks import ROOT, clean_copy, section_block
 from tests.torchserve_process import require_torchserve
 
 pytestmark = pytest.mark.integration

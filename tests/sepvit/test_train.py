@@ -253,7 +253,7 @@ def test_continuing_a_version_1_detector_keeps_its_head_semantics(tmp_path: Path
     """``init_from`` a demo checkpoint written before the OpenMMLab layout: the whole model is
     initialised (its keys converted) and the run keeps the v1 head options, so its output
     checkpoint (version 2) records them."""
-    demo = Path(__file__).resolve().parents[1] / "model_store/sepvit_lite_shapes_det"
+    demo = Path(__file__).resolve().parents[2] / "model_store/sepvit_lite_shapes_det"
     path = demo / "model.safetensors"
     if not path.is_file():
         pytest.skip("demo checkpoint not built")

@@ -17,7 +17,7 @@ from sepvit.ops.roi_align import roi_align
 
 @pytest.fixture(scope="module")
 def reference() -> ModuleType:
-    path = Path(__file__).resolve().parents[1] / "tools" / "golden" / "openmmlab.py"
+    path = Path(__file__).resolve().parents[3] / "tools" / "golden" / "openmmlab.py"
     spec = importlib.util.spec_from_file_location("openmmlab_golden_tool", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
