@@ -253,8 +253,12 @@ def oip_errors(*statuses: int, unready: type[Answer] | None = None) -> dict[int 
     """The /v2 error answers; ``unready``: the probe's own 503 answer (``{"ready": false}``)."""
     out = error_responses(*statuses, oip=True)
     if unready is not None:
-        model = unready | OIPErrorBody if 503 in statuses else unready
-        out[503] = {"model": model, "description": f"not ready: {unready.__name__}, ready false"}
+        error = out.get(503)
+        desc = "not ready: the probe's answer, false"
+        out[503] = {
+            "model": unready | OIPErrorBody if error else unready,
+            "description": f"{desc}; or the error {error['description']}" if error else desc,
+        }
     return out
 
 
