@@ -7,12 +7,14 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import Response
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from handlers.params import TASKS, Format
 
 from .admission import decimal
 from .dataplane import DataPlane, InferenceRequest, InferenceResponse, encode_result
@@ -71,7 +73,7 @@ MaxDetections = Annotated[
     int | None, Query(ge=1, le=1000, description="at most this many detections (detect)")
 ]
 SegmentFormat = Annotated[
-    Literal["rle", "png", "overlay"] | None,
+    Format | None,
     Query(
         description="segment: COCO RLE (default), PNG label map, or colour overlay PNG; "
         "detect with a Mask R-CNN model: RLE masks (default), PNG instance-id map, or overlay"
@@ -216,7 +218,7 @@ TASK_DOCS = {
     "segment": "Per-class COCO RLE masks (`results[i].segments`), or with one image and "
     "`format=png|overlay` a PNG label map / colour overlay.",
 }
-for _task, _model in TASK_RESPONSES.items():
+for _task in TASKS:
     router.add_api_route(
         f"/{_task}",
         _task_endpoint(_task),
@@ -224,7 +226,7 @@ for _task, _model in TASK_RESPONSES.items():
         tags=["tasks"],
         summary=f"{_task} one or more images",
         description=TASK_DOCS[_task],
-        response_model=_model,
+        response_model=TASK_RESPONSES[_task],
         responses={200: {"content": content("image/png", bytes)}, **error_responses(*INFER)},
         openapi_extra=IMAGE_BODY,
     )

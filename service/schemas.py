@@ -15,6 +15,8 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
+from handlers.params import Task
+
 from .backends.base import ModelState
 from .errors import STATUS, ErrorBody, ImageError, OIPErrorBody
 
@@ -93,7 +95,7 @@ class EncodedImage(Answer):
 
 class TaskResponse(Answer):
     model: str
-    task: str
+    task: Task
 
 
 class ClassifyResponse(TaskResponse):
@@ -108,7 +110,7 @@ class SegmentResponse(TaskResponse):
     results: list[SegmentResult | EncodedImage | ImageError]
 
 
-TASK_RESPONSES: dict[str, type[TaskResponse]] = {
+TASK_RESPONSES: dict[Task, type[TaskResponse]] = {
     "classify": ClassifyResponse,
     "detect": DetectResponse,
     "segment": SegmentResponse,

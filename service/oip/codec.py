@@ -35,6 +35,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from handlers.errors import TooManyImagesError
+from handlers.params import PARAM_KEYS
 
 from ..dataplane import OUTPUT_NAME, InferenceRequest, InferenceResponse, encode_result
 from ..errors import BadRequestError
@@ -50,8 +51,6 @@ __all__ = [
     "rest_request",
     "rest_response",
 ]
-
-PARAM_KEYS = ("top_k", "score_threshold", "max_detections", "format")
 
 
 def encode_bytes_tensor(items: Iterable[bytes]) -> bytes:

@@ -18,8 +18,8 @@ from PIL import Image
 from handlers.outputs import rle_decode
 from sepvit import create_model, save_checkpoint
 from service.app import create_app
+from service.loader import load_settings
 from service.schemas import DetectResponse, InferResponse
-from service.settings import load_settings
 
 from .conftest import IMG, png
 from .test_app import wait_ready

@@ -33,9 +33,10 @@ from schemathesis.checks import (
 from tritonclient.utils import InferenceServerException
 
 from service.app import create_app
-from service.settings import load_settings
+from service.loader import load_settings
+from service.processes import GatewayProcess, free_port
 
-from .conftest import Gateway, free_port, model_entries, png, start_gateway
+from .conftest import model_entries, png, start_gateway
 
 pytestmark = pytest.mark.integration
 
@@ -46,7 +47,7 @@ SLOW = {"max_batch_size": 1, "max_delay_ms": 0, "max_queue": 2}
 @pytest.fixture(scope="module")
 def gateway(
     checkpoints: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Gateway]:
+) -> Iterator[GatewayProcess]:
     models = model_entries(checkpoints, cls=BATCHING, det=BATCHING, seg=BATCHING, slow=SLOW)
     gw = start_gateway(tmp_path_factory.mktemp("gw"), models, max_concurrent_requests=256)
     try:
@@ -79,7 +80,7 @@ def batch_input(module: Any, images: list[bytes]) -> Any:
 
 
 @pytest.mark.parametrize("module", [httpclient, grpcclient], ids=["http", "grpc"])
-def test_tritonclient_unchanged_all_tasks(gateway: Gateway, module: Any) -> None:
+def test_tritonclient_unchanged_all_tasks(gateway: GatewayProcess, module: Any) -> None:
     url = gateway.url.removeprefix("http://") if module is httpclient else gateway.grpc_url
     client = module.InferenceServerClient(url)
     try:
@@ -120,7 +121,7 @@ def test_tritonclient_unchanged_all_tasks(gateway: Gateway, module: Any) -> None
         client.close()
 
 
-def test_rest_task_routes_match_oip(gateway: Gateway) -> None:
+def test_rest_task_routes_match_oip(gateway: GatewayProcess) -> None:
     img = png(80, 60, 4)
     with httpx.Client(base_url=gateway.url, timeout=30) as c:
         r = c.post(
@@ -153,7 +154,7 @@ async def _burst(
         return await asyncio.gather(*(one(i) for i in range(n)))
 
 
-def test_concurrent_requests_are_batched(gateway: Gateway) -> None:
+def test_concurrent_requests_are_batched(gateway: GatewayProcess) -> None:
     before = httpx.get(f"{gateway.url}/metrics").text
     out = asyncio.run(_burst(gateway.url, "/classify?model=cls", 16))
     assert [s for s, _, _ in out] == [200] * 16
@@ -165,7 +166,7 @@ def test_concurrent_requests_are_batched(gateway: Gateway) -> None:
     assert batches < 16, "16 concurrent requests ran one by one: no batch larger than 1"
 
 
-def test_overload_is_refused_fast_and_nothing_else_breaks(gateway: Gateway) -> None:
+def test_overload_is_refused_fast_and_nothing_else_breaks(gateway: GatewayProcess) -> None:
     async def scenario() -> tuple[list[tuple[int, float, httpx.Response]], list[int]]:
         health: list[int] = []
 
@@ -199,7 +200,7 @@ def test_overload_is_refused_fast_and_nothing_else_breaks(gateway: Gateway) -> N
     assert ok.status_code == 200
 
 
-def test_deadlines_give_504_and_deadline_exceeded(gateway: Gateway) -> None:
+def test_deadlines_give_504_and_deadline_exceeded(gateway: GatewayProcess) -> None:
     async def scenario() -> list[tuple[int, float, httpx.Response]]:
         # one request keeps the slow model busy; the next one cannot make a 1 ms deadline
         busy = asyncio.ensure_future(_burst(gateway.url, "/classify?model=slow", 1))
@@ -221,7 +222,7 @@ def test_deadlines_give_504_and_deadline_exceeded(gateway: Gateway) -> None:
         client.close()
 
 
-def test_client_disconnect_takes_the_request_out_of_the_queue(gateway: Gateway) -> None:
+def test_client_disconnect_takes_the_request_out_of_the_queue(gateway: GatewayProcess) -> None:
     key = 'sepvit_cancelled_requests_total{model="slow",reason="client"}'
     before = metric(httpx.get(f"{gateway.url}/metrics").text, key)
 
@@ -390,7 +391,7 @@ def _real_cases(schema: Any) -> list[Any]:
     return cases
 
 
-def test_openapi_schema_matches_real_answers(gateway: Gateway) -> None:
+def test_openapi_schema_matches_real_answers(gateway: GatewayProcess) -> None:
     """schemathesis against /openapi.json of a running gateway: generated requests (valid and
     not) and real ones get answers whose status, media type and body the schema documents,
     and never a 5xx. Driven through hypothesis directly: schemathesis' pytest plugin does not
