@@ -35,13 +35,13 @@ import torch
 from ts.torch_handler.base_handler import BaseHandler
 
 from handlers.errors import ImageDecodeError, PipelineError
+from handlers.params import PARAM_KEYS
 from handlers.pipeline import Pipeline, PipelineConfig
 from service.errors import ImageError, describe
 
 log = logging.getLogger(__name__)
 
 IMAGE_KEYS = ("body", "data", "file", "image")
-PARAM_KEYS = ("top_k", "score_threshold", "max_detections", "format")
 
 
 def _text(value: Any) -> str:

@@ -107,7 +107,7 @@ def test_gateway_settings_load_from_the_rendered_pod(
             token.write_text("t0\n")
             value = str(token)
         monkeypatch.setenv(var, value)
-    from service.settings import load_settings
+    from service.loader import load_settings
 
     s = load_settings(
         host=args.host,

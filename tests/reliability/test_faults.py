@@ -23,8 +23,8 @@ import handlers.pipeline
 from bench.loadgen import Request, run_closed_loop, summarize
 from handlers.runtime import Runtime
 from service.app import create_app
+from service.loader import load_settings
 from service.processes import GatewayProcess
-from service.settings import load_settings
 from service.torchserve.process import TorchServeProcess, build_archives
 from tests.service.conftest import ROOT, png, start_gateway
 

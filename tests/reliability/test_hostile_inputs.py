@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from handlers.errors import BadParameterError
-from handlers.pipeline import RequestParams
+from handlers.params import RequestParams
 from service.errors import BadRequestError
 from service.oip.codec import _count, _flatten, rest_request
 from service.processes import GatewayProcess

@@ -18,8 +18,8 @@ from PIL import Image
 
 from handlers.outputs import rle_decode
 from service.app import create_app
+from service.loader import load_settings
 from service.processes import free_port
-from service.settings import load_settings
 
 from .conftest import model_entries, png
 

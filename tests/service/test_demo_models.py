@@ -18,8 +18,9 @@ from PIL import Image
 
 from handlers.outputs import rle_decode
 from service.app import create_app
+from service.loader import load_settings
 from service.processes import free_port
-from service.settings import DEMO_MODELS, load_settings
+from service.settings import DEMO_MODELS
 
 from .conftest import ROOT
 

@@ -24,8 +24,8 @@ from handlers.pipeline import Pipeline
 from sepvit import checkpoint_info, create_model, load_model, read_metadata
 from sepvit.presets import ADE20K_CLASSES, COCO_CLASSES
 from service.app import create_app
+from service.loader import load_settings
 from service.processes import free_port
-from service.settings import load_settings
 
 from ..golden import assert_same_detections
 from .conftest import png

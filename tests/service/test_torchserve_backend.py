@@ -20,8 +20,8 @@ from pydantic import SecretStr
 from handlers.errors import ImageDecodeError, ImageTooLargeError, PipelineError
 from service.app import create_app
 from service.errors import BackendError, describe
+from service.loader import load_settings
 from service.processes import free_port
-from service.settings import load_settings
 from service.torchserve import torchserve_inference_pb2 as pb
 from service.torchserve import torchserve_inference_pb2_grpc as pb_grpc
 from service.torchserve.backend import TokenSource, parse_prediction
