@@ -40,6 +40,7 @@ from .metrics import Metrics
 from .middleware import GatewayMiddleware, error_response
 from .pages import add_pages
 from .rest import router
+from .schemas import openapi
 from .settings import Settings
 from .watchdog import LoopWatch
 
@@ -191,6 +192,7 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
     app.state.grpc_port = None
     app.state.limit = app.state.admission = admission
     app.include_router(router)
+    app.openapi = lambda: openapi(app)  # type: ignore[method-assign]
     add_pages(app)
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(PipelineError, _service_error)

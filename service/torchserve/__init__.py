@@ -1,7 +1,7 @@
 """Everything TorchServe, in one package. Two sides, kept apart:
 
 * TorchServe's side, which imports only what an archive carries: ``sepvit``, ``handlers`` and
-  the error table ``service/errors.py`` (standard library only; no other gateway code):
+  the error table ``service/errors.py`` (no other gateway code):
   :mod:`.handler` (the entry point TorchServe's worker runs) and :mod:`.archive`
   (``sepvit-archive``, which packs it);
 * the gateway's side: :mod:`.backend` (the ``torchserve`` backend, a gRPC client of TorchServe)

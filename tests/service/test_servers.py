@@ -11,6 +11,7 @@ import queue
 import signal
 import threading
 import time
+from base64 import b64encode
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,12 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
-from schemathesis.checks import not_a_server_error
+from schemathesis.checks import (
+    content_type_conformance,
+    not_a_server_error,
+    response_schema_conformance,
+    status_code_conformance,
+)
 from tritonclient.utils import InferenceServerException
 
 from service.app import create_app
@@ -339,14 +345,66 @@ def test_sigterm_drains_in_flight_requests(
     assert after, "no request was in flight when the server stopped accepting"
 
 
-def test_openapi_fuzz_finds_no_5xx(gateway: GatewayProcess) -> None:
+# every answer is checked against the schema /openapi.json publishes: status, media type, body
+CONFORMANCE = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+]
+
+
+def _real_cases(schema: Any) -> list[Any]:
+    """Requests the fuzzer hardly ever makes: real images on every task route (JSON and PNG
+    answers, a batch with an undecodable image), OIP infer (JSON and binary output), the model
+    routes with a real model name."""
+    img = png(48, 64)
+    cases = []
+    for task in ("classify", "detect", "segment"):
+        op = schema[f"/{task}"]["POST"]
+        query = {"score_threshold": 0.0} if task == "detect" else {}  # random weights: boxes
+        cases.append(op.Case(body=img, media_type="image/png", query=query))
+        batch = {"file": [img, b"not an image"]}
+        cases.append(op.Case(body=batch, media_type="multipart/form-data", query=query))
+    seg = schema["/segment"]["POST"]
+    cases.append(seg.Case(body=img, media_type="image/png", query={"format": "overlay"}))
+    cases.append(
+        seg.Case(
+            body={"file": [img, img]}, media_type="multipart/form-data", query={"format": "png"}
+        )
+    )
+    infer = schema["/v2/models/{model_name}/infer"]["POST"]
+    tensor = {"name": "IMAGE", "shape": [1], "datatype": "BYTES", "data": [b64encode(img).decode()]}
+    for binary in (False, True):
+        body = {"id": "a", "inputs": [tensor], "parameters": {"binary_data_output": binary}}
+        cases.append(
+            infer.Case(
+                path_parameters={"model_name": "det"}, body=body, media_type="application/json"
+            )
+        )
+    for path in (
+        "/v2/models/{model_name}",
+        "/v2/models/{model_name}/stats",
+        "/v2/models/{model_name}/ready",
+    ):
+        cases.append(schema[path]["GET"].Case(path_parameters={"model_name": "seg"}))
+    return cases
+
+
+def test_openapi_schema_matches_real_answers(gateway: GatewayProcess) -> None:
     """schemathesis against /openapi.json of a running gateway: generated requests (valid and
-    not) never get a 5xx. Driven through hypothesis directly: schemathesis' pytest plugin does
-    not load under this pytest version."""
+    not) and real ones get answers whose status, media type and body the schema documents,
+    and never a 5xx. Driven through hypothesis directly: schemathesis' pytest plugin does not
+    load under this pytest version."""
     schema = schemathesis.openapi.from_url(f"{gateway.url}/openapi.json")
     operations = [result.ok() for result in schema.get_all_operations()]
     before = requests_by_class(httpx.get(f"{gateway.url}/metrics").text)
     assert len(operations) >= 14
+
+    statuses = []
+    for case in _real_cases(schema):
+        statuses.append(case.call_and_validate(checks=CONFORMANCE).status_code)
+    assert statuses == [200] * len(statuses), statuses
 
     for op in operations:
 
@@ -355,7 +413,7 @@ def test_openapi_fuzz_finds_no_5xx(gateway: GatewayProcess) -> None:
             max_examples=8, deadline=None, database=None, suppress_health_check=list(HealthCheck)
         )
         def check(case: Any) -> None:
-            case.call_and_validate(checks=[not_a_server_error])
+            case.call_and_validate(checks=CONFORMANCE)
 
         check()
     after = requests_by_class(httpx.get(f"{gateway.url}/metrics").text)
