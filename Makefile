@@ -122,6 +122,12 @@ SEG_DR_ARGS := --task segment --img-size 128 --batch-size 16 --lr 1e-4 --warmup-
 	--val-images 100 --model-args '{"fpn_channels": 64, "head_channels": 64, "center_input": true}'
 SEG_DR := $(SEG_DR_ARGS) $(DR) --steps 300
 SEG_DR2 := $(SEG_DR_ARGS) --style 2 --replay 0.4 --save-every 25 --steps 900 --first-image 4800
+# issue 16: the instance segmenter (Mask R-CNN, mmdet's train config with 128 RoIs per image and
+# anchors of 4 strides for the small objects) from the shipped detector's backbone and pyramid
+INST := --task detect --head mask_rcnn --img-size 128 --batch-size 8 --val-images 100 \
+	--steps 900 --lr 2e-4 --warmup-steps 50 --first-image 96000 --save-every 25 \
+	--model-args '{"fpn_channels": 96, "fc_channels": 256, "anchor_scale": 4.0, "roi_batch": 128, \
+	"rpn_train_nms_pre": 1000, "center_input": true}'
 DEMOS := cls:cls224_dr3 det:det128_dr seg:seg128_p3
 
 models: $(STAMP)
@@ -146,6 +152,7 @@ models: $(STAMP)
 	$(TRAIN) $(CLS_DR2) --init-from $(RUNS)/cls224_dr/model.safetensors --output $(RUNS)/cls224_dr2
 	$(TRAIN) $(CLS_DR3) --init-from $(RUNS)/cls224_dr2/model.safetensors --output $(RUNS)/cls224_dr3
 	$(TRAIN) $(DET_DR) --init-from $(RUNS)/det128_full/model.safetensors --output $(RUNS)/det128_dr
+	$(TRAIN) $(INST) --init-from $(RUNS)/det128_dr/model.safetensors --output $(RUNS)/inst128
 	for pair in $(DEMOS); do \
 	  m=sepvit_lite_shapes_$${pair%%:*}; run=$${pair##*:}; \
 	  cp $(RUNS)/$$run/model.safetensors model_store/$$m/model.safetensors && \

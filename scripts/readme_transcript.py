@@ -17,8 +17,8 @@ Each fenced block gets one plan: by its language, unless a string in it names a 
 Everything runs in a copy of the checkout as git would check it out (no build outputs), with this
 checkout's ``.venv`` linked in and its ONNX export cache shared (``SEPVIT_CACHE_DIR``), inside a
 private network namespace (``unshare -rn``) so the README's fixed ports (8000, 8080, ...) are free
-and reach nothing else. ``tests/test_readme_transcript.py`` checks that the transcript covers the
-README's current blocks (by content hash), so a changed block needs a fresh run:
+and reach nothing else. ``tests/docs/test_readme_transcript.py`` checks that the transcript covers
+the README's current blocks (by content hash), so a changed block needs a fresh run:
 
     .venv/bin/python scripts/readme_transcript.py            # about 5 minutes on 2 cores
 """
@@ -41,7 +41,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.readme_blocks import Block, blocks, clean_copy  # noqa: E402
+from tests.docs.readme_blocks import Block, blocks, clean_copy  # noqa: E402
 
 OUT = ROOT / "docs" / "readme_transcript.md"
 MAX_LINES = 30
@@ -79,8 +79,8 @@ SPECIAL: list[tuple[str, Plan]] = [
         Plan(
             "skip",
             "needs mmdet/mmseg checkpoints trained with the official configs, not shipped here "
-            "(tests/test_openmmlab_golden.py and tests/service/test_official_checkpoints.py "
-            "build seeded ones and run the same calls)",
+            "(tests/sepvit/heads/test_openmmlab_golden.py and "
+            "tests/service/test_official_checkpoints.py build seeded ones and run the same calls)",
         ),
     ),
     (
@@ -329,8 +329,8 @@ def main(argv: list[str] | None = None) -> int:
         "Every fenced block of README.md, in order, and what was done with it: run as written in",
         "a copy of the checkout (no build outputs; this checkout's `.venv` and ONNX export cache),",
         "inside a private network namespace, or not run, and why. Outputs are clipped to",
-        f"{MAX_LINES} lines. `tests/test_readme_transcript.py` fails when a block of the README",
-        "changes without a new transcript.",
+        f"{MAX_LINES} lines. `tests/docs/test_readme_transcript.py` fails when a block of the",
+        "README changes without a new transcript.",
         "",
     ]
     summary: dict[str, int] = {}

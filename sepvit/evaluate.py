@@ -3,8 +3,9 @@
 The box mAP follows pycocotools' ``COCOeval`` (bbox, area "all", ``maxDets=100``): per image and
 class, detections sorted by score (stable) are greedily matched to the unmatched ground truth of
 highest IoU at each threshold 0.50:0.05:0.95; precision is made monotone and sampled at 101 recall
-points; classes without ground truth are left out of the mean. ``tests/test_evaluate.py`` checks
-it against pycocotools on the same predictions.
+points; classes without ground truth are left out of the mean.
+``tests/sepvit/test_evaluate.py`` checks it against pycocotools on the same predictions. The mask
+mAP (``COCOeval`` segm) is the same computation with mask IoU in place of box IoU.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class BoxPrediction:
     boxes: np.ndarray  # [n, 4] xyxy
     scores: np.ndarray  # [n]
     labels: np.ndarray  # [n]
+    masks: np.ndarray | None = None  # [n, H, W] bool (instance segmentation)
 
 
 def topk_accuracy(logits: Tensor, targets: Tensor, ks: Sequence[int] = (1, 5)) -> dict[str, float]:
@@ -63,29 +65,51 @@ def _iou_matrix(d: np.ndarray, g: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
 
 
+def _mask_iou_matrix(d: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """IoU ``[D, G]`` of ``[D, H, W]`` and ``[G, H, W]`` bool masks."""
+    if len(d) == 0 or len(g) == 0:
+        return np.zeros((len(d), len(g)))
+    a = d.reshape(len(d), -1).astype(np.float64)
+    b = g.reshape(len(g), -1).astype(np.float64)
+    inter = a @ b.T
+    union = a.sum(1)[:, None] + b.sum(1)[None, :] - inter
+    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
+
+
 def coco_map(
     predictions: Sequence[BoxPrediction],
     gt_boxes: Sequence[np.ndarray],
     gt_labels: Sequence[np.ndarray],
     num_classes: int,
     max_dets: int = 100,
+    gt_masks: Sequence[np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """COCO box AP over images. Returns ``mAP`` (0.50:0.95), ``mAP50``, ``mAP75`` and
-    ``per_class`` AP (0.50:0.95); a class without ground truth gets ``None``."""
+    ``per_class`` AP (0.50:0.95); a class without ground truth gets ``None``.
+
+    With ``gt_masks`` (``[G, H, W]`` bool per image) it is the mask AP instead: detections and
+    ground truth are matched by the IoU of ``predictions[i].masks`` and ``gt_masks[i]``."""
+    if gt_masks is not None and any(p.masks is None for p in predictions):
+        raise ValueError("mask AP needs masks in every prediction")
+    masks = gt_masks if gt_masks is not None else [None] * len(predictions)
     n_t = len(IOU_THRESHOLDS)
     precision = -np.ones((n_t, len(RECALL_POINTS), num_classes))
     for c in range(num_classes):
         scores_all: list[np.ndarray] = []
         matched_all: list[np.ndarray] = []  # [T, n] bool per image
         n_gt = 0
-        for pred, gb, gl in zip(predictions, gt_boxes, gt_labels, strict=True):
+        for pred, gb, gl, gm in zip(predictions, gt_boxes, gt_labels, masks, strict=True):
             g = gb[gl == c]
             n_gt += len(g)
-            sel = pred.labels == c
-            d, s = pred.boxes[sel], pred.scores[sel]
-            order = np.argsort(-s, kind="mergesort")[:max_dets]
-            d, s = d[order], s[order]
-            ious = _iou_matrix(d, g)
+            sel = np.nonzero(pred.labels == c)[0]
+            s = pred.scores[sel]
+            order = sel[np.argsort(-s, kind="mergesort")[:max_dets]]
+            d, s = pred.boxes[order], pred.scores[order]
+            if gm is None:
+                ious = _iou_matrix(d, g)
+            else:
+                assert pred.masks is not None
+                ious = _mask_iou_matrix(pred.masks[order], gm[gl == c])
             matched = np.zeros((n_t, len(d)), bool)
             for ti, t in enumerate(IOU_THRESHOLDS):
                 taken = np.zeros(len(g), bool)
@@ -214,7 +238,7 @@ def evaluate(
     logits_all: list[Tensor] = []
     labels_all: list[int] = []
     preds: list[BoxPrediction] = []
-    gt_boxes, gt_labels = [], []
+    gt_boxes, gt_labels, gt_masks = [], [], []
     seg_preds: list[np.ndarray] = []
     seg_targets: list[np.ndarray] = []
     for start in range(0, n, batch_size):
@@ -225,15 +249,19 @@ def evaluate(
             labels_all.extend(s.label for s in scenes)
         elif task == "detect":
             for s, det in zip(scenes, model(x), strict=True):
+                masks = det.get("masks")
                 preds.append(
                     BoxPrediction(
                         det["boxes"].cpu().numpy(),
                         det["scores"].cpu().numpy(),
                         det["labels"].cpu().numpy(),
+                        None if masks is None else masks.cpu().numpy(),
                     )
                 )
                 gt_boxes.append(np.asarray(s.boxes, dtype=np.float64).reshape(-1, 4))
                 gt_labels.append(np.asarray(s.labels, dtype=np.int64))
+                hw = s.image.shape[:2]
+                gt_masks.append(np.stack(s.masks) if s.masks else np.zeros((0, *hw), bool))
         else:
             out = model(x).argmax(1).cpu().numpy().astype(np.uint8)
             seg_preds.extend(out)
@@ -244,6 +272,10 @@ def evaluate(
     elif task == "detect":
         result.update(coco_map(preds, gt_boxes, gt_labels, cfg["num_classes"]))
         result.update(detection_recall(preds, gt_boxes, gt_labels))
+        if preds and preds[0].masks is not None:  # instance segmentation: the mask AP too
+            segm = coco_map(preds, gt_boxes, gt_labels, cfg["num_classes"], gt_masks=gt_masks)
+            result.update({f"mask_{k}": segm[k] for k in ("mAP", "mAP50", "mAP75")})
+            result["per_class_mask"] = segm["per_class"]
     else:
         result.update(segmentation_metrics(seg_preds, seg_targets, cfg["num_classes"]))
     return result

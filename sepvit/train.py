@@ -40,6 +40,7 @@ __all__ = ["TrainConfig", "train"]
 class TrainConfig:
     task: str = "classify"
     model: str = "sepvit_lite"
+    head: str | None = None  # detect/segment head (None: the task's default, see sepvit.heads)
     img_size: int = 224
     batch_size: int = 32
     steps: int = 1000
@@ -119,10 +120,14 @@ def collate(
     if task == "classify":
         return x, torch.tensor([s.label for s in scenes])
     if task == "detect":
+        hw = x.shape[-2:]
         return x, [
             {
                 "boxes": torch.tensor(s.boxes, dtype=torch.float32).reshape(-1, 4),
                 "labels": torch.tensor(s.labels, dtype=torch.long),
+                "masks": torch.from_numpy(np.stack(s.masks)).bool()
+                if s.masks
+                else torch.zeros((0, *hw), dtype=torch.bool),
             }
             for s in scenes
         ]
@@ -184,6 +189,7 @@ def _build(cfg: TrainConfig, extra: dict[str, Any] | None = None) -> nn.Module:
     return create_model(
         cfg.model,
         task=cfg.task,
+        head=cfg.head,
         num_classes=num_classes,
         img_size=cfg.img_size,
         label_names=labels,
@@ -192,16 +198,19 @@ def _build(cfg: TrainConfig, extra: dict[str, Any] | None = None) -> nn.Module:
     )
 
 
-def _is_legacy_state(task: str, keys: Any) -> bool:
+def _is_legacy_state(cfg: TrainConfig, keys: Any) -> bool:
     """A detector/segmenter state dict in the version-1 (pre-OpenMMLab) module layout."""
-    return task != "classify" and get_head(task, None).signature not in keys
+    if cfg.task == "classify":
+        return False
+    spec = get_head(cfg.task, cfg.head)
+    return spec.legacy is not None and spec.signature not in keys
 
 
 def _current_layout(cfg: TrainConfig, state: dict[str, Tensor]) -> dict[str, Tensor]:
     """A ``state.pt`` model state in the current module layout (version-1 runs are renamed)."""
-    if not _is_legacy_state(cfg.task, state):
+    if not _is_legacy_state(cfg, state):
         return state
-    legacy = get_head(cfg.task, None).legacy
+    legacy = get_head(cfg.task, cfg.head).legacy
     assert legacy is not None
     return legacy(state, dict(cfg.model_args))[0]
 
@@ -210,12 +219,12 @@ def _legacy_args(cfg: TrainConfig, model: nn.Module, state_path: Path) -> dict[s
     """The model arguments that keep a version-1 detector or segmenter exact when this run
     continues one: its ``state.pt`` was written in that layout, or ``init_from`` is a version-1
     checkpoint of the same model. Empty otherwise."""
-    spec = None if cfg.task == "classify" else get_head(cfg.task, None)
+    spec = None if cfg.task == "classify" else get_head(cfg.task, cfg.head)
     if spec is None or spec.legacy is None:
         return {}
     if state_path.is_file():
         keys = torch.load(state_path, map_location="cpu", weights_only=True)["model"].keys()
-        legacy = _is_legacy_state(cfg.task, keys)
+        legacy = _is_legacy_state(cfg, keys)
     elif cfg.init_from:
         meta = read_metadata(cfg.init_from)
         legacy = (
@@ -237,23 +246,31 @@ def _init_from(model: nn.Module, path: str) -> str:
     A checkpoint of the same variant, task and head arguments initialises the whole model (a
     continuation, e.g. a longer run at full difficulty, or one with a backbone input option such
     as ``center_input``); any other initialises the backbone only
-    (e.g. a dense model from the Shapes classifier). The backbone family's checkpoint filter
-    adapts resolution-dependent tables; tensors whose shapes still differ keep their init.
+    (e.g. a dense model from the Shapes classifier), plus the feature pyramid when both are
+    dense models with one (:func:`_pyramid_by_level`: a Mask R-CNN from the Shapes RetinaNet).
+    The backbone family's checkpoint filter adapts resolution-dependent tables; tensors whose
+    shapes still differ keep their init.
     """
     from .registry import filter_checkpoint, head_args
 
     state, meta = upgrade_native(*load_native(path))
     cfg = model_config(model)
     own_args = getattr(model, "model_args", None) or {}
-    same = (meta["task"], meta["variant"]) == (cfg["task"], cfg["variant"]) and head_args(
-        meta["variant"], meta["model_args"]
-    ) == head_args(cfg["variant"], own_args)
+    same = (meta["task"], meta["variant"], meta.get("head")) == (
+        cfg["task"],
+        cfg["variant"],
+        cfg.get("head"),
+    ) and head_args(meta["variant"], meta["model_args"]) == head_args(cfg["variant"], own_args)
     src, heads = state, {}
     if meta["task"] != "classify":  # a dense model: its backbone, and its heads if the same model
         src = {
             k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")
         }
-        heads = {k: v for k, v in state.items() if not k.startswith("backbone.")} if same else {}
+        heads = (
+            {k: v for k, v in state.items() if not k.startswith("backbone.")}
+            if same
+            else _pyramid_by_level(path, model)
+        )
     backbone = getattr(model, "backbone", None)
     target, prefix = (backbone, "backbone.") if isinstance(backbone, nn.Module) else (model, "")
     src_hw = tuple(meta["pretrained_cfg"]["input_size"][1:])
@@ -264,8 +281,27 @@ def _init_from(model: nn.Module, path: str) -> str:
     res = model.load_state_dict(wanted, strict=False)
     scope = set(own) if same else {k for k in own if k.startswith(prefix)}
     missing = len(set(res.missing_keys) & scope)
-    what = "whole model" if same else "backbone"
+    what = "whole model" if same else "backbone" + (" and pyramid" if heads else "")
     return f"init {what} from {path}: {len(wanted)} tensors loaded, {missing} missing"
+
+
+def _pyramid_by_level(path: str, model: nn.Module) -> dict[str, Tensor]:
+    """The FPN of the dense model in ``path`` as ``model``'s ``neck`` tensors, each lateral and
+    output conv renamed by the backbone level it reads (a RetinaNet's pyramid starts at C3, a
+    Mask R-CNN's at C2). Empty unless both models have an FPN neck."""
+    from .heads.fpn import FPN
+    from .registry import load_model
+
+    src, dst = getattr(load_model(path), "neck", None), getattr(model, "neck", None)
+    if not (isinstance(src, FPN) and isinstance(dst, FPN)):
+        return {}
+    shift = src.start_level - dst.start_level
+    out = {}
+    for key, value in src.state_dict().items():
+        kind, idx, rest = key.split(".", 2)
+        if kind in ("lateral_convs", "fpn_convs") and int(idx) < src.num_used:
+            out[f"neck.{kind}.{int(idx) + shift}.{rest}"] = value
+    return out
 
 
 def train(cfg: TrainConfig, output: str | Path, log: Any = sys.stderr) -> dict[str, Any]:
@@ -319,13 +355,15 @@ def train(cfg: TrainConfig, output: str | Path, log: Any = sys.stderr) -> dict[s
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg)
         x = x.to(device)
+        parts: dict[str, Tensor] = {}
         if cfg.task == "classify":
             loss = nn.functional.cross_entropy(model(x), target.to(device))
-        elif cfg.task == "detect":
-            tgt = [{k: v.to(device) for k, v in t.items()} for t in target]
-            loss = model(x, tgt)["loss"]
         else:
-            loss = model(x, target.to(device))["loss"]
+            if cfg.task == "detect":
+                parts = model(x, [{k: v.to(device) for k, v in t.items()} for t in target])
+            else:
+                parts = model(x, target.to(device))
+            loss = parts.pop("loss")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip:
@@ -345,6 +383,7 @@ def train(cfg: TrainConfig, output: str | Path, log: Any = sys.stderr) -> dict[s
                 "loss_ema": round(ema, 5),
                 "lr": lr_at(step, cfg),
                 "img_per_s": round(ips, 2),
+                **{k: round(float(v.detach()), 5) for k, v in parts.items()},
             }
             logf.write(json.dumps(rec) + "\n")
             logf.flush()
@@ -383,9 +422,7 @@ def train(cfg: TrainConfig, output: str | Path, log: Any = sys.stderr) -> dict[s
         "images_seen": cfg.steps * cfg.batch_size,
         "train_seconds": round(elapsed, 1),
         "torch": torch.__version__,
-        "val_metrics": {
-            k: v for k, v in metrics.items() if k not in ("per_class", "per_class_iou")
-        },
+        "val_metrics": {k: v for k, v in metrics.items() if not k.startswith("per_class")},
     }
     save_checkpoint(model, out / "model.safetensors", provenance=provenance, half=cfg.half_output)
     print(f"validation ({cfg.val_images} images): {provenance['val_metrics']}", file=log)
@@ -412,7 +449,7 @@ def _comparable(cfg: TrainConfig) -> dict[str, Any]:
     d = asdict(cfg)
     for k in ("log_every", "save_every", "threads", "val_images", "device", "stop_after"):
         d.pop(k)
-    for key, default in (("style", 1), ("replay", 0.0)):
+    for key, default in (("style", 1), ("replay", 0.0), ("head", None)):
         if d[key] == default:  # runs written before these options existed resume unchanged
             d.pop(key)
     return json.loads(json.dumps(d))

@@ -24,29 +24,29 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from handlers.errors import PipelineError
+from handlers.errors import BadParameterError, PipelineError
 
 from . import __version__
 from .admission import Admission
 from .auth import TokenChecker
 from .backends import Backend, create_backend
 from .dataplane import DataPlane
-from .errors import ErrorInfo, ServiceError
+from .errors import ServiceError, describe_http
+from .loader import load_settings, read_tokens
 from .metrics import Metrics
-from .middleware import GatewayMiddleware, error_response, is_oip
+from .middleware import GatewayMiddleware, error_response
 from .pages import add_pages
 from .rest import router
-from .settings import Settings, load_settings
+from .schemas import openapi
+from .settings import Settings
 from .watchdog import LoopWatch
 
 __all__ = ["create_app", "create_app_from_env"]
 
 log = logging.getLogger(__name__)
-
-HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 400: "bad_request"}
 
 
 def _rid(request: Request) -> str | None:
@@ -60,15 +60,14 @@ async def _service_error(request: Request, exc: Exception) -> Response:
 async def _validation_error(request: Request, exc: Exception) -> Response:
     errors = exc.errors() if isinstance(exc, RequestValidationError) else []
     parts = [f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in errors]
-    info = ErrorInfo(400, "INVALID_ARGUMENT", "bad_parameter", "; ".join(parts) or str(exc))
-    return JSONResponse(info.body(_rid(request), oip=is_oip(request.url.path)), status_code=400)
+    err = BadParameterError("; ".join(parts) or str(exc))
+    return error_response(err, _rid(request), request.url.path)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     status = exc.status_code if isinstance(exc, StarletteHTTPException) else 500
     detail = exc.detail if isinstance(exc, StarletteHTTPException) else "error"
-    info = ErrorInfo(status, "UNKNOWN", HTTP_CODES.get(status, "http_error"), str(detail))
-    return JSONResponse(info.body(_rid(request), oip=is_oip(request.url.path)), status_code=status)
+    return error_response(describe_http(status, str(detail)), _rid(request), request.url.path)
 
 
 async def _internal_error(request: Request, exc: Exception) -> Response:
@@ -154,7 +153,7 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
     backend = backend or create_backend(settings, metrics)
     watch = LoopWatch(metrics, settings.liveness_stall_s)
     plane = DataPlane(settings, backend, metrics.stats, watch)
-    admission = Admission(settings, metrics, TokenChecker(settings.tokens()), plane)
+    admission = Admission(settings, metrics, TokenChecker(read_tokens(settings)), plane)
     drain = Drain(plane, admission, settings)
 
     @asynccontextmanager
@@ -193,6 +192,7 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
     app.state.grpc_port = None
     app.state.limit = app.state.admission = admission
     app.include_router(router)
+    app.openapi = lambda: openapi(app)  # type: ignore[method-assign]
     add_pages(app)
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(PipelineError, _service_error)

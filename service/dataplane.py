@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from handlers.errors import BadParameterError, PipelineError, TooManyImagesError
-from handlers.pipeline import RequestParams
+from handlers.params import RequestParams
 
 from . import __version__
 from .backends import Backend, ModelInfo, ModelState
-from .errors import BadRequestError, ModelNotFoundError, NotReadyError, describe
+from .errors import BadRequestError, ModelNotFoundError, describe
 from .settings import Settings
 from .stats import InferenceStats
 from .watchdog import LoopWatch
@@ -55,8 +55,7 @@ def encode_result(item: dict[str, Any] | PipelineError) -> dict[str, Any]:
     """One image's answer as JSON: the result, or ``{"error": {code, message}}``; PNG bytes
     (segmentation ``format=png|overlay``) become base64 text."""
     if isinstance(item, PipelineError):
-        info = describe(item)
-        return {"error": {"code": info.code, "message": info.message}}
+        return dict(describe(item).image_body())
     if isinstance(item.get("data"), bytes | bytearray):
         return {
             "media_type": item["media_type"],
@@ -166,9 +165,6 @@ class DataPlane:
                 f"{len(req.images)} images in one request; the limit is {limit}"
             )
         params = self.check_params(req.params, info.task)
-        if info.state is not ModelState.READY:
-            detail = f": {info.error}" if info.error else ""
-            raise NotReadyError(f"model {info.name!r} is {info.state.value}{detail}")
         timeout = self.settings.request_timeout_s
         if req.timeout_s is not None:
             timeout = min(timeout, max(req.timeout_s, 0.0))

@@ -116,7 +116,7 @@ class AdmissionInterceptor(grpc.aio.ServerInterceptor):
             try:
                 await self._fail(call, context, exc)
             finally:
-                self._close(call, exc.grpc_code)
+                self._close(call, describe(exc).grpc_code)
 
         if handler.response_streaming:
 

@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .admission import Admission, Call, decimal
 from .errors import (
+    ErrorInfo,
     NotReadyError,
     PayloadTooLargeError,
     RequestTimeoutError,
@@ -40,14 +41,15 @@ def is_oip(path: str) -> bool:
     return path == "/v2" or path.startswith("/v2/")
 
 
-def error_response(exc: BaseException, rid: str | None, path: str) -> JSONResponse:
-    info = describe(exc)
+def error_response(exc: BaseException | ErrorInfo, rid: str | None, path: str) -> JSONResponse:
+    """The JSON error answer: ``{"error": {code, message, request_id}}``, or on the Open
+    Inference Protocol routes ``{"error": message, "code", "request_id"}``."""
+    info = exc if isinstance(exc, ErrorInfo) else describe(exc)
     headers = {"Retry-After": str(info.retry_after)} if info.retry_after else {}
     if info.http_status == 401:
         headers["WWW-Authenticate"] = "Bearer"
-    return JSONResponse(
-        info.body(rid, oip=is_oip(path)), status_code=info.http_status, headers=headers
-    )
+    body = info.oip_body(rid) if is_oip(path) else info.body(rid)
+    return JSONResponse(body, status_code=info.http_status, headers=headers)
 
 
 class GatewayMiddleware:

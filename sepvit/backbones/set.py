@@ -27,9 +27,9 @@ Padding and masking (Section 3.1): a map whose side is not a multiple of ``K`` i
 the bottom/right to whole patches, and reference patches reach ``O`` pixels beyond the map on
 every side. Every key outside the valid ``H x W`` region is masked out of the pixel-wise softmax
 (additive ``-inf``), and the patch pooling is a softmax-weighted average over the valid pixels of
-a patch only, so valid outputs never depend on padding (``tests/test_set.py``). Map sizes enter
-only as Python ints from ``x.shape`` (static in an exported graph); there is no control flow on
-tensor values, so the dynamo ONNX exporter traces the model as is.
+a patch only, so valid outputs never depend on padding (``tests/sepvit/backbones/test_set.py``).
+Map sizes enter only as Python ints from ``x.shape`` (static in an exported graph); there is no
+control flow on tensor values, so the dynamo ONNX exporter traces the model as is.
 
 Choices where the paper is ambiguous (also in ``docs/models.md``):
 
@@ -73,7 +73,8 @@ Choices where the paper is ambiguous (also in ``docs/models.md``):
    (24.7 M, 4.4 G, 81.7 %) is Table 6's row with patch-wise attention in *all* stages; the
    stage 3-4 network is listed there at 24.2 M / 4.1 G.
 
-Measured at 224x224 with 1000 classes (``sepvit.profiling``; pinned by ``tests/test_set.py``):
+Measured at 224x224 with 1000 classes (``sepvit.profiling``; pinned by
+``tests/sepvit/backbones/test_set.py``):
 
 =======  ==========  ==================  ========  =================
 variant  params (M)  Table 3 (M)         MACs (G)  Table 3 (G)

@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from ..registry import TASKS
 from ..train import TrainConfig, train
 
 
@@ -16,8 +17,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog="sepvit-train",
         description="Train on SepViT-Shapes. Re-running with the same --output resumes.",
     )
-    p.add_argument("--task", choices=("classify", "detect", "segment"), default=d.task)
+    p.add_argument("--task", choices=TASKS, default=d.task)
     p.add_argument("--model", default=d.model)
+    p.add_argument(
+        "--head",
+        default=d.head,
+        help="detect: retinanet (default) or mask_rcnn; segment: semantic_fpn (default) or upernet",
+    )
     p.add_argument("--output", type=Path, required=True, help="run directory (state, log, model)")
     p.add_argument("--img-size", type=int, default=d.img_size)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
@@ -86,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = TrainConfig(
         task=a.task,
         model=a.model,
+        head=a.head,
         img_size=a.img_size,
         batch_size=a.batch_size,
         steps=a.steps,

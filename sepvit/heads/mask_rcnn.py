@@ -20,6 +20,15 @@ Inference, each step as mmdet 3.x ``predict(rescale=False)`` does it:
    sampling (mmdet's ``_do_paste_mask`` on CPU: within the box grown by one pixel) and
    thresholded at ``mask_thresh``.
 
+Training (``model(images, targets)`` returns the loss dict), mmdet's ``mask_rcnn_r50_fpn`` train
+config: the RPN assigns anchors by IoU (positive ``>= 0.7``, negative ``< 0.3``, each gt's best
+anchors positive down to 0.3), samples 256 of them (half positive at most) for a sigmoid BCE and an
+L1 on the deltas (stds 1); proposals from the detached RPN outputs (``nms_pre`` 2000 per level,
+NMS 0.7, 1000 kept) plus the ground-truth boxes are assigned at 0.5 and 512 sampled (a quarter
+positive at most) for a softmax CE and an L1 on the gt class's deltas (stds 0.1/0.1/0.2/0.2); each
+positive RoI's gt mask, cropped to it and resized to 28x28 by RoIAlign, is the target of a BCE on
+the gt class's mask logits. Each loss has weight 1.
+
 ``forward`` returns full-image masks at the input size. Serving uses :meth:`MaskRCNN.predict`
 plus :func:`paste_mask`, which pastes each mask into its own box region at any image size, so the
 cost scales with the objects and not with the image.
@@ -37,8 +46,16 @@ from torch import Tensor, nn
 
 from ..backbones.sepvit import SepViT
 from ..backbones.set import SeT
-from ..ops import AnchorGenerator, BoxCoder, batched_nms, clip_boxes
-from ..ops.roi_align import roi_align
+from ..ops import (
+    AnchorGenerator,
+    BoxCoder,
+    batched_nms,
+    clip_boxes,
+    match_anchors,
+    sample_pos_neg,
+    smooth_l1_loss,
+)
+from ..ops.roi_align import mask_targets, roi_align
 from .base import HeadSpec, StateDict, check_dense_model, register_head
 from .fpn import FPN, ConvModule
 
@@ -241,6 +258,11 @@ class MaskRCNN(nn.Module):
             1000, mmdet's test config).
         score_thresh, nms_thresh, max_detections, mask_thresh: detection post-processing
             (0.05 / 0.5 / 100 / 0.5).
+        anchor_scale: anchor size in strides (mmdet's ``scales=[8]``: 32 px on P2; the demo
+            model, whose objects go down to 13 px, uses 4).
+        rpn_train_nms_pre, rpn_train_max_per_img: proposals while training (2000 / 1000).
+        rpn_batch, rpn_pos_fraction, roi_batch, roi_pos_fraction: the samplers (256 / 0.5,
+            512 / 0.25).
     """
 
     rpn_strides = (4, 8, 16, 32, 64)
@@ -260,6 +282,13 @@ class MaskRCNN(nn.Module):
         nms_thresh: float = 0.5,
         max_detections: int = 100,
         mask_thresh: float = 0.5,
+        anchor_scale: float = 8.0,
+        rpn_train_nms_pre: int = 2000,
+        rpn_train_max_per_img: int = 1000,
+        rpn_batch: int = 256,
+        rpn_pos_fraction: float = 0.5,
+        roi_batch: int = 512,
+        roi_pos_fraction: float = 0.25,
     ) -> None:
         super().__init__()
         check_dense_model("MaskRCNN", backbone, num_classes, 1)
@@ -267,7 +296,7 @@ class MaskRCNN(nn.Module):
         self.num_classes = num_classes
         self.neck = FPN(backbone.embed_dims, fpn_channels, pool_levels=1)
         self.anchor_generator = AnchorGenerator(
-            self.rpn_strides, octave_base_scale=8.0, scales=(1.0,), center_offset=0.0
+            self.rpn_strides, octave_base_scale=anchor_scale, scales=(1.0,), center_offset=0.0
         )
         self.rpn_head = RPNHead(fpn_channels, self.anchor_generator.num_anchors, fpn_channels)
         self.roi_head = _RoIHead(fpn_channels, num_classes, fc_channels)
@@ -280,6 +309,12 @@ class MaskRCNN(nn.Module):
         self.nms_thresh = nms_thresh
         self.max_detections = max_detections
         self.mask_thresh = mask_thresh
+        self.rpn_train_nms_pre = rpn_train_nms_pre
+        self.rpn_train_max_per_img = rpn_train_max_per_img
+        self.rpn_batch = rpn_batch
+        self.rpn_pos_fraction = rpn_pos_fraction
+        self.roi_batch = roi_batch
+        self.roi_pos_fraction = roi_pos_fraction
 
     # -- stages --------------------------------------------------------------------------------
     def forward_raw(self, images: Tensor) -> tuple[Tensor, ...]:
@@ -297,11 +332,16 @@ class MaskRCNN(nn.Module):
         deltas: Sequence[Tensor],
         level_sizes: Sequence[tuple[int, int]],
         image_size: tuple[int, int],
+        nms_pre: int | None = None,
+        max_per_img: int | None = None,
     ) -> list[Tensor]:
         """RPN proposals ``[n_i, 4]`` per image, best first (mmdet ``RPNHead.predict``).
 
         ``level_sizes`` are the pyramid's ``(H, W)``; boxes are clipped to ``image_size``.
+        ``nms_pre`` and ``max_per_img`` default to the test configuration.
         """
+        nms_pre = self.rpn_nms_pre if nms_pre is None else nms_pre
+        max_per_img = self.rpn_max_per_img if max_per_img is None else max_per_img
         level_anchors = self.anchor_generator.grid_anchors(level_sizes, objectness[0].device)
         out = []
         for i in range(objectness[0].shape[0]):
@@ -312,9 +352,9 @@ class MaskRCNN(nn.Module):
                 s = torch.sigmoid(obj[i].float())
                 d = dlt[i].float()
                 a = anc
-                if 0 < self.rpn_nms_pre < s.shape[0]:
+                if 0 < nms_pre < s.shape[0]:
                     s, top = s.sort(descending=True)
-                    s, top = s[: self.rpn_nms_pre], top[: self.rpn_nms_pre]
+                    s, top = s[:nms_pre], top[:nms_pre]
                     d, a = d[top], a[top]
                 boxes.append(self.rpn_coder.decode(d, a))
                 scores.append(s)
@@ -324,7 +364,7 @@ class MaskRCNN(nn.Module):
             lv = torch.cat(levels)
             valid = (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])  # min_bbox_size 0
             b, s, lv = b[valid], s[valid], lv[valid]
-            keep = batched_nms(b, s, lv, self.rpn_nms_thresh)[: self.rpn_max_per_img]
+            keep = batched_nms(b, s, lv, self.rpn_nms_thresh)[:max_per_img]
             out.append(b[keep])
         return out
 
@@ -419,14 +459,144 @@ class MaskRCNN(nn.Module):
             *raw, image_size=size, score_thresh=score_thresh, max_detections=max_detections
         )
 
-    def forward(self, images: Tensor) -> list[Detections]:
+    def forward(
+        self, images: Tensor, targets: Sequence[dict[str, Tensor]] | None = None
+    ) -> list[Detections] | dict[str, Tensor]:
         """Detections per image with ``masks [n, H, W]`` bool at the input size (mmdet
-        ``predict(rescale=False)``)."""
+        ``predict(rescale=False)``), or the loss dict when ``targets`` are given: per image
+        ``boxes [G, 4]`` (input pixels), ``labels [G]`` and ``masks [G, H, W]`` (bool, at the
+        input size)."""
         size = (images.shape[-2], images.shape[-1])
+        if targets is not None:
+            return self.loss(self.forward_raw(images), targets, size)
         dets = self.predict(images)
         for det in dets:
             det["masks"] = paste_masks(det.pop("mask_probs"), det["boxes"], size, self.mask_thresh)
         return dets
+
+    # -- training ------------------------------------------------------------------------------
+    def loss(
+        self,
+        raw: Sequence[Tensor],
+        targets: Sequence[dict[str, Tensor]],
+        image_size: tuple[int, int],
+    ) -> dict[str, Tensor]:
+        """The five losses (mmdet's train config, see the module docstring) and their sum."""
+        n = len(self.rpn_strides)
+        feats, objectness, deltas = raw[:n], raw[n : 2 * n], raw[2 * n :]
+        if len(targets) != feats[0].shape[0]:
+            raise ValueError(f"{len(targets)} targets for a batch of {feats[0].shape[0]}")
+        gts = [_check_target(t, self.num_classes, image_size) for t in targets]
+        sizes = [(int(f.shape[-2]), int(f.shape[-1])) for f in feats]
+        out = self._rpn_loss(torch.cat(list(objectness), 1), torch.cat(list(deltas), 1), sizes, gts)
+        props = self.proposals(
+            [o.detach() for o in objectness],
+            [d.detach() for d in deltas],
+            sizes,
+            image_size,
+            self.rpn_train_nms_pre,
+            self.rpn_train_max_per_img,
+        )
+        out.update(self._roi_loss(feats[: len(self.roi_strides)], props, gts))
+        out["loss"] = torch.stack(list(out.values())).sum()
+        return out
+
+    def _rpn_loss(
+        self,
+        objectness: Tensor,
+        deltas: Tensor,
+        level_sizes: Sequence[tuple[int, int]],
+        gts: Sequence[tuple[Tensor, Tensor, Tensor]],
+    ) -> dict[str, Tensor]:
+        anchors = self.anchor_generator(level_sizes, objectness.device)
+        cls_terms, reg_terms, sampled = [], [], 0
+        for i, (boxes, _, _) in enumerate(gts):
+            matches = match_anchors(anchors, boxes, 0.7, 0.3, True, min_pos_iou=0.3)
+            pos, neg = sample_pos_neg(matches, self.rpn_batch, self.rpn_pos_fraction)
+            idx = torch.cat((pos, neg))
+            target = (torch.arange(idx.numel(), device=idx.device) < pos.numel()).float()
+            cls_terms.append(
+                F.binary_cross_entropy_with_logits(objectness[i, idx], target, reduction="sum")
+            )
+            encoded = self.rpn_coder.encode(anchors[pos], boxes[matches[pos]])
+            reg_terms.append(smooth_l1_loss(deltas[i, pos], encoded, beta=0.0).sum())
+            sampled += idx.numel()
+        norm = max(1, sampled)
+        return {
+            "loss_rpn_cls": torch.stack(cls_terms).sum() / norm,
+            "loss_rpn_bbox": torch.stack(reg_terms).sum() / norm,
+        }
+
+    def _roi_loss(
+        self,
+        feats: Sequence[Tensor],
+        proposals: Sequence[Tensor],
+        gts: Sequence[tuple[Tensor, Tensor, Tensor]],
+    ) -> dict[str, Tensor]:
+        k = self.num_classes
+        boxes_s, labels_s, targets_s, pos_s = [], [], [], []
+        gt_idx_s, pos_boxes_s, pos_labels_s = [], [], []
+        for props, (boxes, labels, _) in zip(proposals, gts, strict=True):
+            # mmdet assigns the proposals, then adds the gt boxes as positives of their own
+            matches = match_anchors(props, boxes, 0.5, 0.5, True, min_pos_iou=0.5)
+            cand = torch.cat((boxes, props))
+            matches = torch.cat((torch.arange(boxes.shape[0], device=boxes.device), matches))
+            pos, neg = sample_pos_neg(matches, self.roi_batch, self.roi_pos_fraction)
+            idx = torch.cat((pos, neg))
+            gt_of = matches[pos]
+            boxes_s.append(cand[idx])
+            lab = torch.full((idx.numel(),), k, dtype=torch.long, device=idx.device)
+            lab[: pos.numel()] = labels[gt_of]
+            labels_s.append(lab)
+            targets_s.append(self.bbox_coder.encode(cand[pos], boxes[gt_of]))
+            pos_s.append(torch.arange(idx.numel(), device=idx.device) < pos.numel())
+            gt_idx_s.append(gt_of)
+            pos_boxes_s.append(cand[pos])
+            pos_labels_s.append(labels[gt_of])
+        head = self.roi_head
+        cls, reg = head.bbox_head(head.bbox_roi_extractor(feats, _to_rois(boxes_s)))
+        labels_all = torch.cat(labels_s)
+        is_pos = torch.cat(pos_s)
+        n = max(1, labels_all.numel())
+        reg = reg.view(-1, k, 4)[is_pos, labels_all[is_pos]]
+        loss_bbox = smooth_l1_loss(reg, torch.cat(targets_s), beta=0.0).sum() / n
+        # mask head: the positive RoIs of all images, each against its gt mask
+        pos_labels = torch.cat(pos_labels_s)
+        logits = head.mask_head(head.mask_roi_extractor(feats, _to_rois(pos_boxes_s)))
+        crops = [
+            mask_targets(masks, gt_of, b, logits.shape[-1])
+            for (_, _, masks), gt_of, b in zip(gts, gt_idx_s, pos_boxes_s, strict=True)
+        ]
+        chosen = logits[torch.arange(pos_labels.numel()), pos_labels]
+        loss_mask = (
+            F.binary_cross_entropy_with_logits(chosen, torch.cat(crops))
+            if pos_labels.numel()
+            else logits.sum() * 0.0
+        )
+        return {
+            "loss_cls": F.cross_entropy(cls, labels_all, reduction="sum") / n,
+            "loss_bbox": loss_bbox,
+            "loss_mask": loss_mask,
+        }
+
+
+def _check_target(
+    target: dict[str, Tensor], num_classes: int, image_size: tuple[int, int]
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(boxes [G, 4] float, labels [G] long, masks [G, H, W] bool)`` of one training target."""
+    boxes = target["boxes"].float()
+    labels = target["labels"].long()
+    masks = target["masks"].bool()
+    g = labels.shape[0]
+    if boxes.shape != (g, 4) or masks.shape != (g, *image_size):
+        raise ValueError(
+            f"a target needs boxes [G, 4], labels [G] and masks [G, {image_size[0]}, "
+            f"{image_size[1]}]; got {tuple(boxes.shape)}, {tuple(labels.shape)}, "
+            f"{tuple(masks.shape)}"
+        )
+    if g and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f"target labels must lie in [0, {num_classes})")
+    return boxes, labels, masks
 
 
 def _to_rois(boxes: Sequence[Tensor]) -> Tensor:

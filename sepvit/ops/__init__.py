@@ -10,6 +10,7 @@ from .boxes import (
     generalized_box_iou,
     match_anchors,
     nms,
+    sample_pos_neg,
 )
 from .losses import giou_loss, sigmoid_focal_loss, smooth_l1_loss
 
@@ -24,6 +25,7 @@ __all__ = [
     "giou_loss",
     "match_anchors",
     "nms",
+    "sample_pos_neg",
     "sigmoid_focal_loss",
     "smooth_l1_loss",
 ]

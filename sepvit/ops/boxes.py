@@ -19,6 +19,7 @@ __all__ = [
     "generalized_box_iou",
     "match_anchors",
     "nms",
+    "sample_pos_neg",
 ]
 
 
@@ -170,12 +171,15 @@ def match_anchors(
     fg_iou: float = 0.5,
     bg_iou: float = 0.4,
     allow_low_quality: bool = True,
+    min_pos_iou: float = 0.0,
 ) -> Tensor:
-    """Assign each anchor to a ground-truth box (RetinaNet rule).
+    """Assign each anchor (or proposal) to a ground-truth box (mmdet's ``MaxIoUAssigner``).
 
     Returns ``[A]`` long: the matched gt index for IoU ``>= fg_iou``, ``-1`` for background
     (IoU ``< bg_iou``), ``-2`` for ignored anchors in between. With ``allow_low_quality`` each gt's
-    best-overlapping anchors are foreground even below ``fg_iou`` (so small objects get anchors).
+    best-overlapping anchors are foreground even below ``fg_iou`` (so small objects get anchors),
+    provided that best IoU is above 0 and ``>= min_pos_iou`` (RetinaNet: 0; Mask R-CNN's RPN:
+    0.3).
     """
     num_anchors = anchors.shape[0]
     if gt_boxes.numel() == 0:
@@ -187,6 +191,21 @@ def match_anchors(
     matches[best_iou < bg_iou] = -1
     if allow_low_quality:
         best_for_gt = iou.max(dim=1, keepdim=True).values  # [G, 1]
-        gt_idx, anchor_idx = torch.nonzero((iou == best_for_gt) & (best_for_gt > 0), as_tuple=True)
+        good = (best_for_gt > 0) & (best_for_gt >= min_pos_iou)
+        gt_idx, anchor_idx = torch.nonzero((iou == best_for_gt) & good, as_tuple=True)
         matches[anchor_idx] = gt_idx
     return matches
+
+
+def sample_pos_neg(matches: Tensor, num: int, pos_fraction: float) -> tuple[Tensor, Tensor]:
+    """mmdet's ``RandomSampler``: at most ``int(num * pos_fraction)`` foreground entries
+    (``matches >= 0``) drawn at random, then background entries (``matches == -1``) up to ``num``
+    in all; ignored entries (``-2``) never. Uses torch's global generator (saved with a training
+    state, so a resumed run draws the same). Returns the ``(positive, negative)`` indices."""
+    pos = torch.nonzero(matches >= 0).squeeze(1)
+    neg = torch.nonzero(matches == -1).squeeze(1)
+    n_pos = min(pos.numel(), int(num * pos_fraction))
+    pos = pos[torch.randperm(pos.numel(), device=pos.device)[:n_pos]]
+    n_neg = min(neg.numel(), num - n_pos)
+    neg = neg[torch.randperm(neg.numel(), device=neg.device)[:n_neg]]
+    return pos, neg

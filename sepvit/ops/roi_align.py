@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["roi_align"]
+__all__ = ["mask_targets", "roi_align"]
 
 
 def _axis_samples(
@@ -118,6 +118,7 @@ def roi_align(
     order = torch.argsort(grid_h * grid_w, stable=True)
     samples = (grid_h * grid_w)[order].clamp(min=1).tolist()
     per_sample = ph * pw * 4 * c
+    pieces = []
     start = 0
     while start < n:
         # sorted by sample count, so the chunk's last RoI is its widest: grow while it fits
@@ -140,6 +141,20 @@ def roi_align(
         rows = rows.view(m, ph, pw, gw * 2, c).reshape(m * ph * pw, gw * 2, c)
         wxs = wx.reshape(m, 1, pw, gw * 2).expand(m, ph, pw, gw * 2).reshape(-1, 1, gw * 2)
         pooled = torch.bmm(wxs, rows).view(m, ph, pw, c).permute(0, 3, 1, 2)
-        out[idx] = (pooled / count[idx].view(m, 1, 1, 1)).to(out.dtype)
+        pieces.append((pooled / count[idx].view(m, 1, 1, 1)).to(out.dtype))
         start = stop
-    return out
+    # one gather back to the RoIs' order (chunk-wise index_put would copy the whole output's
+    # gradient once per chunk in the backward pass)
+    return torch.cat(pieces)[torch.argsort(order)]
+
+
+def mask_targets(masks: Tensor, gt_index: Tensor, boxes: Tensor, size: int) -> Tensor:
+    """Mask R-CNN's training targets (mmdet ``mask_target`` on ``BitmapMasks``): for each box, the
+    mask of its ground truth ``masks[gt_index]`` (``[G, H, W]``, image pixels) cropped to the box
+    and resized to ``size x size`` by RoIAlign (adaptive sampling, aligned), then binarised at 0.5.
+    Returns ``[N, size, size]`` float 0/1."""
+    if boxes.shape[0] == 0:
+        return masks.new_zeros((0, size, size), dtype=torch.float32)
+    rois = torch.cat((gt_index.to(boxes.dtype)[:, None], boxes), dim=1)
+    crops = roi_align(masks[:, None].to(torch.float32), rois, size, 1.0)[:, 0]
+    return (crops >= 0.5).to(torch.float32)

@@ -11,7 +11,13 @@ import pytest
 from PIL import Image
 
 from handlers.decode import DecodeLimits, decode_image
-from handlers.errors import ImageDecodeError, ImageTooLargeError, UnsupportedImageError
+from handlers.errors import (
+    DECODE_KINDS,
+    ErrorKind,
+    ImageDecodeError,
+    ImageTooLargeError,
+    UnsupportedImageError,
+)
 
 
 def _encode(img: Image.Image, fmt: str, **kw: object) -> bytes:
@@ -148,10 +154,10 @@ def test_unsupported_format() -> None:
         decode_image(_encode(_rgb(16, 16), "ICO"))
 
 
-def test_errors_carry_status_codes() -> None:
-    assert ImageDecodeError("x").http_status == 400
-    assert ImageTooLargeError("x").http_status == 413
-    assert UnsupportedImageError("x").http_status == 415
+def test_errors_carry_kinds() -> None:
+    assert ImageDecodeError("x").kind is ErrorKind.UNDECODABLE_IMAGE
+    assert ImageTooLargeError("x").code == "image_too_large"
+    assert UnsupportedImageError("x").kind in DECODE_KINDS
 
 
 def test_pixel_budget_bounds_decoded_pixels_across_threads() -> None:

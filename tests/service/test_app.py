@@ -18,7 +18,8 @@ from PIL import Image
 
 from handlers.outputs import rle_decode
 from service.app import create_app
-from service.settings import load_settings
+from service.loader import load_settings
+from service.processes import free_port
 
 from .conftest import model_entries, png
 
@@ -442,8 +443,6 @@ def test_concurrency_limit_is_shared_by_http_and_grpc(checkpoints: dict[str, Pat
     """``max_concurrent_requests`` is one budget: requests in flight on one transport count
     against the other (each used to keep its own counter)."""
     import tritonclient.grpc as grpcclient
-
-    from .conftest import free_port
 
     port = free_port()
     with make_client(checkpoints, grpc_port=port, max_concurrent_requests=2) as c:

@@ -18,9 +18,11 @@ from PIL import Image
 
 from handlers.outputs import rle_decode
 from service.app import create_app
-from service.settings import DEMO_MODELS, load_settings
+from service.loader import load_settings
+from service.processes import free_port
+from service.settings import DEMO_MODELS
 
-from .conftest import ROOT, free_port
+from .conftest import ROOT
 
 pytestmark = pytest.mark.integration
 

@@ -3,6 +3,7 @@ error table, auth and request IDs."""
 
 from __future__ import annotations
 
+import grpc
 import pytest
 import tritonclient.grpc.service_pb2 as triton_pb  # loads beside ours: private descriptor pool
 
@@ -48,47 +49,60 @@ def test_bytes_tensor_round_trip_and_truncation() -> None:
             decode_bytes_tensor(cut)
 
 
+# the gRPC code each HTTP status goes with, as the gateway has always answered them
 HTTP_TO_GRPC = {
     400: "INVALID_ARGUMENT",
     401: "UNAUTHENTICATED",
     403: "PERMISSION_DENIED",
     404: "NOT_FOUND",
+    405: "UNIMPLEMENTED",
+    408: "DEADLINE_EXCEEDED",
     413: "INVALID_ARGUMENT",
     415: "INVALID_ARGUMENT",
     429: "RESOURCE_EXHAUSTED",
+    500: "INTERNAL",
+    502: "INTERNAL",
     503: "UNAVAILABLE",
     504: "DEADLINE_EXCEEDED",
 }
 
 
+def _subclasses(cls: type) -> list[type]:
+    out = []
+    for sub in cls.__subclasses__():
+        out += [sub, *_subclasses(sub)]
+    return out
+
+
+@pytest.mark.parametrize("kind", [*herr.ErrorKind, *serr.ServiceKind], ids=str)
+def test_every_kind_has_a_status_a_grpc_code_and_a_code(kind: serr.Kind) -> None:
+    status = serr.STATUS[kind]
+    assert HTTP_TO_GRPC[status.http] == status.grpc
+    assert grpc.StatusCode[status.grpc]  # a real gRPC code name
+    assert status.doc
+    info = serr.ErrorInfo.of(kind, "m")
+    assert (info.http_status, info.grpc_code, info.code) == (status.http, status.grpc, kind.value)
+    assert info.body("r") == {"error": {"code": kind.value, "message": "m", "request_id": "r"}}
+    assert info.oip_body("r") == {"error": "m", "code": kind.value, "request_id": "r"}
+
+
 @pytest.mark.parametrize(
-    "exc",
-    [
-        cls("x")
-        for cls in (
-            serr.BadRequestError,
-            serr.UnauthorizedError,
-            serr.ForbiddenError,
-            serr.ModelNotFoundError,
-            serr.PayloadTooLargeError,
-            serr.UnsupportedMediaTypeError,
-            serr.QueueFullError,
-            serr.OverloadedError,
-            serr.NotReadyError,
-            serr.DeadlineExceededError,
-            herr.ImageDecodeError,
-            herr.UnsupportedImageError,
-            herr.ImageTooLargeError,
-            herr.TooManyImagesError,
-            herr.BadParameterError,
-        )
-    ],
-    ids=lambda e: type(e).__name__,
+    "cls",
+    _subclasses(serr.ServiceError) + _subclasses(herr.PipelineError),
+    ids=lambda c: c.__name__,
 )
-def test_one_table_for_http_and_grpc(exc: Exception) -> None:
-    info = serr.describe(exc)
-    assert HTTP_TO_GRPC[info.http_status] == info.grpc_code
+def test_every_error_maps_through_the_table(cls: type) -> None:
+    info = serr.describe(cls("x"))
+    status = serr.STATUS[cls.kind]
+    assert (info.http_status, info.grpc_code, info.code) == (status.http, status.grpc, cls.kind)
     assert (info.retry_after is not None) == (info.http_status in (429, 503))
+
+
+def test_framework_http_errors_map_through_the_table() -> None:
+    assert serr.describe_http(404, "Not Found").code == "not_found"
+    assert serr.describe_http(405, "x").grpc_code == "UNIMPLEMENTED"
+    odd = serr.describe_http(418, "teapot")  # no kind names it: passed through
+    assert (odd.http_status, odd.code) == (418, "http_error")
 
 
 def test_unknown_errors_are_internal_and_say_nothing() -> None:

@@ -1,7 +1,9 @@
 """TorchServe entry point: a thin ``BaseHandler`` around :class:`handlers.pipeline.Pipeline`.
 
-TorchServe imports this module inside its worker (``--handler handlers/torchserve_handler.py``
-in the archive), so importing ``ts`` here is fine; nothing else in the project imports it.
+TorchServe imports this module inside its worker: :mod:`service.torchserve.archive` packs this
+file as the archive's ``handler.py`` beside the ``sepvit`` and ``handlers`` packages and the error
+table ``service/errors.py``, so it imports only those of this project (no other gateway code:
+the archive does not carry it), plus ``ts``.
 
 Request rows (one per request in TorchServe's batch):
 
@@ -33,12 +35,13 @@ import torch
 from ts.torch_handler.base_handler import BaseHandler
 
 from handlers.errors import ImageDecodeError, PipelineError
+from handlers.params import PARAM_KEYS
 from handlers.pipeline import Pipeline, PipelineConfig
+from service.errors import ImageError, describe
 
 log = logging.getLogger(__name__)
 
 IMAGE_KEYS = ("body", "data", "file", "image")
-PARAM_KEYS = ("top_k", "score_threshold", "max_detections", "format")
 
 
 def _text(value: Any) -> str:
@@ -60,10 +63,6 @@ def split_row(row: dict[str, Any]) -> tuple[bytes | None, dict[str, str]]:
             break
     params = {k: _text(row[k]) for k in PARAM_KEYS if row.get(k) not in (None, b"", "")}
     return payload, params
-
-
-def error_body(exc: PipelineError) -> dict[str, Any]:
-    return {"error": {"code": exc.code, "message": str(exc)}}
 
 
 class SepViTHandler(BaseHandler):
@@ -131,6 +130,7 @@ class SepViTHandler(BaseHandler):
         return out
 
     @staticmethod
-    def _fail(context: Any, idx: int, exc: PipelineError) -> dict[str, Any]:
-        context.set_response_status(code=exc.http_status, phrase=str(exc)[:200], idx=idx)
-        return error_body(exc)
+    def _fail(context: Any, idx: int, exc: PipelineError) -> ImageError:
+        info = describe(exc)  # the one kind -> status table, shipped in the archive
+        context.set_response_status(code=info.http_status, phrase=info.message[:200], idx=idx)
+        return info.image_body()

@@ -22,6 +22,7 @@ from sepvit.ops import (
     giou_loss,
     match_anchors,
     nms,
+    sample_pos_neg,
     sigmoid_focal_loss,
     smooth_l1_loss,
 )
@@ -475,6 +476,47 @@ def test_match_anchors_empty_gt_is_all_background() -> None:
     matches = match_anchors(anchors, torch.zeros((0, 4)))
     assert matches.dtype == torch.long
     assert matches.tolist() == [-1, -1, -1]
+
+
+def test_match_anchors_min_pos_iou_bounds_the_low_quality_rule() -> None:
+    gts = _t([[0, 0, 10, 10], [100, 100, 110, 110]])
+    anchors = _t(
+        [
+            [0, 0, 10, 30],  # IoU(gt0) = 100 / 300 = 0.333: gt0's best
+            [100, 100, 110, 140],  # IoU(gt1) = 100 / 400 = 0.25: gt1's best
+            [50, 50, 60, 60],  # overlaps nothing
+        ]
+    )
+    # Mask R-CNN's RPN: pos >= 0.7, neg < 0.3; best anchors positive from 0.3 on.
+    rpn = match_anchors(anchors, gts, 0.7, 0.3, True, min_pos_iou=0.3)
+    assert rpn.tolist() == [0, -1, -1]  # 0.25 < 0.3: gt1's best stays background
+    assert match_anchors(anchors, gts, 0.7, 0.3, True, min_pos_iou=0.2).tolist() == [0, 1, -1]
+
+
+def test_sample_pos_neg_respects_the_budget_and_never_takes_ignored() -> None:
+    torch.manual_seed(0)
+    # 6 foreground (gt 0/1), 3 ignored, 20 background
+    matches = torch.tensor([0, 1, 0, 1, 0, 1] + [-2] * 3 + [-1] * 20)
+    pos, neg = sample_pos_neg(matches, 8, 0.5)  # at most int(8 * 0.5) = 4 positives
+    assert pos.numel() == 4 and neg.numel() == 4
+    assert (matches[pos] >= 0).all() and (matches[neg] == -1).all()
+    assert len(set(pos.tolist())) == 4 and len(set(neg.tolist())) == 4
+    # few positives: the negatives fill the batch (2 + 6 = 8)
+    few = torch.tensor([3, -1, -1, -2, -1, -1, -1, -1, -1, 5])
+    pos, neg = sample_pos_neg(few, 8, 0.5)
+    assert sorted(pos.tolist()) == [0, 9] and neg.numel() == 6
+    assert 3 not in neg.tolist()
+    # fewer than asked of both: everything that may be sampled, once
+    pos, neg = sample_pos_neg(torch.tensor([-1, 0, -2]), 512, 0.25)
+    assert pos.tolist() == [1] and neg.tolist() == [0]
+    # the draw is random (different subsets across calls) but follows torch's generator
+    torch.manual_seed(1)
+    a = sample_pos_neg(matches, 8, 0.5)
+    torch.manual_seed(1)
+    b = sample_pos_neg(matches, 8, 0.5)
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+    draws = {tuple(sorted(sample_pos_neg(matches, 8, 0.5)[1].tolist())) for _ in range(10)}
+    assert len(draws) > 1
 
 
 # --------------------------------------------------------------------------- losses

@@ -12,12 +12,12 @@ from types import ModuleType
 import pytest
 import torch
 
-from sepvit.ops.roi_align import roi_align
+from sepvit.ops.roi_align import mask_targets, roi_align
 
 
 @pytest.fixture(scope="module")
 def reference() -> ModuleType:
-    path = Path(__file__).resolve().parents[1] / "tools" / "golden" / "openmmlab.py"
+    path = Path(__file__).resolve().parents[3] / "tools" / "golden" / "openmmlab.py"
     spec = importlib.util.spec_from_file_location("openmmlab_golden_tool", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -80,3 +80,21 @@ def test_roi_align_rejects_bad_rois() -> None:
         roi_align(feats, torch.tensor([[3, 0.0, 0.0, 1.0, 1.0]]), 7, 1.0)
     with pytest.raises(ValueError, match=r"\[N, 5\]"):
         roi_align(feats, torch.zeros(2, 4), 7, 1.0)
+
+
+def test_mask_targets_are_crops_of_the_assigned_gt_mask() -> None:
+    g = torch.Generator().manual_seed(3)
+    masks = torch.rand((3, 96, 128), generator=g) > 0.5  # three gt masks of a 128x96 image
+    # a 28x28 box on pixel edges: one pixel per bin, sampled at its centre -> the exact crop
+    t = mask_targets(masks, torch.tensor([2]), torch.tensor([[40.0, 20.0, 68.0, 48.0]]), 28)
+    assert torch.equal(t[0], masks[2, 20:48, 40:68].float())
+    # a 56x56 box: each bin averages a 2x2 block (adaptive grid 2), binarised at 0.5
+    t = mask_targets(masks, torch.tensor([1, 0]), torch.tensor([[10.0, 30.0, 66.0, 86.0]] * 2), 28)
+    for row, gt in enumerate((1, 0)):
+        blocks = masks[gt, 30:86, 10:66].float().reshape(28, 2, 28, 2).mean(dim=(1, 3))
+        assert torch.equal(t[row], (blocks >= 0.5).float())
+    assert mask_targets(masks, torch.zeros(0, dtype=torch.long), torch.zeros((0, 4)), 28).shape == (
+        0,
+        28,
+        28,
+    )

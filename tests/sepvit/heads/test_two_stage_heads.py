@@ -70,6 +70,50 @@ def test_max_detections_and_thresholds_reach_the_model(mask_rcnn: torch.nn.Modul
     assert three["mask_probs"].shape == (3, 28, 28) and none["mask_probs"].shape == (0, 28, 28)
 
 
+def test_mask_rcnn_loss_terms_gradients_and_bad_targets(mask_rcnn: torch.nn.Module) -> None:
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    masks = torch.zeros((1, 64, 64), dtype=torch.bool)
+    masks[0, 10:40, 20:44] = True
+    targets = [
+        {"boxes": torch.tensor([[20.0, 10, 44, 40]]), "labels": torch.tensor([2]), "masks": masks},
+        # an image without objects: negatives only, no mask term
+        {
+            "boxes": torch.zeros((0, 4)),
+            "labels": torch.zeros(0, dtype=torch.long),
+            "masks": torch.zeros((0, 64, 64), dtype=torch.bool),
+        },
+    ]
+    mask_rcnn.train()
+    try:
+        losses = mask_rcnn(x, targets)
+        assert set(losses) == {
+            "loss", "loss_rpn_cls", "loss_rpn_bbox", "loss_cls", "loss_bbox", "loss_mask",
+        }  # fmt: skip
+        assert all(torch.isfinite(v) for v in losses.values())
+        parts = sum(v for k, v in losses.items() if k != "loss")
+        assert torch.allclose(losses["loss"], parts)
+        mask_rcnn.zero_grad()
+        losses["loss"].backward()
+        for name in (
+            "rpn_head.rpn_cls",
+            "roi_head.bbox_head.fc_cls",
+            "roi_head.mask_head.conv_logits",
+        ):
+            grad = mask_rcnn.get_submodule(name).weight.grad
+            assert grad is not None and grad.abs().sum() > 0, name
+        # the gt mask trains only its own class's logits
+        grad = mask_rcnn.roi_head.mask_head.conv_logits.weight.grad
+        assert grad[2].abs().sum() > 0 and grad[:2].abs().sum() == 0
+        bad = [{**targets[0], "masks": masks[:, :32]}, targets[1]]
+        with pytest.raises(ValueError, match="masks"):
+            mask_rcnn(x, bad)
+        with pytest.raises(ValueError, match="labels"):
+            mask_rcnn(x, [{**targets[0], "labels": torch.tensor([3])}, targets[1]])
+    finally:
+        mask_rcnn.zero_grad()
+        mask_rcnn.eval()
+
+
 def test_upernet_accepts_and_reports_the_auxiliary_head(tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = create_model(

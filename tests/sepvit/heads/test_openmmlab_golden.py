@@ -19,8 +19,7 @@ import torch
 from sepvit import create_model
 from sepvit.ops import box_iou
 from sepvit.presets import ADE20K_CLASSES, COCO_CLASSES
-
-from .golden import load_golden, openmmlab_checkpoint, seeded_input, unpack_masks
+from tests.golden import load_golden, openmmlab_checkpoint, seeded_input, unpack_masks
 
 
 def _input(meta: dict[str, Any]) -> torch.Tensor:

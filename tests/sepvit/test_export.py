@@ -59,7 +59,7 @@ def test_export_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert '"ok": true' in capsys.readouterr().out
     assert export_main(["--model", "nope", "-o", str(out)]) == 2
     # a checkpoint carries its task and classes: conflicting flags are refused, not ignored
-    ckpt = str(Path(__file__).parents[1] / "model_store/sepvit_lite_shapes_cls/model.safetensors")
+    ckpt = str(Path(__file__).parents[2] / "model_store/sepvit_lite_shapes_cls/model.safetensors")
     assert export_main(["--checkpoint", ckpt, "--task", "detect", "-o", str(out)]) == 2
     assert "carries its own" in capsys.readouterr().err
 

@@ -50,7 +50,7 @@ def test_peak_fraction_and_the_report_drops_untied_records(tmp_path: Path) -> No
 
 
 @pytest.mark.parametrize(
-    "name", sorted(p.stem for p in (Path(__file__).parents[1] / "bench").glob("*.py"))
+    "name", sorted(p.stem for p in (Path(__file__).parents[2] / "bench").glob("*.py"))
 )
 def test_every_bench_script_imports(name: str) -> None:
     """A helper moved between bench modules breaks a script only when it runs (hours later, on

@@ -28,7 +28,7 @@ from sepvit.data.independent import IndependentShapes
 from sepvit.evaluate import evaluate
 from sepvit.registry import create_model, model_config
 
-STORE = Path(__file__).resolve().parents[1] / "model_store"
+STORE = Path(__file__).resolve().parents[2] / "model_store"
 TASKS = {
     "sepvit_lite_shapes_cls": "classify",
     "sepvit_lite_shapes_det": "detect",
@@ -134,7 +134,7 @@ def test_version_1_demo_checkpoints_answer_as_before_the_openmmlab_layout() -> N
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    golden_path = Path(__file__).parent / "data" / "demo_v1_answers.safetensors"
+    golden_path = Path(__file__).resolve().parents[1] / "data" / "demo_v1_answers.safetensors"
     with safe_open(str(golden_path), framework="pt") as f:
         meta = json.loads((f.metadata() or {})["demo"])
     golden = load_file(str(golden_path))

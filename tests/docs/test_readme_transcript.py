@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from tests.readme_blocks import ROOT, blocks
+from tests.docs.readme_blocks import ROOT, blocks
 
 TRANSCRIPT = ROOT / "docs" / "readme_transcript.md"
 

@@ -41,8 +41,6 @@ def _random_case(seed: int, n_images: int = 25, n_classes: int = 4):
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_coco_map_matches_pycocotools(seed: int) -> None:
-    coco_mod = pytest.importorskip("pycocotools.coco")
-    cocoeval_mod = pytest.importorskip("pycocotools.cocoeval")
     n_classes = 4
     preds, gts_b, gts_l = _random_case(seed, n_classes=n_classes)
     gt = {"images": [], "annotations": [], "categories": [{"id": c} for c in range(n_classes)]}
@@ -70,19 +68,123 @@ def test_coco_map_matches_pycocotools(seed: int) -> None:
                     "score": float(s),
                 }
             )
+    _assert_equals_cocoeval(coco_map(preds, gts_b, gts_l, n_classes), gt, dets, "bbox")
+
+
+def _assert_equals_cocoeval(ours: dict, gt: dict, dets: list, iou_type: str) -> float:
+    """Our mAP, mAP50 and mAP75 against ``COCOeval(iou_type)`` on the same data; returns
+    pycocotools' mAP50."""
+    coco_mod = pytest.importorskip("pycocotools.coco")
+    cocoeval_mod = pytest.importorskip("pycocotools.cocoeval")
     with contextlib.redirect_stdout(io.StringIO()):
         coco = coco_mod.COCO()
         coco.dataset = gt
         coco.createIndex()
         res = coco.loadRes(dets)
-        ev = cocoeval_mod.COCOeval(coco, res, "bbox")
+        ev = cocoeval_mod.COCOeval(coco, res, iou_type)
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
-    ours = coco_map(preds, gts_b, gts_l, n_classes)
     assert ours["mAP"] == pytest.approx(ev.stats[0], abs=1e-6)
     assert ours["mAP50"] == pytest.approx(ev.stats[1], abs=1e-6)
     assert ours["mAP75"] == pytest.approx(ev.stats[2], abs=1e-6)
+    return float(ev.stats[1])
+
+
+def _random_mask_case(seed: int, n_images: int = 12, n_classes: int = 3, size: int = 40):
+    """Random L-shaped instance masks and predictions that shift, thin or invent them, with score
+    ties."""
+    rng = np.random.default_rng(seed)
+    preds, gts_b, gts_l, gts_m = [], [], [], []
+    for _ in range(n_images):
+        g = int(rng.integers(0, 5))
+        gm = np.zeros((g, size, size), bool)
+        for k in range(g):
+            x, y = rng.integers(0, size - 8, 2)
+            w, h = rng.integers(4, 16, 2)
+            gm[k, y : y + h, x : x + w] = True
+            gm[k, y : y + h // 2, x : x + w // 2] = False  # L-shaped
+        gl = rng.integers(0, n_classes, g)
+        pm, labels_l = [], []
+        for k in range(g):
+            if rng.random() < 0.8:
+                m = np.roll(gm[k], tuple(rng.integers(-1, 2, 2)), axis=(0, 1))
+                pm.append(m & (rng.random(m.shape) < 0.95))
+                labels_l.append(gl[k] if rng.random() < 0.9 else rng.integers(0, n_classes))
+        for _ in range(int(rng.integers(0, 3))):  # false positives
+            m = np.zeros((size, size), bool)
+            x, y = rng.integers(0, size - 8, 2)
+            m[y : y + 6, x : x + 6] = True
+            pm.append(m)
+            labels_l.append(rng.integers(0, n_classes))
+        masks = np.stack(pm) if pm else np.zeros((0, size, size), bool)
+        labels = np.array(labels_l, dtype=int)
+        scores = np.round(rng.uniform(0.05, 1.0, len(pm)), 1)
+        boxes = np.array([_mask_box(m) for m in masks]).reshape(-1, 4)
+        preds.append(BoxPrediction(boxes, scores, labels, masks))
+        gts_b.append(np.array([_mask_box(m) for m in gm]).reshape(-1, 4))
+        gts_l.append(gl)
+        gts_m.append(gm)
+    return preds, gts_b, gts_l, gts_m
+
+
+def _mask_box(m: np.ndarray) -> list[float]:
+    ys, xs = np.nonzero(m)
+    if len(xs) == 0:
+        return [0.0, 0.0, 0.0, 0.0]
+    return [float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_mask_map_matches_pycocotools_segm(seed: int) -> None:
+    mask_util = pytest.importorskip("pycocotools.mask")
+    n_classes = 3
+    preds, gts_b, gts_l, gts_m = _random_mask_case(seed, n_classes=n_classes)
+
+    def rle(m: np.ndarray) -> dict:
+        return mask_util.encode(np.asfortranarray(m.astype(np.uint8)))
+
+    gt = {"images": [], "annotations": [], "categories": [{"id": c} for c in range(n_classes)]}
+    dets = []
+    for i, (p, gb, gl, gm) in enumerate(zip(preds, gts_b, gts_l, gts_m, strict=True)):
+        gt["images"].append({"id": i, "width": 40, "height": 40})
+        for b, label, m in zip(gb, gl, gm, strict=True):
+            gt["annotations"].append(
+                {
+                    "id": len(gt["annotations"]) + 1,
+                    "image_id": i,
+                    "category_id": int(label),
+                    "segmentation": rle(m),
+                    "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]],
+                    "area": float(m.sum()),
+                    "iscrowd": 0,
+                }
+            )
+        for s, label, m in zip(p.scores, p.labels, p.masks, strict=True):
+            dets.append(
+                {
+                    "image_id": i,
+                    "category_id": int(label),
+                    "segmentation": rle(m),
+                    "score": float(s),
+                }
+            )
+    ours = coco_map(preds, gts_b, gts_l, n_classes, gt_masks=gts_m)
+    assert _assert_equals_cocoeval(ours, gt, dets, "segm") > 0.3  # matches at .5: not trivial
+
+
+def test_mask_map_uses_the_masks_not_the_boxes() -> None:
+    gm = np.zeros((1, 20, 20), bool)
+    gm[0, 2:12, 2:12] = True
+    gb, gl = [np.array([[2.0, 2, 12, 12]])], [np.array([0])]
+    ring = gm.copy()
+    ring[0, 4:10, 4:10] = False  # the right box, but a mask of IoU 64 / 100 < 0.75
+    pred = [BoxPrediction(gb[0].copy(), np.array([0.9]), np.array([0]), ring)]
+    assert coco_map(pred, gb, gl, 1)["mAP75"] == pytest.approx(1.0)
+    segm = coco_map(pred, gb, gl, 1, gt_masks=[gm])
+    assert segm["mAP50"] == pytest.approx(1.0) and segm["mAP75"] == 0.0
+    with pytest.raises(ValueError, match="masks"):
+        coco_map([BoxPrediction(gb[0], np.array([0.9]), np.array([0]))], gb, gl, 1, gt_masks=[gm])
 
 
 def test_coco_map_perfect_and_empty() -> None:

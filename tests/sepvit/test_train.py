@@ -17,12 +17,21 @@ SMALL = {
     "classify": {},
     "detect": {"fpn_channels": 32, "head_channels": 32, "head_convs": 1},
     "segment": {"fpn_channels": 32, "head_channels": 16},
+    "mask_rcnn": {
+        "fpn_channels": 32,
+        "fc_channels": 64,
+        "anchor_scale": 4.0,
+        "roi_batch": 64,
+        "rpn_train_nms_pre": 300,
+    },
 }
+HEAD_TASKS = {"mask_rcnn": "detect"}  # SMALL keys that name a head rather than a task
 
 
 def _cfg(task: str, steps: int, **kw: object) -> TrainConfig:
     base = dict(
-        task=task,
+        task=HEAD_TASKS.get(task, task),
+        head=task if task in HEAD_TASKS else None,
         img_size=64,
         batch_size=4,
         steps=steps,
@@ -42,17 +51,25 @@ def _losses(out: Path) -> list[float]:
     return [json.loads(line)["loss"] for line in (out / "log.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("task", ["classify", "detect", "segment"])
+@pytest.mark.parametrize("task", ["classify", "detect", "segment", "mask_rcnn"])
 def test_training_reduces_loss_on_a_fixed_batch(tmp_path: Path, task: str) -> None:
-    metrics = train(_cfg(task, 14), tmp_path, log=open("/dev/null", "w"))  # noqa: SIM115
+    cfg = _cfg(task, 14)
+    metrics = train(cfg, tmp_path, log=open("/dev/null", "w"))  # noqa: SIM115
     losses = _losses(tmp_path)
     assert len(losses) == 14
     assert sum(losses[-3:]) / 3 < 0.75 * sum(losses[:3]) / 3, losses
     meta = read_metadata(tmp_path / "model.safetensors")
-    assert meta["provenance"]["steps"] == 14 and meta["task"] == task
+    assert meta["provenance"]["steps"] == 14 and meta["task"] == cfg.task
     assert meta["provenance"]["dataset"]["train_seed"] == 1000
-    assert metrics["task"] == task
-    create_model("sepvit_lite", task=task, checkpoint=tmp_path / "model.safetensors")
+    assert metrics["task"] == cfg.task
+    model = create_model("sepvit_lite", task=cfg.task, checkpoint=tmp_path / "model.safetensors")
+    if task == "mask_rcnn":  # every loss term falls, and the model comes back with its head
+        log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+        for term in ("loss_rpn_cls", "loss_rpn_bbox", "loss_cls", "loss_bbox", "loss_mask"):
+            first, last = log[0][term], sum(r[term] for r in log[-3:]) / 3
+            assert last < first, (term, first, last)
+        assert meta["head"] == "mask_rcnn" and type(model).__name__ == "MaskRCNN"
+        assert "mask_mAP50" in metrics and "mask_mAP50" in meta["provenance"]["val_metrics"]
 
 
 def test_same_seed_same_weights_and_config_guard(tmp_path: Path) -> None:
@@ -68,10 +85,13 @@ def test_same_seed_same_weights_and_config_guard(tmp_path: Path) -> None:
         train(_cfg("classify", 12, train_images=0), one, log=null)
 
 
-def test_resume_from_midway_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("task", ["classify", "mask_rcnn"])  # Mask R-CNN: random sampling too
+def test_resume_from_midway_state(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, task: str
+) -> None:
     null = open("/dev/null", "w")  # noqa: SIM115
     ref = tmp_path / "ref"
-    train(_cfg("classify", 8, train_images=0, save_every=4), ref, log=null)
+    train(_cfg(task, 8, train_images=0, save_every=4), ref, log=null)
     import sepvit.train as tr
 
     run = tmp_path / "run"
@@ -86,10 +106,10 @@ def test_resume_from_midway_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 
     monkeypatch.setattr(tr, "_save_state", crash_after_first_save)
     with pytest.raises(KeyboardInterrupt):
-        train(_cfg("classify", 8, train_images=0, save_every=4), run, log=null)
+        train(_cfg(task, 8, train_images=0, save_every=4), run, log=null)
     monkeypatch.setattr(tr, "_save_state", real)
     assert torch.load(run / "state.pt", weights_only=True)["step"] == 4
-    train(_cfg("classify", 8, train_images=0, save_every=4), run, log=null)
+    train(_cfg(task, 8, train_images=0, save_every=4), run, log=null)
     a = torch.load(ref / "state.pt", weights_only=True)["model"]
     b = torch.load(run / "state.pt", weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -189,16 +209,19 @@ def test_init_from_same_model_continues_whole_model_other_task_takes_backbone(
     own = same.state_dict()
     assert all(torch.equal(own[k], v.float()) for k, v in src.items())  # heads included
 
-    other = _build(_cfg("segment", 2))  # another task: the detector's backbone only
+    # another task: the detector's backbone, and its pyramid where both models have an FPN
+    other = _build(_cfg("segment", 2))
     before = {k: v.clone() for k, v in other.state_dict().items()}
     msg = _init_from(other, str(tmp_path / "det" / "model.safetensors"))
-    assert msg.startswith("init backbone")
+    assert msg.startswith("init backbone and pyramid"), msg
     after = other.state_dict()
     for k, v in after.items():
         if k.startswith("backbone.") and k in src:
             assert torch.equal(v, src[k].float()), k
-        elif not k.startswith("backbone."):
+        elif not k.startswith(("backbone.", "neck.")):
             assert torch.equal(v, before[k]), k  # the segmentation head keeps its init
+    taken = [k for k in after if k.startswith("neck.") and not torch.equal(after[k], before[k])]
+    assert taken and all(any(torch.equal(after[k], v.float()) for v in src.values()) for k in taken)
 
     # the same task with other head arguments is not the same model: backbone only
     wider = _build(_cfg("detect", 2, model_args={**SMALL["detect"], "head_channels": 48}))
@@ -253,7 +276,7 @@ def test_continuing_a_version_1_detector_keeps_its_head_semantics(tmp_path: Path
     """``init_from`` a demo checkpoint written before the OpenMMLab layout: the whole model is
     initialised (its keys converted) and the run keeps the v1 head options, so its output
     checkpoint (version 2) records them."""
-    demo = Path(__file__).resolve().parents[1] / "model_store/sepvit_lite_shapes_det"
+    demo = Path(__file__).resolve().parents[2] / "model_store/sepvit_lite_shapes_det"
     path = demo / "model.safetensors"
     if not path.is_file():
         pytest.skip("demo checkpoint not built")
