@@ -1,6 +1,8 @@
 """HTTP routes. Each stays short: parse the transport, call the data plane, shape the answer.
-No torch here; errors are raised and mapped once by the app's exception handlers. Parsing a
-large OIP body (JSON, base64) and rendering answers run in a worker thread, off the event loop."""
+No torch here; errors are raised and mapped once by the app's exception handlers. Answers are
+the models of :mod:`service.schemas`, which generate the OpenAPI schema (errors included, from
+the one error table). Parsing a large OIP body (JSON, base64) and rendering answers run in a
+worker thread, off the event loop."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The package layering of docs/architecture.md: ``bench -> service -> handlers -> sepvit``, and
 the two TorchServe-side modules of ``service/torchserve/`` (the entry point packed into every
 ``.mar`` and the archive builder) import only what an archive carries: ``sepvit``, ``handlers``
-and the error table ``service/errors.py`` (standard library only)."""
+and the error table ``service/errors.py`` (standard library and typing_extensions only)."""
 
 from __future__ import annotations
 

@@ -30,7 +30,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("sepvit", "handlers")
-# the one error table (standard library only), which the entry point answers statuses from
+# the one error table (standard library and typing_extensions only), which the entry point
+# answers statuses from
 MODULES = ("service/__init__.py", "service/errors.py")
 # TorchServe frontend keys this project sets in model-config.yaml (others pass through)
 FRONTEND_KEYS = {

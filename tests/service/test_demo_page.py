@@ -65,7 +65,6 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess
         tmp_path_factory.mktemp("demo_page"),
         models,
         timeout=240,
-        headers={"Authorization": f"Bearer {TOKEN}"},
         auth_tokens=[TOKEN],
     )
     try:
