@@ -50,11 +50,17 @@ T = TypeVar("T")
 # bodies above this size are parsed in a worker thread: below it the thread hop costs more than
 # the parse, above it a parse could hold the event loop for milliseconds
 OFF_LOOP_BYTES = 64 * 1024
+# answers with at most this many entries in all (classes, detections) and no mask or PNG are
+# rendered on the event loop, for the same reason
+ON_LOOP_ENTRIES = 256
+RLE_KEYS = frozenset({"mask", "rle"})  # an entry's COCO RLE: detection masks, segments
 
 router = APIRouter()
 
 
-def get_plane(request: Request) -> DataPlane:
+# dependencies are coroutines: FastAPI runs a plain ``def`` dependency in its thread pool, a
+# thread hop per request
+async def get_plane(request: Request) -> DataPlane:
     plane: DataPlane = request.app.state.plane
     return plane
 
@@ -190,7 +196,25 @@ async def task_response(resp: InferenceResponse) -> Response:
         }
         return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
 
-    return Response(await asyncio.to_thread(render), media_type="application/json")
+    body = render() if small(resp) else await asyncio.to_thread(render)
+    return Response(body, media_type="application/json")
+
+
+def small(resp: InferenceResponse) -> bool:
+    """Whether rendering ``resp`` is cheaper than a thread hop: only a few short entries (top-k
+    classes, detections without masks), no RLE mask and no PNG, whose sizes are unbounded."""
+    entries = 0
+    for item in resp.results:
+        if isinstance(item, Exception):
+            continue
+        for value in item.values():
+            if isinstance(value, bytes | bytearray):
+                return False
+            if isinstance(value, list):
+                if value and isinstance(value[0], dict) and not RLE_KEYS.isdisjoint(value[0]):
+                    return False
+                entries += len(value)
+    return entries <= ON_LOOP_ENTRIES
 
 
 def _task_endpoint(task: str) -> Any:
@@ -383,7 +407,10 @@ async def model_infer(
     resp = await until_disconnect(request, plane.infer(req))
     if isinstance(resp, Response):
         return resp
-    content_, out_len = await asyncio.to_thread(rest_response, resp, binary, oip_id)
+    if small(resp):
+        content_, out_len = rest_response(resp, binary, oip_id)
+    else:
+        content_, out_len = await asyncio.to_thread(rest_response, resp, binary, oip_id)
     if out_len is None:
         return Response(content_, media_type="application/json")
     return Response(
