@@ -39,14 +39,10 @@ import io
 import json
 import os
 import shutil
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -61,6 +57,8 @@ sys.path.insert(0, str(ROOT))
 
 from bench.hostinfo import gemm_peaks, host_facts, write_results  # noqa: E402
 from bench.loadgen import Request, run_closed_loop, summarize  # noqa: E402
+from service.processes import GatewayProcess, start_gateway  # noqa: E402
+from service.torchserve.process import TorchServeProcess, build_archives, missing  # noqa: E402
 
 STORE = ROOT / "model_store"
 DEMO = {
@@ -80,12 +78,6 @@ STAND_INS: dict[str, dict[str, Any]] = {
     },
     "segment": {"img_size": 256, "fpn_channels": 64, "head_channels": 64},
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # -- inputs ----------------------------------------------------------------------------------
@@ -130,58 +122,11 @@ def write_config(base: Path, runtime: str, dest: Path) -> Path:
 
 
 # -- servers ---------------------------------------------------------------------------------
-class Gateway:
-    """A ``sepvit-serve`` process on loopback (HTTP only)."""
-
-    def __init__(self, work: Path, models: list[dict[str, Any]], **settings: Any) -> None:
-        self.port = free_port()
-        cfg = {"models": models, "port": self.port, "grpc_port": None, "log_level": "warning"}
-        cfg.update(settings)
-        path = work / f"gateway-{self.port}.yaml"
-        path.write_text(yaml.safe_dump(cfg))
-        self.log = work / f"gateway-{self.port}.log"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SEPVIT_")}
-        env.update(OMP_WAIT_POLICY="PASSIVE", PYTHONUNBUFFERED="1")
-        with self.log.open("wb") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "service.cli", "--config", str(path)],
-                cwd=ROOT,
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        self.url = f"http://127.0.0.1:{self.port}"
-        end = time.monotonic() + 300
-        while time.monotonic() < end:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"gateway exited: {self.log.read_text()[-3000:]}")
-            with (
-                contextlib.suppress(OSError),
-                urllib.request.urlopen(f"{self.url}/v2/health/ready", timeout=2) as r,
-            ):
-                if r.status == 200:
-                    return
-            time.sleep(0.3)
-        self.stop()
-        raise RuntimeError(f"gateway not ready: {self.log.read_text()[-3000:]}")
-
-    def metrics(self) -> str:
-        with urllib.request.urlopen(f"{self.url}/metrics", timeout=10) as r:
-            return str(r.read().decode())
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-
-
 @contextlib.contextmanager
-def gateway(work: Path, models: list[dict[str, Any]], **settings: Any) -> Iterator[Gateway]:
-    gw = Gateway(work, models, **settings)
+def gateway(work: Path, models: list[dict[str, Any]], **settings: Any) -> Iterator[GatewayProcess]:
+    """A ``sepvit-serve`` process on loopback (HTTP only), stopped on exit."""
+    config = {"models": models, "grpc_port": None, "log_level": "warning", **settings}
+    gw = start_gateway(work, config, timeout=300)
     try:
         yield gw
     finally:
@@ -325,26 +270,6 @@ def raw_reference(
     return out
 
 
-def torchserve_available() -> str | None:
-    """None when a torchserve comparison can run, else the reason it cannot."""
-    try:
-        from tests.torchserve_process import torchserve_bin
-    except ImportError as exc:
-        return f"tests/torchserve_process.py unavailable: {exc}"
-    # the venv's launcher is found beside this interpreter even when the venv is not on PATH
-    if torchserve_bin() is None or shutil.which("java") is None:
-        return "torchserve or java not installed"
-    return None
-
-
-def gateway_torchserve_backend() -> bool:
-    try:
-        from service.backends.torchserve import TorchServeBackend  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 # -- the run ---------------------------------------------------------------------------------
 def run(args: argparse.Namespace) -> dict[str, Any]:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -383,7 +308,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         common = {"max_queue": 1024, "max_concurrent_requests": 1024}
         common["torch_threads"] = args.threads
         ts_reason = None if args.torchserve else "disabled (--no-torchserve)"
-        ts_reason = ts_reason or torchserve_available()
+        ts_reason = ts_reason or missing()
         for runtime in args.runtimes:
             cfg = write_config(base_cfg, runtime, work / f"model-config-{runtime}.yaml")
             print(f"raw reference ({runtime})", flush=True)
@@ -428,8 +353,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def torchserve_scenarios(
     work: Path, ckpt: Path, cfg: Path, runtime: str, args: argparse.Namespace, common: dict
 ) -> dict[str, Any]:
-    from tests.torchserve_process import TorchServeProcess, build_archives
-
     out: dict[str, Any] = {}
     payloads = images("classify", 224)
     store = build_archives({"cls": (ckpt, cfg)}, work / f"store-{runtime}")
@@ -451,9 +374,6 @@ def torchserve_scenarios(
             ]
         }
         name = f"torchserve-backend-{runtime}"
-        if not gateway_torchserve_backend():
-            out[name] = {"skipped": "service/backends/torchserve.py not present"}
-            return out
         print(name, flush=True)
         entry = {"name": "cls", "checkpoint": str(ckpt), "model_config_file": str(cfg)}
         settings = {

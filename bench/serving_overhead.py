@@ -49,9 +49,9 @@ from bench.serving_load import (  # noqa: E402
     checkpoint_for,
     gateway,
     images,
-    torchserve_available,
     write_config,
 )
+from service.torchserve.process import TorchServeProcess, build_archives, missing  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -202,12 +202,10 @@ def main(argv: list[str] | None = None) -> int:
             for c in args.concurrency
         }
     why = None if args.torchserve else "disabled (--no-torchserve)"
-    why = why or torchserve_available()
+    why = why or missing()
     if why:
         doc["skipped"]["torchserve"] = why
     else:
-        from tests.torchserve_process import TorchServeProcess, build_archives
-
         print("torchserve", flush=True)
         store = build_archives({"cls": (ckpt, cfg)}, work / "store")
         ts = TorchServeProcess(work / "ts", store, ["cls"])

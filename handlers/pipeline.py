@@ -42,13 +42,13 @@ from .outputs import (
     rle_encode_crop,
     segments_from_labels,
 )
+from .params import RequestParams
 from .runtime import GATED, Runtime, build_runtime, check_parity, golden_inputs
 
-__all__ = ["Pipeline", "PipelineConfig", "Prepared", "RequestParams"]
+__all__ = ["Pipeline", "PipelineConfig", "Prepared"]
 
 log = logging.getLogger(__name__)
 
-SEGMENT_FORMATS = ("rle", "png", "overlay")
 # bilinear-upsampling the logits to the original size costs K*H*W floats; above this many
 # elements (64 MB of float32) the label map is upsampled by nearest neighbour instead, which
 # costs one byte per original pixel
@@ -85,41 +85,6 @@ class PipelineConfig:
         if cfg.on_parity_failure not in ("fallback", "fail"):
             raise ValueError("on_parity_failure must be 'fallback' or 'fail'")
         return cfg
-
-
-@dataclass
-class RequestParams:
-    """Per-request options, validated against the task."""
-
-    top_k: int | None = None
-    score_threshold: float | None = None
-    max_detections: int | None = None
-    format: str | None = None
-
-    @classmethod
-    def parse(cls, raw: Mapping[str, Any] | None) -> RequestParams:
-        raw = dict(raw or {})
-        out = cls()
-        try:
-            if raw.get("top_k") is not None:
-                out.top_k = int(raw["top_k"])
-                if not 1 <= out.top_k <= 1000:
-                    raise BadParameterError("top_k must be between 1 and 1000")
-            if raw.get("max_detections") is not None:
-                out.max_detections = int(raw["max_detections"])
-                if not 1 <= out.max_detections <= 1000:
-                    raise BadParameterError("max_detections must be between 1 and 1000")
-            if raw.get("score_threshold") is not None:
-                out.score_threshold = float(raw["score_threshold"])
-                if not 0.0 <= out.score_threshold <= 1.0:
-                    raise BadParameterError("score_threshold must be between 0 and 1")
-        except (TypeError, ValueError, OverflowError) as exc:  # int(inf) is an OverflowError
-            raise BadParameterError(f"invalid parameter: {exc}") from exc
-        if raw.get("format") is not None:
-            out.format = str(raw["format"])
-            if out.format not in SEGMENT_FORMATS:
-                raise BadParameterError(f"format must be one of {SEGMENT_FORMATS}")
-        return out
 
 
 @dataclass

@@ -27,10 +27,10 @@ import grpc
 from google.protobuf import empty_pb2
 from pydantic import SecretStr
 
-from service.backends import torchserve_inference_pb2 as pb
-from service.backends import torchserve_inference_pb2_grpc as pb_grpc
-from service.backends.torchserve import TokenSource
 from service.settings import DEMO_MODELS
+from service.torchserve import torchserve_inference_pb2 as pb
+from service.torchserve import torchserve_inference_pb2_grpc as pb_grpc
+from service.torchserve.backend import TokenSource
 
 
 def _metadata(a: argparse.Namespace) -> list[tuple[str, str]]:

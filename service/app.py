@@ -35,11 +35,13 @@ from .auth import TokenChecker
 from .backends import Backend, create_backend
 from .dataplane import DataPlane
 from .errors import ServiceError, describe_http
+from .loader import load_settings, read_tokens
 from .metrics import Metrics
 from .middleware import GatewayMiddleware, error_response
 from .pages import add_pages
 from .rest import router
-from .settings import Settings, load_settings
+from .schemas import openapi
+from .settings import Settings
 from .watchdog import LoopWatch
 
 __all__ = ["create_app", "create_app_from_env"]
@@ -151,7 +153,7 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
     backend = backend or create_backend(settings, metrics)
     watch = LoopWatch(metrics, settings.liveness_stall_s)
     plane = DataPlane(settings, backend, metrics.stats, watch)
-    admission = Admission(settings, metrics, TokenChecker(settings.tokens()), plane)
+    admission = Admission(settings, metrics, TokenChecker(read_tokens(settings)), plane)
     drain = Drain(plane, admission, settings)
 
     @asynccontextmanager
@@ -190,6 +192,7 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
     app.state.grpc_port = None
     app.state.limit = app.state.admission = admission
     app.include_router(router)
+    app.openapi = lambda: openapi(app)  # type: ignore[method-assign]
     add_pages(app)
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(PipelineError, _service_error)

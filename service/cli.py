@@ -12,48 +12,59 @@ import math
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin
 
-__all__ = ["main"]
+from .settings import Settings
+
+__all__ = ["FLAGS", "main"]
+
+
+# the settings the command line sets: flag -> Settings field (type, help and default from there)
+FLAGS = {
+    "--host": "host",
+    "--port": "port",
+    "--grpc-port": "grpc_port",
+    "--models": "models_file",
+    "--backend": "backend",
+    "--torchserve-address": "torchserve_address",
+    "--torchserve-token-file": "torchserve_token_file",
+    "--workers": "workers",
+    "--torch-threads": "torch_threads",
+    "--log-level": "log_level",
+}
+
+
+def _option(name: str) -> dict[str, Any]:
+    """``add_argument`` keywords for a Settings field: its type or choices, and its help with
+    the default."""
+    info = Settings.model_fields[name]
+    kind = info.annotation
+    if get_origin(kind) in (Union, UnionType):  # X | None
+        kind = next(a for a in get_args(kind) if a is not type(None))
+    out: dict[str, Any] = {"help": info.description or name.replace("_", " ")}
+    if get_origin(kind) is Literal:
+        out["choices"] = list(get_args(kind))
+    elif kind in (int, float):
+        out["type"] = kind
+    if info.default is not None:
+        out["help"] += f" (default {info.default})"
+    return out
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sepvit-serve", description=__doc__.split("\n\n")[0])
-    p.add_argument("--host", help="bind address (default 127.0.0.1)")
-    p.add_argument("--port", type=int, help="HTTP port (default 8000)")
-    p.add_argument("--grpc-port", type=int, help="gRPC port (default 8001)")
+    for flag, name in FLAGS.items():
+        p.add_argument(flag, **_option(name))
     p.add_argument("--no-grpc", action="store_true", help="do not start the gRPC server")
     p.add_argument("--config", help="YAML settings file (any Settings field)")
-    p.add_argument("--models", help="YAML model list (name, checkpoint, task, runtime, batching)")
-    p.add_argument("--backend", choices=["embedded", "torchserve"])
-    p.add_argument(
-        "--torchserve-address", help="TorchServe gRPC inference address (default 127.0.0.1:7070)"
-    )
-    p.add_argument(
-        "--torchserve-token-file",
-        help="TorchServe's key_file.json (or a file holding its inference key)",
-    )
-    p.add_argument("--workers", type=int, help="worker processes (default 1)")
-    p.add_argument("--torch-threads", type=int, help="intra-op threads per worker (default 1)")
-    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    overrides = {
-        "host": args.host,
-        "port": args.port,
-        "grpc_port": args.grpc_port,
-        "models_file": args.models,
-        "backend": args.backend,
-        "torchserve_address": args.torchserve_address,
-        "torchserve_token_file": args.torchserve_token_file,
-        "workers": args.workers,
-        "torch_threads": args.torch_threads,
-        "log_level": args.log_level,
-    }
-    from .settings import load_settings
+    overrides = {name: getattr(args, flag[2:].replace("-", "_")) for flag, name in FLAGS.items()}
+    from .loader import load_settings
 
     try:
         settings = load_settings(args.config, **overrides)

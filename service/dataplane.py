@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from handlers.errors import BadParameterError, PipelineError, TooManyImagesError
-from handlers.pipeline import RequestParams
+from handlers.params import RequestParams
 
 from . import __version__
 from .backends import Backend, ModelInfo, ModelState
-from .errors import BadRequestError, ModelNotFoundError, NotReadyError, describe
+from .errors import BadRequestError, ModelNotFoundError, describe
 from .settings import Settings
 from .stats import InferenceStats
 from .watchdog import LoopWatch
@@ -165,9 +165,6 @@ class DataPlane:
                 f"{len(req.images)} images in one request; the limit is {limit}"
             )
         params = self.check_params(req.params, info.task)
-        if info.state is not ModelState.READY:
-            detail = f": {info.error}" if info.error else ""
-            raise NotReadyError(f"model {info.name!r} is {info.state.value}{detail}")
         timeout = self.settings.request_timeout_s
         if req.timeout_s is not None:
             timeout = min(timeout, max(req.timeout_s, 0.0))

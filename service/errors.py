@@ -7,8 +7,9 @@ status, :func:`describe` the only place an exception does, for REST, gRPC and th
 entry point alike; the error bodies are the TypedDicts below (the OpenAPI schema is generated
 from them).
 
-Only the standard library and :mod:`handlers.errors` are imported here: TorchServe archives ship
-this module beside the handlers.
+Only the standard library, ``typing_extensions`` (pydantic reads TypedDicts from it on Python
+3.11; torch depends on it too) and :mod:`handlers.errors` are imported here: TorchServe archives
+ship this module beside the handlers.
 """
 
 from __future__ import annotations

@@ -1,24 +1,47 @@
 """HTTP routes. Each stays short: parse the transport, call the data plane, shape the answer.
-No torch here; errors are raised and mapped once by the app's exception handlers. Parsing a
-large OIP body (JSON, base64) and rendering answers run in a worker thread, off the event loop."""
+No torch here; errors are raised and mapped once by the app's exception handlers. Answers are
+the models of :mod:`service.schemas`, which generate the OpenAPI schema (errors included, from
+the one error table). Parsing a large OIP body (JSON, base64) and rendering answers run in a
+worker thread, off the event loop."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from collections.abc import Awaitable
-from typing import Annotated, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar, get_type_hints
 
 from fastapi import APIRouter, Depends, Path, Query, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
+from pydantic import BaseModel, Field, create_model
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from handlers.params import TASKS, RequestParams
+
 from .admission import decimal
 from .dataplane import DataPlane, InferenceRequest, InferenceResponse, encode_result
-from .errors import BadRequestError, PayloadTooLargeError, UnsupportedMediaTypeError
+from .errors import BadRequestError, OIPErrorBody, PayloadTooLargeError, UnsupportedMediaTypeError
 from .metrics import CONTENT_TYPE_LATEST, Metrics
 from .oip.codec import rest_request, rest_response
+from .schemas import (
+    TASK_RESPONSES,
+    Answer,
+    ImageFiles,
+    InferRequest,
+    InferResponse,
+    ModelList,
+    ModelMetadata,
+    ModelReady,
+    ServerLive,
+    ServerMetadata,
+    ServerReady,
+    Statistics,
+    content,
+    error_responses,
+    request_body,
+)
 
 __all__ = ["router"]
 
@@ -27,11 +50,17 @@ T = TypeVar("T")
 # bodies above this size are parsed in a worker thread: below it the thread hop costs more than
 # the parse, above it a parse could hold the event loop for milliseconds
 OFF_LOOP_BYTES = 64 * 1024
+# answers with at most this many entries in all (classes, detections) and no mask or PNG are
+# rendered on the event loop, for the same reason
+ON_LOOP_ENTRIES = 256
+RLE_KEYS = frozenset({"mask", "rle"})  # an entry's COCO RLE: detection masks, segments
 
 router = APIRouter()
 
 
-def get_plane(request: Request) -> DataPlane:
+# dependencies are coroutines: FastAPI runs a plain ``def`` dependency in its thread pool, a
+# thread hop per request
+async def get_plane(request: Request) -> DataPlane:
     plane: DataPlane = request.app.state.plane
     return plane
 
@@ -43,102 +72,48 @@ def get_metrics(request: Request) -> Metrics:
 
 PlaneDep = Annotated[DataPlane, Depends(get_plane)]
 ModelName = Annotated[str, Path(max_length=64, description="model name (see GET /models)")]
-ModelQuery = Annotated[
-    str | None, Query(max_length=64, description="model name; default: the first of this task")
-]
-TopK = Annotated[int | None, Query(ge=1, le=1000, description="classes per image (classify)")]
-ScoreThreshold = Annotated[
-    float | None, Query(ge=0.0, le=1.0, description="minimum detection score (detect)")
-]
-MaxDetections = Annotated[
-    int | None, Query(ge=1, le=1000, description="at most this many detections (detect)")
-]
-SegmentFormat = Annotated[
-    Literal["rle", "png", "overlay"] | None,
-    Query(
-        description="segment: COCO RLE (default), PNG label map, or colour overlay PNG; "
-        "detect with a Mask R-CNN model: RLE masks (default), PNG instance-id map, or overlay"
-    ),
-]
 
-ERROR_SCHEMA = {
-    "type": "object",
-    "properties": {
-        "error": {
-            "type": "object",
-            "properties": {
-                "code": {"type": "string"},
-                "message": {"type": "string"},
-                "request_id": {"type": "string"},
-            },
-        }
-    },
-}
-ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"description": desc, "content": {"application/json": {"schema": ERROR_SCHEMA}}}
-    for status, desc in [
-        (400, "bad input or undecodable image"),
-        (401, "missing bearer token"),
-        (403, "invalid token"),
-        (404, "unknown model"),
-        (413, "body, pixel or image-count limit"),
-        (415, "unsupported media type"),
-        (429, "queue full (Retry-After)"),
-        (502, "the TorchServe backend failed"),
-        (503, "not ready or overloaded (Retry-After)"),
-        (504, "deadline exceeded"),
-    ]
-}
-IMAGE_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "properties": {
-                        "file": {"type": "array", "items": {"type": "string", "format": "binary"}}
-                    },
-                    "required": ["file"],
-                }
-            },
-            "image/*": {"schema": {"type": "string", "format": "binary"}},
-        },
+
+class _ModelQuery(BaseModel):
+    model: str | None = Field(
+        default=None, max_length=64, description="model name; default: the first of this task"
+    )
+
+
+def _task_query() -> type[_ModelQuery]:
+    """The task routes' query parameters: ``model`` and every request parameter, with the type,
+    range and help :class:`~handlers.params.RequestParams` gives it."""
+    types = get_type_hints(RequestParams)
+    params: dict[str, Any] = {
+        f.name: (
+            types[f.name],
+            Field(
+                default=None,
+                ge=f.metadata["low"],
+                le=f.metadata["high"],
+                description=f.metadata["help"],
+            ),
+        )
+        for f in dataclasses.fields(RequestParams)
     }
-}
-INFER_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {
-                "schema": {
-                    "type": "object",
-                    "required": ["inputs"],
-                    "properties": {
-                        "id": {"type": "string"},
-                        "parameters": {"type": "object"},
-                        "inputs": {
-                            "type": "array",
-                            "items": {
-                                "type": "object",
-                                "required": ["name", "shape", "datatype"],
-                                "properties": {
-                                    "name": {"type": "string"},
-                                    "shape": {"type": "array", "items": {"type": "integer"}},
-                                    "datatype": {"type": "string", "enum": ["BYTES"]},
-                                    "parameters": {"type": "object"},
-                                    "data": {"type": "array", "items": {"type": "string"}},
-                                },
-                            },
-                        },
-                        "outputs": {"type": "array", "items": {"type": "object"}},
-                    },
-                }
-            },
-            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
-        },
-    }
-}
+    return create_model("TaskQuery", __base__=_ModelQuery, **params)
+
+
+if TYPE_CHECKING:
+    TaskQuery = _ModelQuery
+else:
+    TaskQuery = _task_query()
+
+# the error answers by how far a request gets: every route (auth, the Content-Length limit, a
+# bug); through admission (overloaded, draining); naming a model; sending images to infer on
+ANY = (401, 403, 413, 500)
+ADMITTED = (*ANY, 503)
+MODEL = (*ADMITTED, 400, 404)
+INFER = (*MODEL, 408, 415, 429, 502, 504)
+IMAGE_BODY = request_body(content("multipart/form-data", ImageFiles), content("image/*", bytes))
+INFER_BODY = request_body(
+    content("application/json", InferRequest), content("application/octet-stream", bytes)
+)
 
 
 def _timeout(request: Request) -> float | None:
@@ -202,6 +177,10 @@ async def read_images(request: Request, plane: DataPlane) -> list[bytes]:
 
 
 async def task_response(resp: InferenceResponse) -> Response:
+    """One image with a PNG answer: the PNG itself; otherwise the task's JSON answer, the shape
+    :data:`~service.schemas.TASK_RESPONSES` documents. It is written straight from the results
+    (validating big detection and mask lists per request would cost more than writing them; the
+    schemathesis test checks real answers against the schema instead)."""
     if len(resp.results) == 1:
         item = resp.results[0]
         if isinstance(item, Exception):
@@ -217,31 +196,39 @@ async def task_response(resp: InferenceResponse) -> Response:
         }
         return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
 
-    return Response(await asyncio.to_thread(render), media_type="application/json")
+    body = render() if small(resp) else await asyncio.to_thread(render)
+    return Response(body, media_type="application/json")
+
+
+def small(resp: InferenceResponse) -> bool:
+    """Whether rendering ``resp`` is cheaper than a thread hop: only a few short entries (top-k
+    classes, detections without masks), no RLE mask and no PNG, whose sizes are unbounded."""
+    entries = 0
+    for item in resp.results:
+        if isinstance(item, Exception):
+            continue
+        for value in item.values():
+            if isinstance(value, bytes | bytearray):
+                return False
+            if isinstance(value, list):
+                if value and isinstance(value[0], dict) and not RLE_KEYS.isdisjoint(value[0]):
+                    return False
+                entries += len(value)
+    return entries <= ON_LOOP_ENTRIES
 
 
 def _task_endpoint(task: str) -> Any:
     async def endpoint(
         request: Request,
         plane: PlaneDep,
-        model: ModelQuery = None,
-        top_k: TopK = None,
-        score_threshold: ScoreThreshold = None,
-        max_detections: MaxDetections = None,
-        format: SegmentFormat = None,
+        query: Annotated[TaskQuery, Query()],
     ) -> Response:
         images = await read_images(request, plane)
-        params = {
-            "top_k": top_k,
-            "score_threshold": score_threshold,
-            "max_detections": max_detections,
-            "format": format,
-        }
         req = InferenceRequest(
             images=images,
-            model=model,
+            model=query.model,
             task=task,
-            params={k: v for k, v in params.items() if v is not None},
+            params=query.model_dump(exclude_none=True, exclude={"model"}),
             timeout_s=_timeout(request),
             request_id=request.state.request_id,
         )
@@ -263,7 +250,7 @@ TASK_DOCS = {
     "segment": "Per-class COCO RLE masks (`results[i].segments`), or with one image and "
     "`format=png|overlay` a PNG label map / colour overlay.",
 }
-for _task in ("classify", "detect", "segment"):
+for _task in TASKS:
     router.add_api_route(
         f"/{_task}",
         _task_endpoint(_task),
@@ -271,91 +258,140 @@ for _task in ("classify", "detect", "segment"):
         tags=["tasks"],
         summary=f"{_task} one or more images",
         description=TASK_DOCS[_task],
-        responses=ERRORS,
+        response_model=TASK_RESPONSES[_task],
+        responses={200: {"content": content("image/png", bytes)}, **error_responses(*INFER)},
         openapi_extra=IMAGE_BODY,
     )
 
 
 # -- operations --------------------------------------------------------------------------------
-@router.get("/models", tags=["operations"], responses=ERRORS)
-async def list_models(plane: PlaneDep) -> dict[str, Any]:
+@router.get("/models", tags=["operations"], responses=error_responses(*ADMITTED))
+async def list_models(plane: PlaneDep) -> ModelList:
     """Configured models: task, labels, runtime, batching, state."""
-    return {"models": plane.models(), "ready": plane.ready()}
+    return ModelList.model_validate({"models": plane.models(), "ready": plane.ready()})
 
 
-@router.get("/metrics", tags=["operations"], response_class=Response, responses=ERRORS)
+@router.get(
+    "/metrics",
+    tags=["operations"],
+    response_class=Response,
+    responses={200: {"content": content("text/plain", str)}, **error_responses(*ANY)},
+)
 async def metrics(request: Request) -> Response:
     """Prometheus metrics."""
     return Response(get_metrics(request).render(), media_type=CONTENT_TYPE_LATEST)
 
 
 # -- Open Inference Protocol v2 -----------------------------------------------------------------
-@router.get("/v2", tags=["v2"], responses=ERRORS)
-async def server_metadata(plane: PlaneDep) -> dict[str, Any]:
-    return plane.server_metadata()
+def oip_errors(*statuses: int, unready: type[Answer] | None = None) -> dict[int | str, Any]:
+    """The /v2 error answers; ``unready``: the probe's own 503 answer (``{"ready": false}``)."""
+    out = error_responses(*statuses, oip=True)
+    if unready is not None:
+        error = out.get(503)
+        desc = "not ready: the probe's answer, false"
+        out[503] = {
+            "model": unready | OIPErrorBody if error else unready,
+            "description": f"{desc}; or the error {error['description']}" if error else desc,
+        }
+    return out
 
 
-@router.get("/v2/health/live", tags=["v2"])
-async def server_live(plane: PlaneDep) -> Response:
+def _probe(response: Response, ok: bool) -> None:
+    if not ok:
+        response.status_code = 503
+
+
+@router.get("/v2", tags=["v2"], responses=oip_errors(*ADMITTED))
+async def server_metadata(plane: PlaneDep) -> ServerMetadata:
+    return ServerMetadata.model_validate(plane.server_metadata())
+
+
+@router.get("/v2/health/live", tags=["v2"], responses=oip_errors(413, 500, unready=ServerLive))
+async def server_live(plane: PlaneDep, response: Response) -> ServerLive:
     """200 while the event loop turns; 503 once it has stalled (service/watchdog.py)."""
     live = plane.live()
-    return JSONResponse({"live": live}, status_code=200 if live else 503)
+    _probe(response, live)
+    return ServerLive(live=live)
 
 
-@router.get("/v2/health/ready", tags=["v2"], responses=ERRORS)
-async def server_ready(plane: PlaneDep) -> Response:
+@router.get("/v2/health/ready", tags=["v2"], responses=oip_errors(*ANY, unready=ServerReady))
+async def server_ready(plane: PlaneDep, response: Response) -> ServerReady:
     ready = plane.ready()
-    return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
+    _probe(response, ready)
+    return ServerReady(ready=ready)
 
 
 # before /v2/models/{model_name}, which would take "stats" for a model name
-@router.get("/v2/models/stats", tags=["v2"], responses=ERRORS)
-async def all_statistics(plane: PlaneDep) -> dict[str, Any]:
+@router.get("/v2/models/stats", tags=["v2"], responses=oip_errors(*ADMITTED))
+async def all_statistics(plane: PlaneDep) -> Statistics:
     """Triton's statistics extension for every model (see the per-model route)."""
-    return plane.statistics()
+    return Statistics.model_validate(plane.statistics())
 
 
-@router.get("/v2/models/{model_name}/stats", tags=["v2"], responses=ERRORS)
-@router.get("/v2/models/{model_name}/versions/{model_version}/stats", tags=["v2"], responses=ERRORS)
+MODEL_ERRORS = oip_errors(*MODEL)
+
+
+@router.get("/v2/models/{model_name}/stats", tags=["v2"], responses=MODEL_ERRORS)
+@router.get(
+    "/v2/models/{model_name}/versions/{model_version}/stats", tags=["v2"], responses=MODEL_ERRORS
+)
 async def model_statistics(
     plane: PlaneDep, model_name: ModelName, model_version: str | None = None
-) -> dict[str, Any]:
+) -> Statistics:
     """Triton's statistics extension: success/fail counts, cumulative queue and compute times
     (ns), execution and inference counts, and per-batch-size figures."""
-    return plane.statistics(model_name, model_version)
+    return Statistics.model_validate(plane.statistics(model_name, model_version))
 
 
-@router.get("/v2/models/{model_name}", tags=["v2"], responses=ERRORS)
-@router.get("/v2/models/{model_name}/versions/{model_version}", tags=["v2"], responses=ERRORS)
+@router.get("/v2/models/{model_name}", tags=["v2"], responses=MODEL_ERRORS)
+@router.get("/v2/models/{model_name}/versions/{model_version}", tags=["v2"], responses=MODEL_ERRORS)
 async def model_metadata(
     plane: PlaneDep, model_name: ModelName, model_version: str | None = None
-) -> dict[str, Any]:
-    return plane.model_metadata(model_name, model_version)
+) -> ModelMetadata:
+    return ModelMetadata.model_validate(plane.model_metadata(model_name, model_version))
 
 
-@router.get("/v2/models/{model_name}/ready", tags=["v2"], responses=ERRORS)
-@router.get("/v2/models/{model_name}/versions/{model_version}/ready", tags=["v2"], responses=ERRORS)
+READY_ERRORS = oip_errors(*MODEL, unready=ModelReady)
+
+
+@router.get("/v2/models/{model_name}/ready", tags=["v2"], responses=READY_ERRORS)
+@router.get(
+    "/v2/models/{model_name}/versions/{model_version}/ready", tags=["v2"], responses=READY_ERRORS
+)
 async def model_ready(
-    plane: PlaneDep, model_name: ModelName, model_version: str | None = None
-) -> Response:
+    plane: PlaneDep, response: Response, model_name: ModelName, model_version: str | None = None
+) -> ModelReady:
     ready = plane.model_ready(model_name, model_version)
-    return JSONResponse({"name": model_name, "ready": ready}, status_code=200 if ready else 503)
+    _probe(response, ready)
+    return ModelReady(name=model_name, ready=ready)
+
+
+INFER_ANSWERS = {
+    200: {"content": content("application/octet-stream", bytes)},
+    **oip_errors(*INFER),
+}
 
 
 @router.post(
-    "/v2/models/{model_name}/infer", tags=["v2"], responses=ERRORS, openapi_extra=INFER_BODY
+    "/v2/models/{model_name}/infer",
+    tags=["v2"],
+    response_model=InferResponse,
+    responses=INFER_ANSWERS,
+    openapi_extra=INFER_BODY,
 )
 @router.post(
     "/v2/models/{model_name}/versions/{model_version}/infer",
     tags=["v2"],
-    responses=ERRORS,
+    response_model=InferResponse,
+    responses=INFER_ANSWERS,
     openapi_extra=INFER_BODY,
 )
 async def model_infer(
     request: Request, plane: PlaneDep, model_name: ModelName, model_version: str | None = None
 ) -> Response:
     """A BYTES input of N encoded images; the BYTES output ``RESULT`` holds N JSON answers.
-    Accepts JSON (base64 data) and the binary-data extension."""
+    Accepts JSON (base64 data) and the binary-data extension (``application/octet-stream``:
+    the JSON header, ``Inference-Header-Content-Length`` bytes long, then the raw tensors)."""
     plane.model(model_name, model_version)
     body = await request.body()
     raw_len = request.headers.get("inference-header-content-length")
@@ -371,11 +407,14 @@ async def model_infer(
     resp = await until_disconnect(request, plane.infer(req))
     if isinstance(resp, Response):
         return resp
-    content, out_len = await asyncio.to_thread(rest_response, resp, binary, oip_id)
+    if small(resp):
+        content_, out_len = rest_response(resp, binary, oip_id)
+    else:
+        content_, out_len = await asyncio.to_thread(rest_response, resp, binary, oip_id)
     if out_len is None:
-        return Response(content, media_type="application/json")
+        return Response(content_, media_type="application/json")
     return Response(
-        content,
+        content_,
         media_type="application/octet-stream",
         headers={"Inference-Header-Content-Length": str(out_len)},
     )

@@ -1,36 +1,30 @@
-"""Gateway settings: one pydantic-settings class.
+"""Gateway settings: pure data, one pydantic-settings class and the model entries in it.
 
-Sources, strongest first: keyword arguments (the CLI), environment variables (``SEPVIT_``
-prefix, nested with ``__``), an optional YAML file (``config_file`` / ``SEPVIT_CONFIG_FILE``),
-then defaults. Nothing is read at import time: :func:`load_settings` reads when it is called.
-
-The model list is ``models`` (in the YAML, or JSON in ``SEPVIT_MODELS``) or a separate YAML file
-(``models_file``: a list, or a mapping with a ``models`` key). Each model may also have a
-TorchServe-style ``model-config.yaml`` beside its checkpoint; its ``batchSize``,
-``maxBatchDelay`` and ``handler`` section fill in what the model entry leaves unset.
+Nothing here reads a file. :mod:`service.loader` builds :class:`Settings` from keyword arguments
+(the CLI), environment variables (``SEPVIT_`` prefix, nested with ``__``), an optional YAML file,
+then the defaults here, strongest first; it also reads the model list file and each model's
+``model-config.yaml`` (:class:`ModelConfigFile`). Every field's default and description is
+defined once, here: the CLI help is generated from them.
 """
 
 from __future__ import annotations
 
-import os
-from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
-from pydantic_settings import (
-    BaseSettings,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-    YamlConfigSettingsSource,
-)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from handlers.decode import DECODE_BYTES_PER_PIXEL
+from handlers.params import RuntimeName, Task
 
-__all__ = ["DEMO_MODELS", "MemoryBudget", "ModelSpec", "Settings", "load_settings"]
-
-TASKS = ("classify", "detect", "segment")
+__all__ = [
+    "DEMO_MODELS",
+    "MemoryBudget",
+    "ModelConfigFile",
+    "ModelSpec",
+    "Settings",
+]
 
 MiB = 1024 * 1024
 # The worst-case memory model (docs/reliability.md "Memory budget"; tests/deploy ties it to the
@@ -43,7 +37,7 @@ BODY_COPIES = 3
 # an OIP tensor's rank; its element count is capped by max_images_per_request
 MAX_TENSOR_RANK = 8
 
-_CONFIG_FILE: ContextVar[Path | None] = ContextVar("sepvit_config_file", default=None)
+LogLevel = Literal["debug", "info", "warning", "error", "critical"]
 
 
 class ModelSpec(BaseModel):
@@ -53,8 +47,8 @@ class ModelSpec(BaseModel):
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     checkpoint: Path
-    task: Literal["classify", "detect", "segment"] | None = None  # None: from the checkpoint
-    runtime: Literal["eager", "onnxruntime", "tensorrt", "bf16", "int8", "auto"] | None = None
+    task: Task | None = None  # None: from the checkpoint
+    runtime: RuntimeName | None = None
     max_batch_size: int | None = Field(default=None, ge=1, le=256)
     max_delay_ms: float | None = Field(default=None, ge=0, le=10_000)
     adaptive_batching: bool | None = None  # None: the server's adaptive_batching
@@ -62,15 +56,22 @@ class ModelSpec(BaseModel):
     handler: dict[str, Any] = Field(default_factory=dict)  # handlers.PipelineConfig options
     model_config_file: Path | None = None  # default: model-config.yaml beside the checkpoint
 
-    def torchserve_config(self) -> dict[str, Any]:
-        """The ``model-config.yaml`` beside the checkpoint (or the named one), if present."""
-        path = self.model_config_file or self.checkpoint.parent / "model-config.yaml"
-        if not path.is_file():
-            return {}
-        data = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a mapping")
-        return data
+
+class ModelConfigFile(BaseModel):
+    """What the gateway reads from a model's TorchServe-style ``model-config.yaml``: the batch
+    settings (which fill in what the model entry leaves unset) and the handler options. The
+    other keys are TorchServe's own."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    batch_size: int | None = Field(default=None, ge=1, le=256, alias="batchSize")
+    max_batch_delay_ms: float | None = Field(default=None, ge=0, le=10_000, alias="maxBatchDelay")
+    handler: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("handler", mode="before")
+    @classmethod
+    def _handler(cls, v: Any) -> Any:
+        return {} if v is None else v  # an empty ``handler:`` section
 
 
 def _demo(name: str, task: str) -> ModelSpec:
@@ -93,16 +94,26 @@ class Settings(BaseSettings):
     )
 
     # network
-    host: str = "127.0.0.1"
-    port: int = Field(default=8000, ge=0, le=65535)
-    grpc_port: int | None = Field(default=8001, ge=0, le=65535)  # None: no gRPC server
-    workers: int = Field(default=1, ge=1, le=64)
+    host: str = Field(default="127.0.0.1", description="bind address")
+    port: int = Field(default=8000, ge=0, le=65535, description="HTTP port")
+    grpc_port: int | None = Field(
+        default=8001, ge=0, le=65535, description="gRPC port, or null for none"
+    )
+    workers: int = Field(default=1, ge=1, le=64, description="worker processes")
     # models and backend
-    backend: Literal["embedded", "torchserve"] = "embedded"
+    backend: Literal["embedded", "torchserve"] = Field(
+        default="embedded",
+        description="embedded (in-process pipelines) or torchserve (forward to TorchServe)",
+    )
     models: list[ModelSpec] = Field(default_factory=lambda: [m.model_copy() for m in DEMO_MODELS])
-    models_file: Path | None = None
+    models_file: Path | None = Field(
+        default=None,
+        description="YAML model list (name, checkpoint, task, runtime, batching)",
+    )
     require_all_models: bool = True  # server readiness needs every model, else any one
-    torch_threads: int = Field(default=1, ge=0)  # intra-op threads; 0 leaves torch's default
+    torch_threads: int = Field(
+        default=1, ge=0, description="intra-op threads per worker (0: torch's default)"
+    )
     warmup: bool = True
     # batching defaults (per model overrides in ModelSpec)
     max_batch_size: int = Field(default=8, ge=1, le=256)
@@ -138,14 +149,18 @@ class Settings(BaseSettings):
     drain_delay_s: float = Field(default=0.0, ge=0)  # readiness false this long before closing
     shutdown_grace_s: float = Field(default=30.0, ge=0)
     # logging
-    log_level: str = "info"
+    log_level: LogLevel = Field(default="info", description="log level")
     log_json: bool = True
     # torchserve backend: TorchServe's gRPC inference address, its inference key (or the file
     # holding it: TorchServe's key_file.json, re-read when it changes), per-call timeout, health
     # check period, and gateway model name -> TorchServe model name (default: the same name)
-    torchserve_address: str = "127.0.0.1:7070"
+    torchserve_address: str = Field(
+        default="127.0.0.1:7070", description="TorchServe gRPC inference address"
+    )
     torchserve_token: SecretStr | None = None
-    torchserve_token_file: Path | None = None
+    torchserve_token_file: Path | None = Field(
+        default=None, description="TorchServe's key_file.json (or a file holding its inference key)"
+    )
     torchserve_timeout_s: float = Field(default=30.0, gt=0)
     torchserve_health_interval_s: float = Field(default=2.0, gt=0, le=300)
     torchserve_models: dict[str, str] = Field(default_factory=dict)
@@ -159,28 +174,16 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        path = _CONFIG_FILE.get()
-        if path is None:
-            return (init_settings, env_settings)
-        return (init_settings, env_settings, YamlConfigSettingsSource(settings_cls, path))
+        """Keyword arguments, then the environment (files: :mod:`service.loader`)."""
+        return (init_settings, env_settings)
 
-    @field_validator("log_level")
+    @field_validator("log_level", mode="before")
     @classmethod
-    def _level(cls, v: str) -> str:
-        if v.lower() not in ("debug", "info", "warning", "error", "critical"):
-            raise ValueError(f"unknown log level {v!r}")
-        return v.lower()
+    def _level(cls, v: Any) -> Any:
+        return v.lower() if isinstance(v, str) else v
 
     @model_validator(mode="after")
     def _models(self) -> Settings:
-        if self.models_file is not None:
-            data = yaml.safe_load(self.models_file.read_text())
-            if isinstance(data, dict):
-                data = data.get("models")
-            if not isinstance(data, list):
-                raise ValueError(f"{self.models_file}: expected a list of models")
-            self.models = [ModelSpec.model_validate(m) for m in data]
-            self.models_file = None
         names = [m.name for m in self.models]
         if len(set(names)) != len(names):
             raise ValueError(f"duplicate model names in {names}")
@@ -195,15 +198,6 @@ class Settings(BaseSettings):
         bodies = self.max_concurrent_requests * self.max_body_bytes * BODY_COPIES
         return MemoryBudget(baseline=BASELINE_BYTES, bodies=bodies, images=images)
 
-    def tokens(self) -> list[bytes]:
-        """Accepted bearer tokens (settings plus the token file), as bytes."""
-        out = [t.get_secret_value().encode() for t in self.auth_tokens]
-        if self.auth_token_file is not None:
-            for line in self.auth_token_file.read_text().splitlines():
-                if line.strip():
-                    out.append(line.strip().encode())
-        return [t for t in out if t]
-
 
 class MemoryBudget(BaseModel):
     baseline: int
@@ -213,13 +207,3 @@ class MemoryBudget(BaseModel):
     @property
     def total(self) -> int:
         return self.baseline + self.bodies + self.images
-
-
-def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
-    """Build :class:`Settings` from keyword overrides, the environment and a YAML file."""
-    path = config_file or os.environ.get("SEPVIT_CONFIG_FILE")
-    token = _CONFIG_FILE.set(Path(path) if path else None)
-    try:
-        return Settings(**{k: v for k, v in overrides.items() if v is not None})
-    finally:
-        _CONFIG_FILE.reset(token)

@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from ..registry import TASKS
 from ..train import TrainConfig, train
 
 
@@ -16,7 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="sepvit-train",
         description="Train on SepViT-Shapes. Re-running with the same --output resumes.",
     )
-    p.add_argument("--task", choices=("classify", "detect", "segment"), default=d.task)
+    p.add_argument("--task", choices=TASKS, default=d.task)
     p.add_argument("--model", default=d.model)
     p.add_argument(
         "--head",

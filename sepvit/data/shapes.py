@@ -32,6 +32,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from ..registry import TASKS
+
 __all__ = [
     "CLASSES",
     "SPLIT_SEEDS",
@@ -53,7 +55,6 @@ CLASSES: tuple[str, ...] = (
     "pentagon",
 )
 SPLIT_SEEDS = {"train": 1_000, "val": 2_000, "test": 3_000}
-TASKS = ("classify", "detect", "segment")
 # scene recipes: 1 the original (near-mean backgrounds; the own splits' figures), 2 domain
 # randomisation (sepvit.data.randomised). A style never changes once published.
 STYLES = (1, 2)

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .base import Backend, ModelInfo, ModelState
+from .base import Backend, ModelInfo, ModelState, ServedModel
 
 if TYPE_CHECKING:
     from ..metrics import Metrics
     from ..settings import Settings
 
-__all__ = ["Backend", "ModelInfo", "ModelState", "create_backend"]
+__all__ = ["Backend", "ModelInfo", "ModelState", "ServedModel", "create_backend"]
 
 
 def create_backend(settings: Settings, metrics: Metrics) -> Backend:
@@ -22,7 +22,7 @@ def create_backend(settings: Settings, metrics: Metrics) -> Backend:
 
         return EmbeddedBackend(settings, metrics)
     if settings.backend == "torchserve":
-        from .torchserve import TorchServeBackend
+        from ..torchserve.backend import TorchServeBackend
 
         return TorchServeBackend(settings, metrics)
     raise ValueError(f"unknown backend {settings.backend!r}")

@@ -19,7 +19,7 @@ import io
 import logging
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -28,14 +28,13 @@ import torch
 from PIL import Image
 
 from handlers.decode import PixelBudget
-from handlers.errors import DECODE_KINDS, PipelineError
 from handlers.pipeline import Pipeline, PipelineConfig
-from sepvit import load_model
+from sepvit import load_model, model_config
 
 from ..batcher import DynamicBatcher
 from ..metrics import Metrics
 from ..settings import ModelSpec, Settings
-from .base import Backend, ModelInfo, ModelState
+from .base import Backend, ModelState, Params, ServedModel
 
 __all__ = ["EmbeddedBackend", "TimedPipeline"]
 
@@ -102,46 +101,33 @@ def _warmup_image(hw: tuple[int, int]) -> bytes:
     return buf.getvalue()
 
 
-class _Model:
-    def __init__(self, spec: ModelSpec, settings: Settings) -> None:
-        self.spec = spec
-        ts = spec.torchserve_config() if spec.checkpoint.parent.is_dir() else {}
-        self.ts_config = ts
-        self.max_batch_size = int(
-            spec.max_batch_size or ts.get("batchSize") or settings.max_batch_size
+class _Model(ServedModel):
+    def __init__(self, spec: ModelSpec, settings: Settings, metrics: Metrics) -> None:
+        super().__init__(
+            spec,
+            settings,
+            metrics,
+            default_batch_size=settings.max_batch_size,
+            default_delay_ms=settings.max_delay_ms,
         )
-        delay = spec.max_delay_ms if spec.max_delay_ms is not None else ts.get("maxBatchDelay")
-        self.max_delay_ms = float(delay if delay is not None else settings.max_delay_ms)
-        self.max_queue = int(spec.max_queue or settings.max_queue)
-        adaptive = spec.adaptive_batching
-        self.adaptive = settings.adaptive_batching if adaptive is None else adaptive
-        self.info = ModelInfo(
-            name=spec.name,
-            task=spec.task,
-            runtime=spec.runtime,
-            batching={
-                "max_batch_size": self.max_batch_size,
-                "max_delay_ms": self.max_delay_ms,
-                "adaptive": self.adaptive,
-                "pipelining": settings.pipelining,
-                "max_queue": self.max_queue,
-            },
-        )
+        self.info.batching = {
+            "max_batch_size": self.max_batch_size,
+            "max_delay_ms": self.max_delay_ms,
+            "adaptive": self.adaptive,
+            "pipelining": settings.pipelining,
+            "max_queue": self.max_queue,
+        }
         self.pipeline: TimedPipeline | None = None
         self.batcher: DynamicBatcher | None = None
         self.restarts = 0
 
 
-class EmbeddedBackend(Backend):
+class EmbeddedBackend(Backend[_Model]):
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
-        self.settings = settings
-        self.metrics = metrics
-        self._models = {s.name: _Model(s, settings) for s in settings.models}
+        super().__init__(settings, metrics, _Model)
         self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-load")
         self._tasks: list[asyncio.Task[None]] = []
         self.budget = PixelBudget(settings.max_pixels)
-        for name in self._models:
-            metrics.model_ready.labels(name).set(0)
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
@@ -157,9 +143,8 @@ class EmbeddedBackend(Backend):
         try:
             pipe = await loop.run_in_executor(self._loader, self._build, m)
         except Exception as exc:
-            m.info.state = ModelState.FAILED
-            m.info.error = str(exc) or type(exc).__name__
-            log.error("model %s failed to load: %s", m.spec.name, m.info.error)
+            m.set_state(ModelState.FAILED, str(exc) or type(exc).__name__)
+            log.error("model %s failed to load: %s", m.name, m.info.error)
             return
         m.pipeline = pipe
         run, prepare = self._runner(m, pipe)
@@ -178,9 +163,7 @@ class EmbeddedBackend(Backend):
             on_hang=lambda reason: self._hung(m, reason),
         )
         m.batcher.start()
-        m.info.state = ModelState.READY
-        m.info.error = None
-        self.metrics.model_ready.labels(m.spec.name).set(1)
+        m.set_state(ModelState.READY)
         log.info(
             "model %s ready (%s, runtime %s) in %.1f s",
             m.spec.name,
@@ -191,15 +174,15 @@ class EmbeddedBackend(Backend):
 
     def _hung(self, m: _Model, reason: str) -> None:
         """The watchdog found a hung batch: not ready at once, then rebuild (or stay failed)."""
-        self.metrics.model_ready.labels(m.spec.name).set(0)
         m.batcher = None
         if m.restarts >= self.settings.watchdog_restarts:
-            m.info.state = ModelState.FAILED
-            m.info.error = f"{reason}; not restarted ({m.restarts} restarts already)"
+            m.set_state(
+                ModelState.FAILED, f"{reason}; not restarted ({m.restarts} restarts already)"
+            )
             return
         m.restarts += 1
-        m.info.state = ModelState.LOADING
-        m.info.error = f"restart {m.restarts} of {self.settings.watchdog_restarts} after: {reason}"
+        limit = self.settings.watchdog_restarts
+        m.set_state(ModelState.LOADING, f"restart {m.restarts} of {limit} after: {reason}")
         log.warning("model %s: %s", m.spec.name, m.info.error)
         self._tasks.append(asyncio.get_running_loop().create_task(self._load(m)))
 
@@ -210,10 +193,9 @@ class EmbeddedBackend(Backend):
                 f"checkpoint {spec.checkpoint} not found (the demo models come from "
                 "`make models`; or configure other models)"
             )
-        model = load_model(spec.checkpoint, task=spec.task)  # native or OpenMMLab
-        handler: dict[str, Any] = {**(m.ts_config.get("handler") or {}), **spec.handler}
-        if spec.runtime:
-            handler["runtime"] = spec.runtime
+        model = load_model(spec.checkpoint)  # native or OpenMMLab
+        m.check_task(model_config(model)["task"])
+        handler = dict(m.handler)
         limits = dict(handler.pop("limits", None) or {})
         limits.setdefault("max_bytes", self.settings.max_body_bytes)
         limits.setdefault("max_pixels", self.settings.max_pixels)
@@ -225,31 +207,21 @@ class EmbeddedBackend(Backend):
         if self.settings.warmup:
             pipe.handle([_warmup_image(pipe.input_size)])
             pipe.take_phases()
-        m.info.task = pipe.task
-        m.info.labels = pipe.labels
+        m.describe(pipe.task, pipe.labels, pipe.input_size)
         m.info.runtime = pipe.runtime.name
         m.info.runtime_info = pipe.runtime_info
         self.metrics.model_runtime.labels(
-            m.spec.name, pipe.runtime.name, pipe.runtime_info["requested"]
+            m.name, pipe.runtime.name, pipe.runtime_info["requested"]
         ).set(pipe.runtime_info.get("img_per_s") or 0)
-        m.info.input_size = list(pipe.input_size)
         return pipe
 
     def _runner(self, m: _Model, pipe: TimedPipeline) -> tuple[Any, Any]:
         """The batcher's ``run`` and ``prepare``: with pipelining, ``pipe.prepare`` is the first
-        stage and ``run`` takes its result; without, ``run`` answers the whole batch."""
-        name, task, metrics = m.spec.name, pipe.task, self.metrics
+        stage and ``run`` takes its result; without, ``run`` answers the whole batch. Each
+        batch's images are counted on its thread."""
 
         def record(results: list[Any]) -> list[Any]:
-            errors = sum(isinstance(r, Exception) for r in results)
-            decode_errors = sum(
-                isinstance(r, PipelineError) and r.kind in DECODE_KINDS for r in results
-            )
-            if errors:
-                metrics.images.labels(name, task, "error").inc(errors)
-            if decode_errors:
-                metrics.decode_errors.labels(name).inc(decode_errors)
-            metrics.images.labels(name, task, "ok").inc(len(results) - errors)
+            m.record(results)
             return results
 
         if self.settings.pipelining:
@@ -262,25 +234,12 @@ class EmbeddedBackend(Backend):
         batchers = [m.batcher for m in self._models.values() if m.batcher is not None]
         await asyncio.gather(*(b.stop(timeout) for b in batchers))
         for m in self._models.values():
-            if m.info.state is ModelState.READY:
-                m.info.state = ModelState.UNAVAILABLE
-            self.metrics.model_ready.labels(m.spec.name).set(0)
+            m.stopped()
         self._loader.shutdown(wait=False, cancel_futures=True)
 
     # -- requests ----------------------------------------------------------------------------
-    def models(self) -> list[ModelInfo]:
-        return [m.info for m in self._models.values()]
-
-    async def infer(
-        self,
-        model: str,
-        payloads: Sequence[bytes],
-        params: Sequence[Mapping[str, Any] | None],
-        deadline: float,
+    async def execute(
+        self, m: _Model, payloads: Sequence[bytes], params: Params, deadline: float
     ) -> list[Any]:
-        m = self._models.get(model)
-        self._servable(
-            model, m.info if m else None, m is not None and m.batcher is not None, self.metrics
-        )
-        assert m is not None and m.batcher is not None
+        assert m.batcher is not None  # a ready model has one (set before READY, unset with it)
         return await m.batcher.submit(payloads, params, deadline)

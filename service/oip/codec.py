@@ -35,9 +35,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from handlers.errors import TooManyImagesError
+from handlers.params import PARAM_KEYS
 
 from ..dataplane import OUTPUT_NAME, InferenceRequest, InferenceResponse, encode_result
 from ..errors import BadRequestError
+from ..schemas import BinaryData, InferResponse, OutputTensor
 from ..settings import MAX_TENSOR_RANK
 from . import grpc_service_pb2 as pb
 
@@ -49,8 +51,6 @@ __all__ = [
     "rest_request",
     "rest_response",
 ]
-
-PARAM_KEYS = ("top_k", "score_threshold", "max_detections", "format")
 
 
 def encode_bytes_tensor(items: Iterable[bytes]) -> bytes:
@@ -224,18 +224,19 @@ def _result_elements(resp: InferenceResponse) -> list[bytes]:
 def rest_response(
     resp: InferenceResponse, binary: bool, request_id: str | None
 ) -> tuple[bytes, int | None]:
-    """The REST infer body, and the JSON header's length when binary data follows it."""
+    """The REST infer body (:class:`~service.schemas.InferResponse`), and the JSON header's
+    length when binary data follows it."""
     elements = _result_elements(resp)
-    out: dict[str, Any] = {"name": OUTPUT_NAME, "datatype": "BYTES", "shape": [len(elements)]}
-    doc: dict[str, Any] = {"model_name": resp.model, "model_version": "1", "outputs": [out]}
+    out = OutputTensor(name=OUTPUT_NAME, datatype="BYTES", shape=[len(elements)])
+    doc = InferResponse(model_name=resp.model, model_version="1", outputs=[out])
     if request_id is not None:
-        doc["id"] = request_id
+        doc.id = request_id
     if not binary:
-        out["data"] = [e.decode() for e in elements]
-        return json.dumps(doc).encode(), None
+        out.data = [e.decode() for e in elements]
+        return doc.model_dump_json(exclude_unset=True).encode(), None
     raw = encode_bytes_tensor(elements)
-    out["parameters"] = {"binary_data_size": len(raw)}
-    head = json.dumps(doc).encode()
+    out.parameters = BinaryData(binary_data_size=len(raw))
+    head = doc.model_dump_json(exclude_unset=True).encode()
     return head + raw, len(head)
 
 

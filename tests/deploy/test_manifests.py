@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 import yaml
 
-from handlers.archive import validate_config
 from service.cli import _parser
 from service.settings import Settings
+from service.torchserve.archive import validate_config
 
 from .conftest import ROOT, Rendered, dockerfile_entrypoint, properties
 
@@ -107,7 +107,7 @@ def test_gateway_settings_load_from_the_rendered_pod(
             token.write_text("t0\n")
             value = str(token)
         monkeypatch.setenv(var, value)
-    from service.settings import load_settings
+    from service.loader import load_settings
 
     s = load_settings(
         host=args.host,
@@ -282,7 +282,7 @@ def test_archive_init_containers(renders: dict[str, Rendered], name: str) -> Non
     models = yaml.safe_load(r.configmap_data("-models")["models.yaml"])["models"]
     assert len(inits) == len(models)
     pyproject = (ROOT / "pyproject.toml").read_text()
-    assert 'sepvit-archive = "handlers.archive:main"' in pyproject
+    assert 'sepvit-archive = "service.torchserve.archive:main"' in pyproject
     store = next(m for m in spec["containers"][0]["volumeMounts"] if m["name"] == "model-store")
     for init, model in zip(inits, models, strict=True):
         assert init["command"] == ["sepvit-archive"]

@@ -8,7 +8,8 @@ from pathlib import Path
 import yaml
 
 from handlers.decode import DECODE_BYTES_PER_PIXEL
-from service.settings import MiB, load_settings
+from service.loader import load_settings
+from service.settings import MiB
 
 CHART = Path(__file__).resolve().parents[2] / "k8s/helm/sepvit-serving"
 UNITS = {"Ki": 1024, "Mi": MiB, "Gi": 1024 * MiB}

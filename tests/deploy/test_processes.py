@@ -11,9 +11,7 @@ SIGTERM with the rendered drain delay.
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,12 +22,13 @@ from typing import Any
 
 import httpx
 import pytest
-import torch
 import yaml
 
-from handlers.archive import main as archive_main
 from sepvit import create_model, save_checkpoint
 from sepvit.data.shapes import CLASSES
+from service.processes import ServerProcess, child_env, free_port
+from service.torchserve.archive import main as archive_main
+from tests.service.conftest import tiny_models
 
 from .conftest import Rendered, dockerfile_entrypoint, properties
 from .test_manifests import env_of, gateway, pod_spec, torchserve
@@ -38,70 +37,6 @@ pytestmark = pytest.mark.integration
 
 BIN = Path(sys.executable).parent
 STARTUP_S = 180.0
-ROOT = Path(__file__).resolve().parents[2]
-needs_torchserve_backend = pytest.mark.skipif(
-    not (ROOT / "service" / "backends" / "torchserve.py").is_file(),
-    reason="the gateway's torchserve backend is not in this tree",
-)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def base_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SEPVIT_")}
-    env.update(OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE", PYTHONUNBUFFERED="1")
-    return env
-
-
-@dataclass
-class Proc:
-    proc: subprocess.Popen[bytes]
-    log: Path
-
-    def tail(self) -> str:
-        return self.log.read_text(errors="replace")[-4000:]
-
-    def stop(self, group: bool = False) -> int:
-        if self.proc.poll() is None:
-            if group:  # like tini -g: the whole process group
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            else:
-                self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                if group:
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.kill()
-                self.proc.wait(10)
-        return int(self.proc.returncode)
-
-
-def start(argv: list[str], cwd: Path, env: dict[str, str], log: Path, group: bool = False) -> Proc:
-    with log.open("wb") as out:
-        p = subprocess.Popen(
-            argv, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=group
-        )
-    return Proc(p, log)
-
-
-def wait_http(proc: Proc, url: str, ok: tuple[int, ...], timeout: float = STARTUP_S) -> int:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if proc.proc.poll() is not None:
-            raise AssertionError(f"{proc.proc.args[0]} exited:\n{proc.tail()}")
-        try:
-            code = httpx.get(url, timeout=2).status_code
-            if code in ok:
-                return code
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.25)
-    raise AssertionError(f"{url} did not answer {ok} in {timeout} s:\n{proc.tail()}")
 
 
 @pytest.fixture(scope="module")
@@ -109,41 +44,17 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The images' working directory: model_store/<name>/model.safetensors for the demo models
     (tiny random weights, 64 px) beside the repository's model-config.yaml files."""
     root = tmp_path_factory.mktemp("image")
-    torch.manual_seed(0)
-    head = {"fpn_channels": 16, "head_channels": 16}
-    labels = list(CLASSES)
-    models = {
-        "sepvit_lite_shapes_cls": create_model(
-            "sepvit_lite", num_classes=8, img_size=64, label_names=labels
-        ),
-        "sepvit_lite_shapes_det": create_model(
-            "sepvit_lite",
-            task="detect",
-            num_classes=8,
-            img_size=64,
-            label_names=labels,
-            head_convs=1,
-            **head,
-        ),
-        "sepvit_lite_shapes_seg": create_model(
-            "sepvit_lite",
-            task="segment",
-            num_classes=9,
-            img_size=64,
-            label_names=["background", *labels],
-            **head,
-        ),
-        "sepvit_lite_shapes_inst": create_model(
-            "sepvit_lite",
-            task="detect",
-            head="mask_rcnn",
-            num_classes=8,
-            img_size=64,
-            label_names=labels,
-            fpn_channels=16,
-            fc_channels=32,
-        ),
-    }
+    models = {f"sepvit_lite_shapes_{k}": m for k, m in tiny_models().items()}
+    models["sepvit_lite_shapes_inst"] = create_model(  # the Mask R-CNN demo's stand-in
+        "sepvit_lite",
+        task="detect",
+        head="mask_rcnn",
+        num_classes=8,
+        img_size=64,
+        label_names=list(CLASSES),
+        fpn_channels=16,
+        fc_channels=32,
+    )
     for name, model in models.items():
         d = root / "model_store" / name
         d.mkdir(parents=True)
@@ -159,7 +70,7 @@ def mount_configmap(data: dict[str, str], etc: Path) -> None:
 
 @dataclass
 class TorchServe:
-    proc: Proc
+    proc: ServerProcess
     http: int
     grpc: int
     cwd: Path
@@ -209,16 +120,16 @@ def torchserve_pod(
     argv = dockerfile_entrypoint("torchserve")[3:] + c["args"]  # tini -g -- is the group kill
     argv = [str(conf) if a == "/etc/torchserve/config.properties" else a for a in argv]
     argv[0] = str(BIN / argv[0])
-    env = base_env()
+    env = child_env(OMP_NUM_THREADS="1")
     env.update(TEMP=str(tmp), LOG_LOCATION=str(logs), METRICS_LOCATION=str(logs))
     cwd = tmp / "home"
     cwd.mkdir()
-    proc = start(argv, cwd, env, tmp / "torchserve.log", group=True)
+    proc = ServerProcess.launch(argv, cwd, env, tmp / "torchserve.log", group=True)
     ts = TorchServe(proc, ports["http"], ports["grpc"], cwd)
     try:
         yield ts
     finally:
-        proc.stop(group=True)
+        proc.stop(60)
 
 
 def test_torchserve_pod_answers_its_probes(
@@ -226,7 +137,9 @@ def test_torchserve_pod_answers_its_probes(
 ) -> None:
     c = pod_spec(torchserve(renders["helm-default"]))["containers"][0]
     path = c["readinessProbe"]["httpGet"]["path"]
-    wait_http(torchserve_pod.proc, f"http://127.0.0.1:{torchserve_pod.http}{path}", (200,))
+    torchserve_pod.proc.wait_http(
+        f"http://127.0.0.1:{torchserve_pod.http}{path}", (200,), timeout=STARTUP_S
+    )
     # token auth is off in the cluster config: no key file is written (the root filesystem is
     # read-only there) and a request without a key reaches the handler
     assert not (torchserve_pod.cwd / "key_file.json").exists()
@@ -252,12 +165,12 @@ def gateway_argv(c: dict[str, Any], etc: Path) -> tuple[list[str], dict[str, int
 
 def start_gateway_pod(
     r: Rendered, workdir: Path, tmp: Path, env_over: dict[str, str] | None = None
-) -> tuple[Proc, dict[str, Any], dict[str, int], dict[str, str]]:
+) -> tuple[ServerProcess, dict[str, Any], dict[str, int], dict[str, str]]:
     c = pod_spec(gateway(r))["containers"][0]
     etc = tmp / "etc-sepvit"
     mount_configmap(r.configmap_data("-models"), etc)
     argv, ports = gateway_argv(c, etc)
-    env = base_env()
+    env = child_env(OMP_NUM_THREADS="1")
     rendered_env = env_of(c)
     for var, value in rendered_env.items():
         if var == "SEPVIT_AUTH_TOKEN_FILE":
@@ -267,7 +180,7 @@ def start_gateway_pod(
             value = str(token)
         env[var] = value
     env.update(env_over or {})
-    proc = start(argv, workdir, env, tmp / "gateway.log")
+    proc = ServerProcess.launch(argv, workdir, env, tmp / "gateway.log")
     return proc, c, ports, {**rendered_env, **{k: env[k] for k in rendered_env}}
 
 
@@ -282,11 +195,10 @@ def run_exec_probe(c: dict[str, Any], kind: str, env: dict[str, str], port: int)
     cmd[2] = cmd[2].replace(f"127.0.0.1:{rendered_port}/", f"127.0.0.1:{port}/")
     cmd[0] = sys.executable
     return subprocess.run(
-        cmd, env={**base_env(), **env}, capture_output=True, timeout=30
+        cmd, env={**child_env(OMP_NUM_THREADS="1"), **env}, capture_output=True, timeout=30
     ).returncode
 
 
-@needs_torchserve_backend
 def test_gateway_pod_with_torchserve_backend_becomes_ready(
     renders: dict[str, Rendered], workdir: Path, torchserve_pod: TorchServe, tmp_path: Path
 ) -> None:
@@ -297,13 +209,13 @@ def test_gateway_pod_with_torchserve_backend_becomes_ready(
     proc, c, ports, env = start_gateway_pod(r, workdir, tmp_path, address)
     try:
         for kind in ("startupProbe", "livenessProbe"):
-            wait_http(proc, probe_url(c, kind, ports), (200,), timeout=60)
-        wait_http(proc, probe_url(c, "readinessProbe", ports), (200,))
+            proc.wait_http(probe_url(c, kind, ports), (200,), timeout=60)
+        proc.wait_http(probe_url(c, "readinessProbe", ports), (200,), timeout=STARTUP_S)
         # the helm test hook's script, against this gateway
         (pod,) = r.of_kind("Pod")
         hook = pod["spec"]["containers"][0]
         hook_env = {
-            **base_env(),
+            **child_env(OMP_NUM_THREADS="1"),
             **env_of(hook),
             "GATEWAY_URL": f"http://127.0.0.1:{ports['http']}",
         }
@@ -346,7 +258,7 @@ def test_embedded_gateway_pod_answers_its_probes(
     try:
         assert "--no-grpc" in c["args"]
         for kind in ("startupProbe", "livenessProbe", "readinessProbe"):
-            wait_http(proc, probe_url(c, kind, ports), (200,))
+            proc.wait_http(probe_url(c, kind, ports), (200,), timeout=STARTUP_S)
         body = httpx.get(f"http://127.0.0.1:{ports['http']}/models", timeout=10).json()
         served = {m["name"] for m in body["models"]}  # the ConfigMap's models file
         assert served == {
@@ -357,7 +269,6 @@ def test_embedded_gateway_pod_answers_its_probes(
         proc.stop()
 
 
-@needs_torchserve_backend
 def test_gateway_pod_with_auth_runs_its_exec_probe(
     renders: dict[str, Rendered], workdir: Path, tmp_path: Path
 ) -> None:
@@ -367,7 +278,7 @@ def test_gateway_pod_with_auth_runs_its_exec_probe(
     closed = {"SEPVIT_TORCHSERVE_ADDRESS": f"127.0.0.1:{free_port()}", "SEPVIT_DRAIN_DELAY_S": "0"}
     proc, c, ports, env = start_gateway_pod(r, workdir, tmp_path, closed)
     try:
-        wait_http(proc, probe_url(c, "livenessProbe", ports), (200,), timeout=60)
+        proc.wait_http(probe_url(c, "livenessProbe", ports), (200,), timeout=60)
         ready = f"http://127.0.0.1:{ports['http']}/v2/health/ready"
         assert httpx.get(ready, timeout=5).status_code == 401  # the route is protected
         # the exec probe authenticates; readiness is false while TorchServe is unreachable

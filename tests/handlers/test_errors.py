@@ -12,16 +12,13 @@ import handlers
 from handlers.errors import ErrorKind, PipelineError
 
 HANDLERS = Path(handlers.__file__).parent
-# the TorchServe entry point is a transport adapter: it answers TorchServe's HTTP statuses, from
-# service.errors (shipped in the archive)
-ADAPTERS = {"torchserve_handler.py", "torchserve_grpc.py"}
 TRANSPORTS = ("grpc", "fastapi", "starlette", "http", "service", "httpx")
 # a status number or gRPC code in code, e.g. `http_status = 413`, `"INVALID_ARGUMENT"`
 STATUS_WORDS = re.compile(r"http_status|grpc_code|status_code|StatusCode|INVALID_ARGUMENT")
 
 
 def _modules() -> list[Path]:
-    return sorted(p for p in HANDLERS.rglob("*.py") if p.name not in ADAPTERS)
+    return sorted(HANDLERS.rglob("*.py"))
 
 
 @pytest.mark.parametrize("path", _modules(), ids=lambda p: p.name)

@@ -33,8 +33,9 @@ from handlers.pipeline import Pipeline, PipelineConfig
 from sepvit import create_model, save_checkpoint
 from sepvit.checkpoint import read_metadata
 from sepvit.data.shapes import CLASSES
-from tests.service.conftest import Gateway, start_gateway
-from tests.torchserve_process import STORE, TorchServeProcess, build_archives, require_torchserve
+from service.processes import GatewayProcess
+from service.torchserve.process import STORE, TorchServeProcess, build_archives
+from tests.service.conftest import start_gateway
 
 pytestmark = pytest.mark.integration
 
@@ -62,7 +63,7 @@ CORRUPT = IMAGE_A[: len(IMAGE_A) // 3]
 @dataclass
 class Stack:
     torchserve: TorchServeProcess
-    gateways: dict[str, Gateway]
+    gateways: dict[str, GatewayProcess]
     checkpoints: dict[str, Path]
     pipelines: dict[str, Pipeline]
 
@@ -142,8 +143,7 @@ def _pipeline(checkpoint: Path) -> Pipeline:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    require_torchserve()
+def stack(tmp_path_factory: pytest.TempPathFactory, torchserve_required: None) -> Iterator[Stack]:
     base = tmp_path_factory.mktemp("gateway_torchserve")
     ckpts = _checkpoints(base / "models")
     store = build_archives(
@@ -152,7 +152,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     )
     ts = TorchServeProcess(base / "ts", store, list(TS_NAMES.values()))
     models = [{"name": n, "checkpoint": str(p)} for n, p in ckpts.items()]
-    gateways: dict[str, Gateway] = {}
+    gateways: dict[str, GatewayProcess] = {}
     try:
         with ThreadPoolExecutor(2) as pool:  # TorchServe and the embedded gateway load together
             started = pool.submit(ts.start)

@@ -27,7 +27,6 @@ import pytest
 
 from sepvit.data.shapes import CLASSES
 from tests.docs.readme_blocks import ROOT, clean_copy, section_block
-from tests.torchserve_process import require_torchserve
 
 pytestmark = pytest.mark.integration
 
@@ -71,8 +70,7 @@ def _path() -> str:
     return f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin"
 
 
-def test_readme_torchserve_commands_as_written(tmp_path: Path) -> None:
-    require_torchserve()
+def test_readme_torchserve_commands_as_written(tmp_path: Path, torchserve_required: None) -> None:
     if not (ROOT / ".venv" / "bin" / "torchserve").is_file():
         pytest.fail("run through `make test`: the README's commands use .venv/bin/")
     if not netns_available():

@@ -21,7 +21,7 @@ from PIL import Image
 from handlers.outputs import rle_decode
 from sepvit.data.shapes import CLASSES, ShapesDataset, render_scene
 from sepvit.ops.boxes import box_iou
-from tests.torchserve_process import STORE, TorchServeProcess, build_archives, require_torchserve
+from service.torchserve.process import STORE, TorchServeProcess, build_archives
 
 pytestmark = pytest.mark.integration
 
@@ -39,8 +39,9 @@ def _png(arr: np.ndarray) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def torchserve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TorchServeProcess]:
-    require_torchserve()
+def torchserve(
+    tmp_path_factory: pytest.TempPathFactory, torchserve_required: None
+) -> Iterator[TorchServeProcess]:
     missing = [n for n in MODELS.values() if not (STORE / n / "model.safetensors").is_file()]
     if missing:
         pytest.skip(f"demo checkpoints not built: {missing} (run `make models`)")
@@ -211,7 +212,7 @@ def test_rest_answers_are_right(torchserve: TorchServeProcess) -> None:
 def test_grpc_predictions(torchserve: TorchServeProcess, tmp_path: Path) -> None:
     import grpc
 
-    from handlers.torchserve_grpc import load_stubs
+    from tests.torchserve_grpc import load_stubs
 
     pb, pb_grpc = load_stubs(tmp_path / "proto")
     meta = [("authorization", f"Bearer {torchserve.token}")]

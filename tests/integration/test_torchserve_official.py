@@ -21,9 +21,9 @@ from handlers.outputs import rle_decode
 from handlers.pipeline import Pipeline
 from sepvit import load_model
 from sepvit.presets import ADE20K_CLASSES, COCO_CLASSES
+from service.torchserve.process import TorchServeProcess, build_archives
 from tests.golden import assert_same_detections, load_golden, openmmlab_checkpoint
 from tests.service.conftest import png
-from tests.torchserve_process import TorchServeProcess, build_archives, require_torchserve
 
 pytestmark = pytest.mark.integration
 
@@ -45,9 +45,8 @@ def official(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def torchserve(
-    official: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+    official: dict[str, Path], tmp_path_factory: pytest.TempPathFactory, torchserve_required: None
 ) -> Iterator[TorchServeProcess]:
-    require_torchserve()
     work = tmp_path_factory.mktemp("torchserve")
     config = work / "model-config.yaml"
     config.write_text(

@@ -10,8 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from service.processes import GatewayProcess
 from tests.service.conftest import (
-    Gateway,
     checkpoints,
     gateway_factory,
     model_entries,
@@ -50,7 +50,7 @@ def metric_sum(text: str, prefix: str) -> float:
 @pytest.fixture(scope="session")
 def gateway(
     checkpoints: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Gateway]:
+) -> Iterator[GatewayProcess]:
     models = model_entries(checkpoints, cls=BATCHING, det=BATCHING, seg=BATCHING, slow=SLOW)
     gw = start_gateway(tmp_path_factory.mktemp("reliability"), models, **LIMITS)
     try:
@@ -60,7 +60,7 @@ def gateway(
 
 
 @pytest.fixture
-def alive(gateway: Gateway) -> Iterator[Gateway]:
+def alive(gateway: GatewayProcess) -> Iterator[GatewayProcess]:
     """The gateway, checked to be alive and ready after the test."""
     yield gateway
     assert gateway.proc.poll() is None, gateway.log.read_text()[-3000:]

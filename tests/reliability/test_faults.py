@@ -23,7 +23,9 @@ import handlers.pipeline
 from bench.loadgen import Request, run_closed_loop, summarize
 from handlers.runtime import Runtime
 from service.app import create_app
-from service.settings import load_settings
+from service.loader import load_settings
+from service.processes import GatewayProcess
+from service.torchserve.process import TorchServeProcess, build_archives
 from tests.service.conftest import ROOT, png, start_gateway
 
 pytestmark = pytest.mark.integration
@@ -84,20 +86,19 @@ def test_runtime_failing_parity_never_becomes_ready(
             assert r.status_code == 200, r.text
 
 
-# -- TorchServe killed under load (skipped until the torchserve backend exists; ~20 s) ------------
+# -- TorchServe killed under load (~20 s) ---------------------------------------------------------
 @pytest.fixture
-def torchserve_stack(checkpoints: dict[str, Path], tmp_path: Path) -> Iterator[tuple[Any, Any]]:
-    pytest.importorskip("service.backends.torchserve", reason="the torchserve backend")
-    tsp = pytest.importorskip("tests.torchserve_process", reason="tests/torchserve_process.py")
-    tsp.require_torchserve()
+def torchserve_stack(
+    checkpoints: dict[str, Path], tmp_path: Path, torchserve_required: None
+) -> Iterator[tuple[TorchServeProcess, GatewayProcess]]:
     config = yaml.safe_load(
         (ROOT / "model_store/sepvit_lite_shapes_cls/model-config.yaml").read_text()
     )
     config["handler"]["runtime"] = "eager"
     cfg = tmp_path / "model-config.yaml"
     cfg.write_text(yaml.safe_dump(config))
-    store = tsp.build_archives({"cls": (checkpoints["cls"], cfg)}, tmp_path / "store")
-    ts = tsp.TorchServeProcess(tmp_path / "ts", store, ["cls"])
+    store = build_archives({"cls": (checkpoints["cls"], cfg)}, tmp_path / "store")
+    ts = TorchServeProcess(tmp_path / "ts", store, ["cls"])
     gw = None
     try:
         ts.start()
@@ -116,7 +117,9 @@ def torchserve_stack(checkpoints: dict[str, Path], tmp_path: Path) -> Iterator[t
         ts.stop()
 
 
-def test_torchserve_killed_mid_load(torchserve_stack: tuple[Any, Any]) -> None:
+def test_torchserve_killed_mid_load(
+    torchserve_stack: tuple[TorchServeProcess, GatewayProcess],
+) -> None:
     """Load on the gateway; TorchServe is SIGKILLed, then started again on the same ports.
     The gateway answers 503 while it is gone (never 500, never a hang), readiness follows it,
     and requests succeed again once it is back, without restarting the gateway."""

@@ -15,7 +15,8 @@ import pytest
 
 from service.oip import grpc_service_pb2 as pb
 from service.oip import grpc_service_pb2_grpc as pb_grpc
-from tests.service.conftest import Gateway, png
+from service.processes import GatewayProcess
+from tests.service.conftest import png
 
 pytestmark = pytest.mark.integration
 
@@ -132,7 +133,7 @@ class Fuzzer:
         return req
 
 
-def test_model_infer_fuzz(gateway: Gateway) -> None:
+def test_model_infer_fuzz(gateway: GatewayProcess) -> None:
     fuzzer = Fuzzer(seed=1234)
     seen: Counter[str] = Counter()
     with grpc.insecure_channel(gateway.grpc_url) as channel:

@@ -25,8 +25,9 @@ from service.metrics import Metrics
 from service.oip import grpc_service_pb2 as pb
 from service.oip import grpc_service_pb2_grpc as pb_grpc
 from service.oip.codec import encode_bytes_tensor
+from service.processes import GatewayProcess
 from service.watchdog import LoopWatch
-from tests.service.conftest import Gateway, model_entries, png
+from tests.service.conftest import model_entries, png
 from tests.service.test_app import make_client, wait_ready
 
 from .conftest import rss_mib
@@ -69,7 +70,7 @@ def _slow_body(port: int, seconds: float) -> tuple[float, bytes]:
 
 
 def test_slow_bodies_and_tokenless_grpc(
-    checkpoints: dict[str, Path], gateway_factory: Callable[..., Gateway]
+    checkpoints: dict[str, Path], gateway_factory: Callable[..., GatewayProcess]
 ) -> None:
     """Auth on, 4 slots, bodies must arrive within 1 s:
     * 8 clients trickling bodies (twice the limit): those holding slots get 408 within 5 s, the
@@ -236,7 +237,7 @@ def test_liveness_fails_when_the_loop_stops_turning() -> None:
 
 
 def test_sigterm_under_mixed_http_and_grpc_load(
-    checkpoints: dict[str, Path], gateway_factory: Callable[..., Gateway]
+    checkpoints: dict[str, Path], gateway_factory: Callable[..., GatewayProcess]
 ) -> None:
     """8 HTTP and 8 gRPC closed-loop clients on the slow model (8 images a request); SIGTERM;
     a 3 s grace period that cannot finish the queue. Every call that reached the server gets an

@@ -15,10 +15,11 @@ import httpx
 import pytest
 
 from handlers.errors import BadParameterError
-from handlers.pipeline import RequestParams
+from handlers.params import RequestParams
 from service.errors import BadRequestError
 from service.oip.codec import _count, _flatten, rest_request
-from tests.service.conftest import Gateway, png
+from service.processes import GatewayProcess
+from tests.service.conftest import png
 
 from .conftest import metric_sum, rss_mib
 from .corpus import CORPUS, Case
@@ -46,7 +47,7 @@ def _status_kib(pid: int, key: str) -> int:
     raise RuntimeError(f"no {key}")
 
 
-def _loop_lag(gateway: Gateway) -> tuple[float, float]:
+def _loop_lag(gateway: GatewayProcess) -> tuple[float, float]:
     """(heartbeats so far, of which late by more than 0.5 s) from the gateway's own
     ``sepvit_event_loop_lag_seconds`` histogram: the loop's heartbeat runs every 0.1 s, so it
     sees every stall, however short the case that caused it."""
@@ -61,7 +62,7 @@ class Probe:
     round trip), the gateway's own heartbeat lag histogram, and its peak RSS (VmHWM, reset at
     the start when the kernel allows; else sampled every 20 ms)."""
 
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: GatewayProcess) -> None:
         self.gateway = gateway
         self.beats0, self.late0 = _loop_lag(gateway)
         self.latencies: list[float] = []
@@ -105,7 +106,7 @@ class Probe:
 
 
 @pytest.fixture(scope="module")
-def probe(gateway: Gateway) -> Iterator[Probe]:
+def probe(gateway: GatewayProcess) -> Iterator[Probe]:
     p = Probe(gateway)
     yield p
     p.stop.set()
@@ -119,14 +120,14 @@ def send(client: httpx.Client, case: Case) -> httpx.Response:
 
 
 @pytest.fixture(scope="module")
-def client(gateway: Gateway) -> Iterator[httpx.Client]:
+def client(gateway: GatewayProcess) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=gateway.url, timeout=30) as c:
         yield c
 
 
 @pytest.mark.parametrize("case", CORPUS, ids=[c.name for c in CORPUS])
 def test_each_case_gets_its_documented_answer(
-    client: httpx.Client, gateway: Gateway, probe: Probe, case: Case
+    client: httpx.Client, gateway: GatewayProcess, probe: Probe, case: Case
 ) -> None:
     t0 = time.perf_counter()
     r = send(client, case)
@@ -165,7 +166,7 @@ def test_liveness_and_peak_memory_during_the_corpus(probe: Probe) -> None:
     assert growth <= PEAK_GROWTH_BOUND_MIB, growth
 
 
-def test_streamed_oversized_body_is_cut_off(client: httpx.Client, gateway: Gateway) -> None:
+def test_streamed_oversized_body_is_cut_off(client: httpx.Client, gateway: GatewayProcess) -> None:
     """No Content-Length (chunked): the limit is enforced while the body streams in."""
     chunk = b"\x89PNG" + b"\x00" * (256 * 1024 - 4)
 
@@ -197,7 +198,7 @@ def test_codec_regressions() -> None:
     assert _count([2, 3], 16) == 6 and _count([], 16) == 1
 
 
-def test_memory_returns_to_baseline(client: httpx.Client, gateway: Gateway) -> None:
+def test_memory_returns_to_baseline(client: httpx.Client, gateway: GatewayProcess) -> None:
     """Replay the corpus three times; the gateway's RSS ends within a bound of its warm baseline,
     and valid requests still get the same answers as before."""
     probe = png(48, 64, 11)

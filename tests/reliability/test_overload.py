@@ -18,7 +18,8 @@ import httpx
 import pytest
 
 from bench.loadgen import Request, run_closed_loop, summarize
-from tests.service.conftest import Gateway, png
+from service.processes import GatewayProcess
+from tests.service.conftest import png
 
 from .conftest import metric_sum
 
@@ -34,7 +35,7 @@ def make(i: int) -> Request:
     return Request("POST", "/classify?model=slow", IMAGES[i % len(IMAGES)], headers)
 
 
-async def closed_loop(gw: Gateway, concurrency: int, seconds: float) -> dict:
+async def closed_loop(gw: GatewayProcess, concurrency: int, seconds: float) -> dict:
     result = await run_closed_loop(
         gw.url,
         make,
@@ -50,7 +51,9 @@ async def closed_loop(gw: Gateway, concurrency: int, seconds: float) -> dict:
     return out
 
 
-async def overload_with_probes(gw: Gateway, seconds: float) -> tuple[dict, list[tuple[int, float]]]:
+async def overload_with_probes(
+    gw: GatewayProcess, seconds: float
+) -> tuple[dict, list[tuple[int, float]]]:
     probes: list[tuple[int, float]] = []
     end = time.perf_counter() + seconds
 
@@ -69,7 +72,7 @@ async def overload_with_probes(gw: Gateway, seconds: float) -> tuple[dict, list[
 @pytest.mark.parametrize(
     "seconds", [5.0, pytest.param(20.0, marks=pytest.mark.slow)], ids=["5s", "20s"]
 )
-def test_ten_times_sustainable_concurrency(alive: Gateway, seconds: float) -> None:
+def test_ten_times_sustainable_concurrency(alive: GatewayProcess, seconds: float) -> None:
     gw = alive
     before = asyncio.run(closed_loop(gw, SUSTAINABLE // 2, 2.0))
     assert before["statuses"] == {"200": before["requests"]}, before

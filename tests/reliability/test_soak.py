@@ -18,7 +18,8 @@ import time
 import pytest
 
 from bench.loadgen import Request, run_closed_loop, summarize
-from tests.service.conftest import Gateway, png
+from service.processes import GatewayProcess
+from tests.service.conftest import png
 
 from .conftest import rss_mib
 
@@ -35,7 +36,7 @@ ROUTES = [
 ]
 
 
-def test_soak(alive: Gateway) -> None:
+def test_soak(alive: GatewayProcess) -> None:
     gw = alive
     images = [png(40 + i, 90 - i, i) for i in range(9)] + [b"\x89PNG broken"]
     rss: list[tuple[float, float]] = []

@@ -16,8 +16,8 @@ from service.admission import Admission, current_call, decimal
 from service.auth import TokenChecker
 from service.errors import NotReadyError, OverloadedError
 from service.grpc_server import AdmissionInterceptor
+from service.loader import load_settings
 from service.metrics import Metrics
-from service.settings import load_settings
 
 
 class Plane:

@@ -19,9 +19,11 @@ from PIL import Image
 
 from handlers.outputs import rle_decode
 from service.app import create_app
-from service.settings import DEMO_MODELS, load_settings
+from service.loader import load_settings
+from service.processes import free_port
+from service.settings import DEMO_MODELS
 
-from .conftest import ROOT, free_port
+from .conftest import ROOT
 
 pytestmark = pytest.mark.integration
 
@@ -36,7 +38,7 @@ from sepvit.data import ShapesDataset  # noqa: E402
 from sepvit.data.shapes import CLASSES  # noqa: E402
 
 CLS, DET, SEG, INST = (m.name for m in DEMO_MODELS)
-PLAIN_DRAWINGS_RIGHT = 14  # of 16; the shipped classifier: 0.965 on 200 of them (docs/shapes.md)
+PLAIN_DRAWINGS_RIGHT = 14  # of 16; the shipped classifier: 0.990 on 200 of them (docs/shapes.md)
 
 
 def encode(arr: np.ndarray) -> bytes:

@@ -22,9 +22,10 @@ import pytest
 from PIL import Image
 
 from sepvit.data.shapes import CLASSES, ShapesDataset
+from service.processes import GatewayProcess
 from service.settings import DEMO_MODELS
 
-from .conftest import ROOT, Gateway, start_gateway
+from .conftest import ROOT, start_gateway
 
 pytestmark = pytest.mark.integration
 
@@ -49,7 +50,7 @@ def encode(arr: np.ndarray, fmt: str) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
     if not Path(CHROMIUM).is_file():
         msg = f"no {CHROMIUM} (make browser installs it)"
         if os.environ.get("CI"):
@@ -64,7 +65,6 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
         tmp_path_factory.mktemp("demo_page"),
         models,
         timeout=240,
-        headers={"Authorization": f"Bearer {TOKEN}"},
         auth_tokens=[TOKEN],
     )
     try:
@@ -74,7 +74,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
 
 
 @pytest.fixture(scope="module")
-def browser(gateway: Gateway) -> Iterator[Any]:
+def browser(gateway: GatewayProcess) -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
@@ -86,7 +86,7 @@ def browser(gateway: Gateway) -> Iterator[Any]:
 
 
 @pytest.fixture
-def page(browser: Any, gateway: Gateway) -> Iterator[Any]:
+def page(browser: Any, gateway: GatewayProcess) -> Iterator[Any]:
     """A fresh page with the token entered; ``page.requested`` lists every URL it asked for."""
     page = browser.new_page(viewport={"width": 1100, "height": 820})
     page.set_default_timeout(TIMEOUT_MS)
@@ -199,7 +199,7 @@ def test_segment_draws_masks_on_a_pasted_image(page: Any) -> None:
     assert got["opaque"] == 256 * 256
 
 
-def test_docs_page_renders_from_the_gateway(browser: Any, gateway: Gateway) -> None:
+def test_docs_page_renders_from_the_gateway(browser: Any, gateway: GatewayProcess) -> None:
     page = browser.new_page()
     requested: list[str] = []
     page.on("request", lambda r: requested.append(r.url))

@@ -18,7 +18,8 @@ from PIL import Image
 from handlers.outputs import rle_decode
 from sepvit import create_model, save_checkpoint
 from service.app import create_app
-from service.settings import load_settings
+from service.loader import load_settings
+from service.schemas import DetectResponse, InferResponse
 
 from .conftest import IMG, png
 from .test_app import wait_ready
@@ -51,6 +52,7 @@ def test_detect_returns_rle_masks_and_oip_agrees(client: TestClient) -> None:
     image = png(40, 90, seed=3)
     r = client.post("/detect", content=image, headers={"content-type": "image/png"})
     assert r.status_code == 200, r.text
+    DetectResponse.model_validate(r.json())  # the answer the OpenAPI schema documents
     dets = r.json()["results"][0]["detections"]
     assert 1 <= len(dets) <= 8
     for d in dets:
@@ -69,6 +71,7 @@ def test_detect_returns_rle_masks_and_oip_agrees(client: TestClient) -> None:
     }
     out = client.post("/v2/models/mask/infer", json=doc)
     assert out.status_code == 200, out.text
+    InferResponse.model_validate(out.json())
     assert json.loads(out.json()["outputs"][0]["data"][0]) == {"detections": dets}
     out = client.post("/v2/models/mask/infer", json={**doc, "parameters": {"max_detections": 2}})
     assert json.loads(out.json()["outputs"][0]["data"][0]) == {"detections": dets[:2]}

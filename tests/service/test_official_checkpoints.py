@@ -24,10 +24,11 @@ from handlers.pipeline import Pipeline
 from sepvit import checkpoint_info, create_model, load_model, read_metadata
 from sepvit.presets import ADE20K_CLASSES, COCO_CLASSES
 from service.app import create_app
-from service.settings import load_settings
+from service.loader import load_settings
+from service.processes import free_port
 
 from ..golden import assert_same_detections
-from .conftest import free_port, png
+from .conftest import png
 
 HEAD = {"fpn_channels": 16, "head_channels": 16}
 
@@ -135,8 +136,8 @@ def test_archive_converts_an_official_checkpoint_and_the_handler_serves_it(
     official: dict[str, Path], tmp_path: Path
 ) -> None:
     pytest.importorskip("ts.torch_handler.base_handler")
-    from handlers.archive import build_archive
-    from handlers.torchserve_handler import SepViTHandler
+    from service.torchserve.archive import build_archive
+    from service.torchserve.handler import SepViTHandler
 
     config = tmp_path / "model-config.yaml"
     config.write_text(yaml.safe_dump({"minWorkers": 1, "maxWorkers": 1, "batchSize": 1}))

@@ -19,13 +19,14 @@ from pydantic import SecretStr
 
 from handlers.errors import ImageDecodeError, ImageTooLargeError, PipelineError
 from service.app import create_app
-from service.backends import torchserve_inference_pb2 as pb
-from service.backends import torchserve_inference_pb2_grpc as pb_grpc
-from service.backends.torchserve import TokenSource, parse_prediction
 from service.errors import BackendError, describe
-from service.settings import load_settings
+from service.loader import load_settings
+from service.processes import free_port
+from service.torchserve import torchserve_inference_pb2 as pb
+from service.torchserve import torchserve_inference_pb2_grpc as pb_grpc
+from service.torchserve.backend import TokenSource, parse_prediction
 
-from .conftest import free_port, png
+from .conftest import png
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"rest of a png"
 
@@ -282,7 +283,7 @@ def test_proto_matches_torchserves_own(tmp_path: Path) -> None:
     """Field numbers and types of the committed stubs against the jar's inference.proto."""
     pytest.importorskip("ts")
     pytest.importorskip("grpc_tools")
-    from handlers.torchserve_grpc import load_stubs
+    from tests.torchserve_grpc import load_stubs
 
     theirs, _ = load_stubs(tmp_path / "proto")
     for name in ("PredictionsRequest", "PredictionResponse", "TorchServeHealthResponse"):

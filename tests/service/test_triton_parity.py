@@ -18,7 +18,9 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from .conftest import Gateway, png, start_gateway
+from service.processes import GatewayProcess
+
+from .conftest import png, start_gateway
 from .test_servers import batch_input, metric
 
 pytestmark = pytest.mark.integration
@@ -29,7 +31,7 @@ STREAM_LIMIT = 4  # max_stream_in_flight: small, so the backpressure path is exe
 @pytest.fixture(scope="module")
 def gateway(
     checkpoints: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Gateway]:
+) -> Iterator[GatewayProcess]:
     models = [
         {"name": "cls", "checkpoint": str(checkpoints["cls"]), "max_batch_size": 8},
         {
@@ -58,7 +60,9 @@ def _stream(client: grpcclient.InferenceServerClient) -> queue.Queue[tuple[Any, 
     return answers
 
 
-def test_stream_answers_every_request_like_unary_and_survives_errors(gateway: Gateway) -> None:
+def test_stream_answers_every_request_like_unary_and_survives_errors(
+    gateway: GatewayProcess,
+) -> None:
     good, corrupt = png(48, 64, 3), b"not an image"
     bad_tensor = grpcclient.InferInput("IMAGE", [1], "FP32")
     bad_tensor.set_data_from_numpy(np.zeros(1, np.float32))
@@ -112,7 +116,7 @@ def test_stream_answers_every_request_like_unary_and_survives_errors(gateway: Ga
         client.close()
 
 
-def test_stopping_the_stream_cancels_its_queued_work(gateway: Gateway) -> None:
+def test_stopping_the_stream_cancels_its_queued_work(gateway: GatewayProcess) -> None:
     cancelled = 'sepvit_cancelled_requests_total{model="slow",reason="client"}'
     grpc_cancelled = 'sepvit_requests_total{code="CANCELLED",route="grpc:ModelStreamInfer"}'
     depth = 'sepvit_queue_depth{model="slow"}'
@@ -159,7 +163,7 @@ def test_stopping_the_stream_cancels_its_queued_work(gateway: Gateway) -> None:
     assert sum(e is None for _, e in received) <= delta[3]  # no answer for a cancelled one
 
 
-def _counts(gateway: Gateway) -> dict[str, int]:
+def _counts(gateway: GatewayProcess) -> dict[str, int]:
     http = httpclient.InferenceServerClient(gateway.url.removeprefix("http://"))
     grpc = grpcclient.InferenceServerClient(gateway.grpc_url)
     try:
@@ -190,7 +194,7 @@ def _counts(gateway: Gateway) -> dict[str, int]:
     return counts
 
 
-def test_statistics_count_the_requests_sent_and_agree_with_metrics(gateway: Gateway) -> None:
+def test_statistics_count_the_requests_sent_and_agree_with_metrics(gateway: GatewayProcess) -> None:
     before = _counts(gateway)
     ok_images = 0
     for module, url in [

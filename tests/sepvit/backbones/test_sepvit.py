@@ -9,10 +9,22 @@ from safetensors.torch import load_file
 from sepvit import SEPVIT_VARIANTS, SepViT, create_model
 from sepvit.backbones.sepvit import resample_window_tokens, stage_resolution
 from sepvit.profiling import count_macs, count_params
-from tests.conftest import reference_listing
 from tests.golden import DATA, seeded_input, seeded_state_dict
 
 GOLDEN = DATA / "golden_official.safetensors"
+
+
+def reference_listing(name: str) -> list[tuple[str, tuple[int, ...]]]:
+    """``tests/data/reference/keys_<name>.tsv`` (the official checkpoints' key names and shapes)
+    as ``[(key, shape)]``."""
+    rows = []
+    for line in (DATA / "reference" / f"keys_{name}.tsv").read_text().splitlines():
+        key, shape = line.split("\t")
+        dims = tuple(int(d) for d in shape.strip("()").split(",") if d.strip())
+        rows.append((key, dims))
+    return rows
+
+
 OFFICIAL = {name: cfg["official_name"] for name, cfg in SEPVIT_VARIANTS.items()}
 
 

@@ -1,7 +1,9 @@
 """TorchServe entry point: a thin ``BaseHandler`` around :class:`handlers.pipeline.Pipeline`.
 
-TorchServe imports this module inside its worker (``--handler handlers/torchserve_handler.py``
-in the archive), so importing ``ts`` here is fine; nothing else in the project imports it.
+TorchServe imports this module inside its worker: :mod:`service.torchserve.archive` packs this
+file as the archive's ``handler.py`` beside the ``sepvit`` and ``handlers`` packages and the error
+table ``service/errors.py``, so it imports only those of this project (no other gateway code:
+the archive does not carry it), plus ``ts``.
 
 Request rows (one per request in TorchServe's batch):
 
@@ -33,13 +35,13 @@ import torch
 from ts.torch_handler.base_handler import BaseHandler
 
 from handlers.errors import ImageDecodeError, PipelineError
+from handlers.params import PARAM_KEYS
 from handlers.pipeline import Pipeline, PipelineConfig
 from service.errors import ImageError, describe
 
 log = logging.getLogger(__name__)
 
 IMAGE_KEYS = ("body", "data", "file", "image")
-PARAM_KEYS = ("top_k", "score_threshold", "max_detections", "format")
 
 
 def _text(value: Any) -> str:

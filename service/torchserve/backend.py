@@ -4,7 +4,7 @@ One ``grpc.aio`` channel to ``torchserve_address``. A request of N images become
 ``Predictions`` calls (TorchServe batches them with other requests by the model's ``batchSize``
 and ``maxBatchDelay``), so there is no gateway batcher here. Each call carries the image as the
 ``data`` input and the request parameters (``top_k``, ``score_threshold``, ``max_detections``,
-``format``) as further inputs, which is what :mod:`handlers.torchserve_handler` reads. Answers:
+``format``) as further inputs, which is what :mod:`service.torchserve.handler` reads. Answers:
 
 * a JSON document: the pipeline's result for that image, exactly as the embedded backend gives it;
 * PNG bytes (segmentation ``format=png|overlay``): ``{"media_type": "image/png", "data": ...}``;
@@ -46,8 +46,9 @@ from typing import Any
 import grpc
 from pydantic import SecretStr
 
-from handlers.errors import DECODE_KINDS, PipelineError
+from handlers.errors import PipelineError
 
+from ..backends.base import Backend, ModelState, Params, ServedModel
 from ..errors import (
     BackendError,
     DeadlineExceededError,
@@ -59,15 +60,23 @@ from ..metrics import Metrics
 from ..settings import ModelSpec, Settings
 from . import torchserve_inference_pb2 as pb
 from . import torchserve_inference_pb2_grpc as pb_grpc
-from .base import Backend, ModelInfo, ModelState
 
-__all__ = ["TokenSource", "TorchServeBackend", "parse_prediction"]
+__all__ = [
+    "TORCHSERVE_BATCH_DELAY_MS",
+    "TORCHSERVE_BATCH_SIZE",
+    "TokenSource",
+    "TorchServeBackend",
+    "parse_prediction",
+]
 
 log = logging.getLogger(__name__)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 PING_TIMEOUT_S = 5.0
 MAX_RESPONSE_BYTES = 256 * 1024 * 1024  # overlay PNGs of large images
+# TorchServe's defaults for a model without batchSize / maxBatchDelay
+TORCHSERVE_BATCH_SIZE = 1
+TORCHSERVE_BATCH_DELAY_MS = 100.0
 
 
 def parse_prediction(body: bytes) -> dict[str, Any] | PipelineError:
@@ -127,32 +136,28 @@ class TokenSource:
         return text.splitlines()[0].strip() if text else ""
 
 
-class _Remote:
+class _Remote(ServedModel):
     """One gateway model served by TorchServe."""
 
-    def __init__(self, spec: ModelSpec, settings: Settings) -> None:
-        self.spec = spec
-        self.ts_name = settings.torchserve_models.get(spec.name, spec.name)
-        ts = spec.torchserve_config()  # {} when there is no model-config.yaml
-        self.ts_config = ts
-        batch = int(spec.max_batch_size or ts.get("batchSize") or 1)
-        delay = spec.max_delay_ms if spec.max_delay_ms is not None else ts.get("maxBatchDelay")
-        # images in flight to TorchServe beyond which new requests get 429 (like a full queue)
-        self.max_in_flight = int(spec.max_queue or settings.max_queue) + batch
-        self.in_flight = 0
-        handler = {**(ts.get("handler") or {}), **spec.handler}
-        self.info = ModelInfo(
-            name=spec.name,
-            task=spec.task,
-            runtime=spec.runtime or handler.get("runtime") or "eager",
-            batching={
-                "batched_by": "torchserve",
-                "torchserve_model": self.ts_name,
-                "max_batch_size": batch,
-                "max_delay_ms": float(delay) if delay is not None else None,
-                "max_in_flight": self.max_in_flight,
-            },
+    def __init__(self, spec: ModelSpec, settings: Settings, metrics: Metrics) -> None:
+        super().__init__(
+            spec,
+            settings,
+            metrics,
+            default_batch_size=TORCHSERVE_BATCH_SIZE,
+            default_delay_ms=TORCHSERVE_BATCH_DELAY_MS,
         )
+        self.ts_name = settings.torchserve_models.get(spec.name, spec.name)
+        # images in flight to TorchServe beyond which new requests get 429 (like a full queue)
+        self.max_in_flight = self.max_queue + self.max_batch_size
+        self.in_flight = 0
+        self.info.batching = {
+            "batched_by": "torchserve",
+            "torchserve_model": self.ts_name,
+            "max_batch_size": self.max_batch_size,
+            "max_delay_ms": self.max_delay_ms,
+            "max_in_flight": self.max_in_flight,
+        }
         self.probed = False  # answered a probe since it last became unavailable
 
     def read_metadata(self) -> None:
@@ -168,28 +173,21 @@ class _Remote:
         from sepvit.checkpoint import read_metadata
 
         meta = read_metadata(spec.checkpoint)
-        if spec.task is not None and meta["task"] != spec.task:
-            raise ValueError(f"{spec.checkpoint} is a {meta['task']} model, not {spec.task}")
+        self.check_task(meta["task"])
         cfg = meta["pretrained_cfg"]
-        self.info.task = str(meta["task"])
-        self.info.labels = cfg.get("label_names")
         size = cfg.get("input_size")
-        self.info.input_size = [int(v) for v in size[1:]] if size else None
+        self.describe(str(meta["task"]), cfg.get("label_names"), size[1:] if size else None)
 
 
-class TorchServeBackend(Backend):
+class TorchServeBackend(Backend[_Remote]):
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
-        self.settings = settings
-        self.metrics = metrics
+        super().__init__(settings, metrics, _Remote)
         self.address = settings.torchserve_address
         self.tokens = TokenSource(settings.torchserve_token, settings.torchserve_token_file)
-        self._models = {s.name: _Remote(s, settings) for s in settings.models}
         self._channel: grpc.aio.Channel | None = None
         self._stub: Any = None
         self._health: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
-        for name in self._models:
-            metrics.model_ready.labels(name).set(0)
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
@@ -223,10 +221,7 @@ class TorchServeBackend(Backend):
             await self._channel.close(grace=min(timeout, 5.0))
             self._channel = None
         for m in self._models.values():
-            if m.info.state is ModelState.READY:
-                m.info.state = ModelState.UNAVAILABLE
-                m.info.error = "the gateway is stopping"
-            self.metrics.model_ready.labels(m.spec.name).set(0)
+            m.stopped()
 
     # -- health ------------------------------------------------------------------------------
     def _metadata(self) -> tuple[tuple[str, str], ...]:
@@ -245,8 +240,7 @@ class TorchServeBackend(Backend):
                 log.warning("model %s %s: %s", m.spec.name, state.value, error)
         if state is not ModelState.READY:
             m.probed = False
-        m.info.state, m.info.error = state, error
-        self.metrics.model_ready.labels(m.spec.name).set(int(state is ModelState.READY))
+        m.set_state(state, error)
 
     def _unavailable(self, detail: str) -> str:
         return f"TorchServe backend unavailable at {self.address}: {detail}"
@@ -316,32 +310,19 @@ class TorchServeBackend(Backend):
         return self._unavailable(f"{code.name}: {detail}")
 
     # -- requests ----------------------------------------------------------------------------
-    def models(self) -> list[ModelInfo]:
-        return [m.info for m in self._models.values()]
-
-    async def infer(
-        self,
-        model: str,
-        payloads: Sequence[bytes],
-        params: Sequence[Mapping[str, Any] | None],
-        deadline: float,
+    async def execute(
+        self, m: _Remote, payloads: Sequence[bytes], params: Params, deadline: float
     ) -> list[Any]:
-        m = self._models.get(model)
-        ready = self._stub is not None
-        self._servable(
-            model, m.info if m else None, ready, self.metrics, self.settings.retry_after_s
-        )
-        assert m is not None
         n = len(payloads)
         if m.in_flight and m.in_flight + n > m.max_in_flight:
-            self.metrics.rejected.labels(model, "queue_full").inc()
+            self.metrics.rejected.labels(m.name, "queue_full").inc()
             raise QueueFullError(
-                f"model {model!r} has {m.in_flight} images in flight to TorchServe "
+                f"model {m.name!r} has {m.in_flight} images in flight to TorchServe "
                 f"(limit {m.max_in_flight})",
                 retry_after=self.settings.retry_after_s,
             )
         m.in_flight += n
-        self.metrics.queue_depth.labels(model).set(m.in_flight)
+        self.metrics.queue_depth.labels(m.name).set(m.in_flight)
         calls = [
             asyncio.ensure_future(self._predict(m, payload, p or {}, deadline))
             for payload, p in zip(payloads, params, strict=True)
@@ -355,15 +336,8 @@ class TorchServeBackend(Backend):
             raise
         finally:
             m.in_flight -= n
-            self.metrics.queue_depth.labels(model).set(m.in_flight)
-        errors = [r for r in results if isinstance(r, PipelineError)]
-        task = m.info.task or ""
-        if errors:
-            self.metrics.images.labels(model, task, "error").inc(len(errors))
-        decode = sum(e.kind in DECODE_KINDS for e in errors)
-        if decode:
-            self.metrics.decode_errors.labels(model).inc(decode)
-        self.metrics.images.labels(model, task, "ok").inc(n - len(errors))
+            self.metrics.queue_depth.labels(m.name).set(m.in_flight)
+        m.record(results)
         return results
 
     async def _predict(

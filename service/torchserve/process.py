@@ -1,4 +1,4 @@
-"""A real TorchServe on free loopback ports, for integration tests.
+"""A real TorchServe on free loopback ports, for the tests, the benchmarks and local runs.
 
 :func:`build_archives` packs native checkpoints with ``sepvit-archive``;
 :class:`TorchServeProcess` writes a copy of the hardened ``model_store/config.properties`` (token
@@ -6,7 +6,7 @@ auth on, model API off; only the addresses and the model store change), starts
 ``torchserve --foreground`` in its own process group, waits until every model answers a
 request, and stops the whole group (java and the Python workers). The same instance can be
 started again on the same ports (outage and recovery tests); TorchServe then writes a new
-``key_file.json`` into :attr:`TorchServeProcess.work`.
+``key_file.json`` into :attr:`TorchServeProcess.work`. :func:`missing` says why none can start.
 
 Each instance has its own temp directory (pid file, worker sockets, extracted archives), so it
 runs beside any other TorchServe on the machine. Its java process does not match ``pkill -f
@@ -20,8 +20,6 @@ import io
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -33,26 +31,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
+from service.processes import ROOT, ServerProcess, free_port
+
 STORE = ROOT / "model_store"
 STARTUP_TIMEOUT = 600.0  # a first start exports the models and runs auto's search
 
-__all__ = [
-    "STORE",
-    "TorchServeProcess",
-    "build_archives",
-    "free_port",
-    "require_torchserve",
-]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+__all__ = ["STORE", "TorchServeProcess", "build_archives", "missing", "torchserve_bin"]
 
 
 def torchserve_bin() -> str | None:
@@ -62,15 +48,16 @@ def torchserve_bin() -> str | None:
     return str(beside) if beside.is_file() else shutil.which("torchserve")
 
 
-def require_torchserve() -> None:
-    """Fail (not skip) when the torchserve extra or Java is missing: the venv installs both."""
+def missing() -> str | None:
+    """Why no TorchServe can start here (the ``torchserve`` extra or Java absent), else None."""
     if torchserve_bin() is None or shutil.which("java") is None:
-        pytest.fail("torchserve and java are needed (pip install -e '.[torchserve]'; Java 17)")
+        return "torchserve and java are needed (pip install -e '.[torchserve]'; Java 17)"
+    return None
 
 
 def build_archives(models: Mapping[str, tuple[Path, Path]], store: Path) -> Path:
     """``{archive name: (checkpoint, model-config.yaml)}`` -> ``<store>/<name>.mar``."""
-    from handlers.archive import build_archive
+    from service.torchserve.archive import build_archive
 
     for name, (checkpoint, config) in models.items():
         build_archive(checkpoint, config, name, store)
@@ -92,7 +79,7 @@ class TorchServeProcess:
     models: list[str]
     ports: dict[str, int] = field(default_factory=dict)
     token: str = ""
-    proc: subprocess.Popen[bytes] | None = None
+    server: ServerProcess | None = None
 
     def __post_init__(self) -> None:
         if not self.ports:
@@ -133,6 +120,10 @@ class TorchServeProcess:
         """TorchServe writes its keys here (its working directory) at every start."""
         return self.work / "key_file.json"
 
+    @property
+    def proc(self) -> subprocess.Popen[bytes] | None:
+        return self.server.proc if self.server is not None else None
+
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self, timeout: float = STARTUP_TIMEOUT) -> TorchServeProcess:
         if self.proc is not None and self.proc.poll() is None:
@@ -145,29 +136,14 @@ class TorchServeProcess:
         # any other TorchServe on the machine
         tmp = self.work / "tmp"
         tmp.mkdir(exist_ok=True)
-        env = {
-            **os.environ,
-            "OMP_WAIT_POLICY": "PASSIVE",
-            "OMP_NUM_THREADS": "1",
-            "TEMP": str(tmp),
-            "TMPDIR": str(tmp),
-        }
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [
-                    str(torchserve_bin()),
-                    "--start",
-                    "--foreground",
-                    "--ncs",
-                    "--ts-config",
-                    str(self.config),
-                ],
-                cwd=self.work,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=env,
-                start_new_session=True,  # its own process group: java and the workers stop with it
-            )
+        # SEPVIT_* stays: the workers share the caller's export cache (SEPVIT_CACHE_DIR)
+        env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1"}
+        env.update(TEMP=str(tmp), TMPDIR=str(tmp))
+        argv = [str(torchserve_bin()), "--start", "--foreground", "--ncs"]
+        # its own process group: java and the workers stop with it
+        self.server = ServerProcess.launch(
+            [*argv, "--ts-config", str(self.config)], self.work, env, self.log, group=True
+        )
         try:
             self._wait_ready(timeout)
         except BaseException:
@@ -202,30 +178,15 @@ class TorchServeProcess:
 
     def stop(self) -> None:
         """SIGTERM the process group, SIGKILL what is left; idempotent."""
-        proc = self.proc
-        if proc is None:
-            return
-        for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
-            try:
-                os.killpg(proc.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                proc.wait(timeout=wait)
-                break
-            except subprocess.TimeoutExpired:
-                continue
-        with contextlib.suppress(ProcessLookupError):  # workers left in the group go too
-            os.killpg(proc.pid, signal.SIGKILL)
-        self.proc = None
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
 
     def kill(self) -> None:
         """An abrupt outage: SIGKILL the whole group at once."""
-        if self.proc is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=30)
-            self.proc = None
+        if self.server is not None:
+            self.server.kill()
+            self.server = None
 
     # -- requests ----------------------------------------------------------------------------
     def post(

@@ -6,10 +6,11 @@ archive carries its preprocessing preset and class names, and the worker never u
 
 The archive is self-contained apart from third-party packages: it holds the checkpoint as
 ``model.safetensors``, the ``model-config.yaml`` (TorchServe frontend settings plus the
-``handler:`` section read by :class:`handlers.torchserve_handler.SepViTHandler`), the entry
-point, the ``sepvit`` and ``handlers`` sources and the error table (``service/errors.py``), so
-a TorchServe with torch, numpy, pillow, safetensors and pyyaml installed can serve it without
-this project being installed.
+``handler:`` section read by :class:`service.torchserve.handler.SepViTHandler`), the entry
+point (as ``handler.py``), the ``sepvit`` and ``handlers`` sources and the error table
+(``service/errors.py``), so a TorchServe with torch, numpy, pillow, safetensors and pyyaml
+installed can serve it without this project being installed. Like the entry point, this module
+imports only what the archive carries (``tests/test_layering.py``).
 
     sepvit-archive --checkpoint model_store/sepvit_lite_shapes_cls/model.safetensors \\
         --config model_store/sepvit_lite_shapes_cls/model-config.yaml \\
@@ -27,9 +28,10 @@ from typing import Any
 
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("sepvit", "handlers")
-# the one error table (standard library only), which the entry point answers statuses from
+# the one error table (standard library and typing_extensions only), which the entry point
+# answers statuses from
 MODULES = ("service/__init__.py", "service/errors.py")
 # TorchServe frontend keys this project sets in model-config.yaml (others pass through)
 FRONTEND_KEYS = {
@@ -48,7 +50,7 @@ class ArchiveError(ValueError):
 
 def validate_config(path: Path) -> dict[str, Any]:
     """Check a model-config.yaml before it is packed (TorchServe only reports errors at load)."""
-    from .pipeline import PipelineConfig
+    from handlers.pipeline import PipelineConfig
 
     data = yaml.safe_load(path.read_text()) or {}
     if not isinstance(data, dict):
@@ -118,7 +120,7 @@ def build_archive(
             "--version",
             version,
             "--handler",
-            str(ROOT / "handlers" / "torchserve_handler.py"),
+            str(Path(__file__).with_name("handler.py")),
             "--serialized-file",
             str(stage / "model.safetensors"),
             "--extra-files",

@@ -1,6 +1,7 @@
 """Python stubs for TorchServe's gRPC inference API, compiled from the ``.proto`` that ships in
 TorchServe's own frontend jar (``ts/frontend/model-server.jar``, ``proto/inference.proto``), so
-the stubs always match the TorchServe that is installed.
+the stubs always match the TorchServe that is installed. Test-only: the gateway uses its committed
+stubs (``service/torchserve/torchserve_inference_pb2*``), which a test compares with these.
 
 Needs ``torchserve`` and ``grpcio-tools`` (imported lazily). The proto imports
 ``google/rpc/status.proto``, which grpcio-tools does not bundle; a minimal equivalent of that
