@@ -130,7 +130,7 @@ INST := --task detect --head mask_rcnn --img-size 128 --batch-size 8 --val-image
 	--steps 900 --lr 2e-4 --warmup-steps 50 --first-image 96000 --save-every 25 \
 	--model-args '{"fpn_channels": 96, "fc_channels": 256, "anchor_scale": 4.0, "roi_batch": 128, \
 	"rpn_train_nms_pre": 1000, "center_input": true}'
-INST_STOP := 650
+INST_STOP := 600
 DEMOS := cls:cls224_dr3 det:det128_dr seg:seg128_p3 inst:inst128_s$(INST_STOP)
 
 models: $(STAMP)

@@ -109,16 +109,9 @@ def _checkpoints(d: Path) -> dict[str, Path]:
             **head,
         ),
     }
+    mask_rcnn = {"head": "mask_rcnn", "img_size": 128, "fpn_channels": 32, "fc_channels": 64}
     models[MASK] = create_model(
-        "sepvit_lite",
-        task="detect",
-        head="mask_rcnn",
-        num_classes=8,
-        img_size=128,
-        label_names=labels,
-        crop_pct=1.0,
-        fpn_channels=32,
-        fc_channels=64,
+        "sepvit_lite", task="detect", num_classes=8, label_names=labels, crop_pct=1.0, **mask_rcnn
     )
     out = {}
     for name, model in models.items():
@@ -277,10 +270,7 @@ def test_open_inference_protocol_rest_and_grpc(stack: Stack, backend: str) -> No
         (grpcclient, grpcclient.InferenceServerClient(gw.grpc_url)),
     ):
         try:
-            inp = module.InferInput("IMAGE", [len(images)], "BYTES")
-            inp.set_data_from_numpy(np.array(images, dtype=np.object_))
-            got = [json.loads(x) for x in client.infer(DET, [inp]).as_numpy("RESULT")]
-            assert_same(got, want)
+            assert_same(_oip_infer(module, client, DET, images), want)
             assert client.is_model_ready(DET)
         finally:
             client.close()
@@ -311,12 +301,17 @@ def test_instance_masks_through_rest_and_oip_grpc(stack: Stack, backend: str) ->
         assert r.content == stack.reference(MASK, [IMAGE_A], format="png")[0]["data"]
     client = grpcclient.InferenceServerClient(gw.grpc_url)
     try:
-        inp = grpcclient.InferInput("IMAGE", [len(images)], "BYTES")
-        inp.set_data_from_numpy(np.array(images, dtype=np.object_))
-        got = [json.loads(x) for x in client.infer(MASK, [inp]).as_numpy("RESULT")]
+        assert_same(_oip_infer(grpcclient, client, MASK, images), want)
     finally:
         client.close()
-    assert_same(got, want)
+
+
+def _oip_infer(module: Any, client: Any, model: str, images: list[bytes]) -> list[Any]:
+    """An OIP v2 ModelInfer (tritonclient ``module``: http or grpc) of encoded images: the
+    decoded JSON answer per image."""
+    inp = module.InferInput("IMAGE", [len(images)], "BYTES")
+    inp.set_data_from_numpy(np.array(images, dtype=np.object_))
+    return [json.loads(x) for x in client.infer(model, [inp]).as_numpy("RESULT")]
 
 
 def _wait(predicate: Any, timeout: float, what: str) -> None:
