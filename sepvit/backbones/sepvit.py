@@ -52,6 +52,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .base import Backbone, backbone_state
+
 __all__ = [
     "SEPVIT_VARIANTS",
     "SepViT",
@@ -342,7 +344,7 @@ def centre_on_edges(x: Tensor) -> Tensor:
     return x - edges.mean(dim=2)[:, :, None, None]
 
 
-class SepViT(nn.Module):
+class SepViT(Backbone):
     """SepViT backbone and classifier.
 
     Args:
@@ -455,9 +457,7 @@ class SepViT(nn.Module):
 
         if not dense:
             self.norm = nn.LayerNorm(self.num_features, eps=_LN_EPS)
-            self.head: nn.Module = (
-                nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-            )
+            self.reset_classifier(num_classes)
         self.apply(self._init_weights)
 
     @staticmethod
@@ -536,31 +536,10 @@ class SepViT(nn.Module):
         x = x.mean(dim=(1, 2))  # global average pooling
         return x if pre_logits else self.head(x)
 
-    def forward(self, x: Tensor) -> Tensor | list[Tensor]:
-        if self.dense:
-            return self.forward_intermediates(x)
-        return self.forward_head(self.forward_features(x))
-
-    def reset_classifier(self, num_classes: int) -> None:
-        if self.dense:
-            raise RuntimeError("the dense layout has no classifier")
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-
 
 # ---------------------------------------------------------------------------------------------
 # checkpoint filter
 # ---------------------------------------------------------------------------------------------
-def _unwrap(state_dict: Mapping[str, Any]) -> dict[str, Tensor]:
-    """Unwrap ``{'model': ...}`` / ``{'state_dict': ...}`` / ``{'module': ...}`` containers."""
-    sd: Any = state_dict
-    for key in ("model", "state_dict", "module", "model_ema"):
-        if isinstance(sd, Mapping) and key in sd and isinstance(sd[key], Mapping):
-            sd = sd[key]
-            break
-    return {k: v for k, v in sd.items() if isinstance(v, Tensor)}
-
-
 def checkpoint_filter_fn(
     state_dict: Mapping[str, Any],
     model: SepViT,
@@ -579,11 +558,7 @@ def checkpoint_filter_fn(
 
     Returns a dict ready for ``model.load_state_dict``; the caller reports what is missing.
     """
-    sd = _unwrap(state_dict)
-    if any(k.startswith("module.") for k in sd):
-        sd = {k.removeprefix("module."): v for k, v in sd.items()}
-    if any(k.startswith("backbone.") for k in sd):
-        sd = {k.removeprefix("backbone."): v for k, v in sd.items() if k.startswith("backbone.")}
+    sd = backbone_state(state_dict)
 
     own = model.state_dict()
     if all(k in own and own[k].shape == v.shape for k, v in sd.items()) and len(sd) == len(own):

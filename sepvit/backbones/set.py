@@ -102,7 +102,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .sepvit import DropPath, _unwrap, stage_resolution
+from .base import Backbone, backbone_state
+from .sepvit import DropPath, stage_resolution
 
 __all__ = [
     "SET_VARIANTS",
@@ -403,9 +404,10 @@ class SeTBlock(nn.Module):
 
     Args:
         in_chs: input channels. out_chs: output channels ``C``. dim: attention channels ``D``.
-        num_heads, patch_size, overlap, patch_attn, pos_grid, qkv_bias, rel_bias, kv_per_patch:
-            see :class:`SeparableAttention`.
+        num_heads: attention heads.
         drop_path: stochastic depth rate of the residual branch.
+        attn: the other options of :class:`SeparableAttention` (``patch_size``, ``overlap``,
+            ``patch_attn``, ``pos_grid``, ``qkv_bias``, ``rel_bias``, ``kv_per_patch``), by name.
     """
 
     def __init__(
@@ -414,21 +416,12 @@ class SeTBlock(nn.Module):
         out_chs: int,
         dim: int,
         num_heads: int,
-        patch_size: int = 8,
-        overlap: int = 2,
-        patch_attn: bool = False,
-        pos_grid: tuple[int, int] = (1, 1),
-        qkv_bias: bool = False,
-        rel_bias: bool = True,
-        kv_per_patch: bool = True,
         drop_path: float = 0.0,
+        **attn: Any,
     ) -> None:
         super().__init__()
         self.reduce = _conv_bn(in_chs, dim)
-        self.attn = SeparableAttention(
-            dim, num_heads, patch_size, overlap, patch_attn, pos_grid, qkv_bias, rel_bias,
-            kv_per_patch,
-        )  # fmt: skip
+        self.attn = SeparableAttention(dim, num_heads, **attn)
         self.norm = nn.BatchNorm2d(dim)
         self.expand = _conv_bn(dim, out_chs, zero_init=True)  # each block starts as identity
         self.shortcut: nn.Module = _conv_bn(in_chs, out_chs) if in_chs != out_chs else nn.Identity()
@@ -445,7 +438,7 @@ class SeTBlock(nn.Module):
 # ---------------------------------------------------------------------------------------------
 # model
 # ---------------------------------------------------------------------------------------------
-class SeT(nn.Module):
+class SeT(Backbone):
     """SeT backbone and classifier.
 
     Args:
@@ -553,9 +546,7 @@ class SeT(nn.Module):
 
         if not dense:
             self.head_drop = nn.Dropout(drop_rate)
-            self.head: nn.Module = (
-                nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-            )
+            self.reset_classifier(num_classes)
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -611,17 +602,6 @@ class SeT(nn.Module):
         x = self.head_drop(x.mean(dim=(2, 3)))  # global average pooling
         return x if pre_logits else self.head(x)
 
-    def forward(self, x: Tensor) -> Tensor | list[Tensor]:
-        if self.dense:
-            return self.forward_intermediates(x)
-        return self.forward_head(self.forward_features(x))
-
-    def reset_classifier(self, num_classes: int) -> None:
-        if self.dense:
-            raise RuntimeError("the dense layout has no classifier")
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-
 
 # ---------------------------------------------------------------------------------------------
 # checkpoint filter
@@ -637,11 +617,7 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: SeT) -> dict[str,
 
     Returns a dict ready for ``model.load_state_dict``; the caller reports what is missing.
     """
-    sd = _unwrap(state_dict)
-    if any(k.startswith("module.") for k in sd):
-        sd = {k.removeprefix("module."): v for k, v in sd.items()}
-    if any(k.startswith("backbone.") for k in sd):
-        sd = {k.removeprefix("backbone."): v for k, v in sd.items() if k.startswith("backbone.")}
+    sd = backbone_state(state_dict)
     own = model.state_dict()
     out: dict[str, Tensor] = {}
     for k, v in sd.items():

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from ..backbones.sepvit import SepViT
 from ..backbones.set import SeT
-from .base import HeadSpec, StateDict, check_dense_model, register_head
+from .base import DenseModel, HeadSpec, StateDict, register_head
 from .fpn import ConvModule
 
 __all__ = ["UPerHead", "UperNet"]
@@ -90,7 +90,7 @@ class UPerHead(nn.Module):
         return self.conv_seg(self.dropout(self.forward_features(feats)))
 
 
-class UperNet(nn.Module):
+class UperNet(DenseModel):
     """UperNet segmenter; ``forward`` returns logits ``[B, K, H, W]`` at input resolution.
 
     Args:
@@ -101,6 +101,8 @@ class UperNet(nn.Module):
         ignore_index: label ignored by the loss.
     """
 
+    min_classes = 2  # background included
+
     def __init__(
         self,
         backbone: SepViT | SeT,
@@ -110,10 +112,7 @@ class UperNet(nn.Module):
         dropout: float = 0.1,
         ignore_index: int = 255,
     ) -> None:
-        super().__init__()
-        check_dense_model("UperNet", backbone, num_classes, 2)
-        self.backbone = backbone
-        self.num_classes = num_classes
+        super().__init__(backbone, num_classes)
         self.ignore_index = ignore_index
         self.decode_head = UPerHead(
             backbone.embed_dims, num_classes, channels, tuple(pool_scales), dropout
