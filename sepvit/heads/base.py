@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
 from torch import Tensor, nn
 
@@ -117,14 +117,12 @@ class DenseModel(nn.Module):
     2, background included).
     """
 
-    min_classes: ClassVar[int] = 1
-
-    def __init__(self, backbone: Backbone, num_classes: int) -> None:
+    def __init__(self, backbone: Backbone, num_classes: int, min_classes: int = 1) -> None:
         super().__init__()
         if not getattr(backbone, "dense", False):
             name = type(self).__name__
             raise ValueError(f"{name} needs a dense-layout backbone (SepViT(dense=True))")
-        if num_classes < self.min_classes:
-            raise ValueError(f"num_classes must be >= {self.min_classes}, got {num_classes}")
+        if num_classes < min_classes:
+            raise ValueError(f"num_classes must be >= {min_classes}, got {num_classes}")
         self.backbone = backbone
         self.num_classes = num_classes

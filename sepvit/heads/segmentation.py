@@ -93,8 +93,6 @@ class SemanticFPN(DenseModel):
         ignore_index: label ignored by the loss.
     """
 
-    min_classes = 2  # background included
-
     def __init__(
         self,
         backbone: SepViT | SeT,
@@ -105,7 +103,7 @@ class SemanticFPN(DenseModel):
         dropout: float = 0.1,
         ignore_index: int = 255,
     ) -> None:
-        super().__init__(backbone, num_classes)
+        super().__init__(backbone, num_classes, min_classes=2)  # background included
         self.ignore_index = ignore_index
         self.neck = FPN(backbone.embed_dims, fpn_channels)
         self.decode_head = FPNHead(

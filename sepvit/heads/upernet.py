@@ -94,14 +94,10 @@ class UperNet(DenseModel):
     """UperNet segmenter; ``forward`` returns logits ``[B, K, H, W]`` at input resolution.
 
     Args:
-        backbone: a dense-layout :class:`SepViT` or :class:`~sepvit.backbones.set.SeT`.
-        num_classes: classes (ADE20K: 150).
+        backbone, num_classes (ADE20K: 150), dropout, ignore_index: as for
+            :class:`~sepvit.heads.segmentation.SemanticFPN`.
         channels: decoder width (paper: 512). pool_scales: PPM pooling sizes (1, 2, 3, 6).
-        dropout: dropout before ``conv_seg`` during training.
-        ignore_index: label ignored by the loss.
     """
-
-    min_classes = 2  # background included
 
     def __init__(
         self,
@@ -112,7 +108,7 @@ class UperNet(DenseModel):
         dropout: float = 0.1,
         ignore_index: int = 255,
     ) -> None:
-        super().__init__(backbone, num_classes)
+        super().__init__(backbone, num_classes, min_classes=2)  # background included
         self.ignore_index = ignore_index
         self.decode_head = UPerHead(
             backbone.embed_dims, num_classes, channels, tuple(pool_scales), dropout
