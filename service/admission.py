@@ -141,8 +141,7 @@ class Admission:
         self.calls.discard(call)
         self.metrics.in_flight.dec()
         elapsed = time.perf_counter() - call.started
-        self.metrics.requests.labels(route, status).inc()
-        self.metrics.request_latency.labels(route).observe(elapsed)
+        self.metrics.answered(route, status, elapsed)
         log.info(
             "%s %s %s %.1f ms",
             call.method,
