@@ -7,16 +7,18 @@ worker thread, off the event loop."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from collections.abc import Awaitable
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar, get_type_hints
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import Response
+from pydantic import BaseModel, Field, create_model
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from handlers.params import TASKS, Format
+from handlers.params import TASKS, RequestParams
 
 from .admission import decimal
 from .dataplane import DataPlane, InferenceRequest, InferenceResponse, encode_result
@@ -70,23 +72,37 @@ def get_metrics(request: Request) -> Metrics:
 
 PlaneDep = Annotated[DataPlane, Depends(get_plane)]
 ModelName = Annotated[str, Path(max_length=64, description="model name (see GET /models)")]
-ModelQuery = Annotated[
-    str | None, Query(max_length=64, description="model name; default: the first of this task")
-]
-TopK = Annotated[int | None, Query(ge=1, le=1000, description="classes per image (classify)")]
-ScoreThreshold = Annotated[
-    float | None, Query(ge=0.0, le=1.0, description="minimum detection score (detect)")
-]
-MaxDetections = Annotated[
-    int | None, Query(ge=1, le=1000, description="at most this many detections (detect)")
-]
-SegmentFormat = Annotated[
-    Format | None,
-    Query(
-        description="segment: COCO RLE (default), PNG label map, or colour overlay PNG; "
-        "detect with a Mask R-CNN model: RLE masks (default), PNG instance-id map, or overlay"
-    ),
-]
+
+
+class _ModelQuery(BaseModel):
+    model: str | None = Field(
+        default=None, max_length=64, description="model name; default: the first of this task"
+    )
+
+
+def _task_query() -> type[_ModelQuery]:
+    """The task routes' query parameters: ``model`` and every request parameter, with the type,
+    range and help :class:`~handlers.params.RequestParams` gives it."""
+    types = get_type_hints(RequestParams)
+    params: dict[str, Any] = {
+        f.name: (
+            types[f.name],
+            Field(
+                default=None,
+                ge=f.metadata["low"],
+                le=f.metadata["high"],
+                description=f.metadata["help"],
+            ),
+        )
+        for f in dataclasses.fields(RequestParams)
+    }
+    return create_model("TaskQuery", __base__=_ModelQuery, **params)
+
+
+if TYPE_CHECKING:
+    TaskQuery = _ModelQuery
+else:
+    TaskQuery = _task_query()
 
 # the error answers by how far a request gets: every route (auth, the Content-Length limit, a
 # bug); through admission (overloaded, draining); naming a model; sending images to infer on
@@ -205,24 +221,14 @@ def _task_endpoint(task: str) -> Any:
     async def endpoint(
         request: Request,
         plane: PlaneDep,
-        model: ModelQuery = None,
-        top_k: TopK = None,
-        score_threshold: ScoreThreshold = None,
-        max_detections: MaxDetections = None,
-        format: SegmentFormat = None,
+        query: Annotated[TaskQuery, Query()],
     ) -> Response:
         images = await read_images(request, plane)
-        params = {
-            "top_k": top_k,
-            "score_threshold": score_threshold,
-            "max_detections": max_detections,
-            "format": format,
-        }
         req = InferenceRequest(
             images=images,
-            model=model,
+            model=query.model,
             task=task,
-            params={k: v for k, v in params.items() if v is not None},
+            params=query.model_dump(exclude_none=True, exclude={"model"}),
             timeout_s=_timeout(request),
             request_id=request.state.request_id,
         )
