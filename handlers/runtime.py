@@ -31,6 +31,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .params import RUNTIMES
+
 __all__ = [
     "ParityReport",
     "Runtime",
@@ -43,7 +45,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-RUNTIMES = ("eager", "onnxruntime", "tensorrt", "bf16", "int8", "auto")
 # reduced-precision runtimes: checked on real images by handlers.cpu_runtimes.gate
 GATED = ("bf16", "int8")
 

@@ -49,6 +49,7 @@ from typing import Any
 
 from .errors import DeadlineExceededError, NotReadyError, QueueFullError
 from .metrics import Metrics
+from .stats import PHASE_FIELDS
 
 __all__ = ["BatchRunner", "DynamicBatcher"]
 
@@ -98,6 +99,11 @@ class DynamicBatcher:
         self.max_delay = max_delay_ms / 1000.0
         self.max_queue = max_queue
         self.metrics = metrics
+        # this model's labelled children, looked up once (``labels()`` costs per call)
+        self._depth = metrics.queue_depth.labels(name)
+        self._waits = metrics.queue_wait.labels(name)
+        self._sizes = metrics.batch_size.labels(name)
+        self._phases = {p: metrics.phase.labels(name, p) for p in PHASE_FIELDS}
         self.retry_after_s = retry_after_s
         self.adaptive = adaptive
         self._last_batch = 1  # images in the previous batch (adaptive: how many to wait for)
@@ -161,12 +167,12 @@ class DynamicBatcher:
         entry = _Entry(payloads, params, deadline, loop.create_future(), loop.time())
         self._queue.append(entry)
         self._queued += n
-        self.metrics.queue_depth.labels(self.name).set(self._queued)
+        self._depth.set(self._queued)
         entry.future.add_done_callback(lambda _f: self._forget(entry))
         self._wakeup.set()  # the worker re-checks: first arrival, batch full or target reached
-        timeout = deadline - loop.time()
-        try:
-            return await asyncio.wait_for(entry.future, max(timeout, 0.0))
+        try:  # past the deadline the scope cancels the wait, and with it the future
+            async with asyncio.timeout_at(deadline):
+                return await entry.future
         except TimeoutError:
             self.metrics.cancelled.labels(self.name, "deadline").inc()
             raise DeadlineExceededError(
@@ -185,7 +191,7 @@ class DynamicBatcher:
         except ValueError:
             return
         self._queued -= len(entry.payloads)
-        self.metrics.queue_depth.labels(self.name).set(self._queued)
+        self._depth.set(self._queued)
 
     def _retry_after(self) -> int:
         batches = math.ceil(self._queued / self.max_batch_size)
@@ -240,7 +246,7 @@ class DynamicBatcher:
                 continue
             batch.append(e)
             size += len(e.payloads)
-        self.metrics.queue_depth.labels(self.name).set(self._queued)
+        self._depth.set(self._queued)
         return batch
 
     def _hung(self, batch: list[_Entry], seconds: float) -> None:
@@ -294,11 +300,11 @@ class DynamicBatcher:
         try:
             start = loop.time()
             for e in batch:
-                self.metrics.queue_wait.labels(self.name).observe(start - e.enqueued)
+                self._waits.observe(start - e.enqueued)
                 self.metrics.stats.queued(self.name, start - e.enqueued)
             payloads = [p for e in batch for p in e.payloads]
             params = [p for e in batch for p in e.params]
-            self.metrics.batch_size.labels(self.name).observe(len(payloads))
+            self._sizes.observe(len(payloads))
             self._last_batch = max(1, len(payloads))
             ticket, self._tickets = self._tickets, self._tickets + 1
             t0 = time.perf_counter()
@@ -319,7 +325,8 @@ class DynamicBatcher:
         finally:
             self._slots.release()
         for phase, seconds in phases.items():
-            self.metrics.phase.labels(self.name, phase).observe(seconds)
+            child = self._phases.get(phase) or self.metrics.phase.labels(self.name, phase)
+            child.observe(seconds)
         self.metrics.stats.executed(self.name, len(batch), len(payloads), phases)
         if len(results) != len(payloads):
             self._fail(batch, RuntimeError(f"{len(results)} results for {len(payloads)} images"))

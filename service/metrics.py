@@ -42,6 +42,8 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        # (route, code) -> labelled children of requests and request_latency
+        self._answered: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
         self.in_flight = Gauge(
             "sepvit_in_flight_requests", "Requests being handled now.", registry=r
         )
@@ -110,6 +112,17 @@ class Metrics:
             ["model", "runtime", "requested"],
             registry=r,
         )
+
+    def answered(self, route: str, code: str, seconds: float) -> None:
+        """A request on ``route`` was answered with ``code`` after ``seconds``."""
+        children = self._answered.get((route, code))
+        if children is None:  # labels() costs a lock and a few allocations: once per pair
+            children = self._answered[route, code] = (
+                self.requests.labels(route, code),
+                self.request_latency.labels(route),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -97,11 +97,15 @@ class GatewayMiddleware:
             # the app runs as a task of its own, so that the drain's cut-off can end it (and
             # answer 503 if nothing was sent yet) without cancelling the server's request task
             work = asyncio.ensure_future(self.app(scope, receive, send_wrapper))
-            cut = asyncio.Event()
-            call.on_cut = cut.set
-            waiter = asyncio.ensure_future(cut.wait())
+            cut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+            def on_cut() -> None:
+                if not cut.done():
+                    cut.set_result(None)
+
+            call.on_cut = on_cut
             try:
-                await asyncio.wait({work, waiter}, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait({work, cut}, return_when=asyncio.FIRST_COMPLETED)
                 if not work.done() and not started:
                     work.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
@@ -111,7 +115,7 @@ class GatewayMiddleware:
                 else:
                     await work  # done, or its answer is already on the way: let it finish
             finally:
-                waiter.cancel()
+                cut.cancel()
                 if not work.done():  # this request's own task was cancelled
                     work.cancel()
         finally:
@@ -140,10 +144,9 @@ class GatewayMiddleware:
             nonlocal seen, done
             if done:  # the body is in: what follows is the disconnect, with no time limit
                 return await receive()
-            try:
-                message: dict[str, Any] = dict(
-                    await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
-                )
+            try:  # a timeout scope, not wait_for: no task per message
+                async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                    message: dict[str, Any] = dict(await receive())
             except TimeoutError:
                 raise RequestTimeoutError(
                     f"the request body did not arrive within {timeout:g} s"

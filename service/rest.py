@@ -7,16 +7,18 @@ worker thread, off the event loop."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from collections.abc import Awaitable
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar, get_type_hints
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import Response
+from pydantic import BaseModel, Field, create_model
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from handlers.params import TASKS, Format
+from handlers.params import TASKS, RequestParams
 
 from .admission import decimal
 from .dataplane import DataPlane, InferenceRequest, InferenceResponse, encode_result
@@ -48,11 +50,17 @@ T = TypeVar("T")
 # bodies above this size are parsed in a worker thread: below it the thread hop costs more than
 # the parse, above it a parse could hold the event loop for milliseconds
 OFF_LOOP_BYTES = 64 * 1024
+# answers with at most this many entries in all (classes, detections) and no mask or PNG are
+# rendered on the event loop, for the same reason
+ON_LOOP_ENTRIES = 256
+RLE_KEYS = frozenset({"mask", "rle"})  # an entry's COCO RLE: detection masks, segments
 
 router = APIRouter()
 
 
-def get_plane(request: Request) -> DataPlane:
+# dependencies are coroutines: FastAPI runs a plain ``def`` dependency in its thread pool, a
+# thread hop per request
+async def get_plane(request: Request) -> DataPlane:
     plane: DataPlane = request.app.state.plane
     return plane
 
@@ -64,23 +72,37 @@ def get_metrics(request: Request) -> Metrics:
 
 PlaneDep = Annotated[DataPlane, Depends(get_plane)]
 ModelName = Annotated[str, Path(max_length=64, description="model name (see GET /models)")]
-ModelQuery = Annotated[
-    str | None, Query(max_length=64, description="model name; default: the first of this task")
-]
-TopK = Annotated[int | None, Query(ge=1, le=1000, description="classes per image (classify)")]
-ScoreThreshold = Annotated[
-    float | None, Query(ge=0.0, le=1.0, description="minimum detection score (detect)")
-]
-MaxDetections = Annotated[
-    int | None, Query(ge=1, le=1000, description="at most this many detections (detect)")
-]
-SegmentFormat = Annotated[
-    Format | None,
-    Query(
-        description="segment: COCO RLE (default), PNG label map, or colour overlay PNG; "
-        "detect with a Mask R-CNN model: RLE masks (default), PNG instance-id map, or overlay"
-    ),
-]
+
+
+class _ModelQuery(BaseModel):
+    model: str | None = Field(
+        default=None, max_length=64, description="model name; default: the first of this task"
+    )
+
+
+def _task_query() -> type[_ModelQuery]:
+    """The task routes' query parameters: ``model`` and every request parameter, with the type,
+    range and help :class:`~handlers.params.RequestParams` gives it."""
+    types = get_type_hints(RequestParams)
+    params: dict[str, Any] = {
+        f.name: (
+            types[f.name],
+            Field(
+                default=None,
+                ge=f.metadata["low"],
+                le=f.metadata["high"],
+                description=f.metadata["help"],
+            ),
+        )
+        for f in dataclasses.fields(RequestParams)
+    }
+    return create_model("TaskQuery", __base__=_ModelQuery, **params)
+
+
+if TYPE_CHECKING:
+    TaskQuery = _ModelQuery
+else:
+    TaskQuery = _task_query()
 
 # the error answers by how far a request gets: every route (auth, the Content-Length limit, a
 # bug); through admission (overloaded, draining); naming a model; sending images to infer on
@@ -174,31 +196,39 @@ async def task_response(resp: InferenceResponse) -> Response:
         }
         return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
 
-    return Response(await asyncio.to_thread(render), media_type="application/json")
+    body = render() if small(resp) else await asyncio.to_thread(render)
+    return Response(body, media_type="application/json")
+
+
+def small(resp: InferenceResponse) -> bool:
+    """Whether rendering ``resp`` is cheaper than a thread hop: only a few short entries (top-k
+    classes, detections without masks), no RLE mask and no PNG, whose sizes are unbounded."""
+    entries = 0
+    for item in resp.results:
+        if isinstance(item, Exception):
+            continue
+        for value in item.values():
+            if isinstance(value, bytes | bytearray):
+                return False
+            if isinstance(value, list):
+                if value and isinstance(value[0], dict) and not RLE_KEYS.isdisjoint(value[0]):
+                    return False
+                entries += len(value)
+    return entries <= ON_LOOP_ENTRIES
 
 
 def _task_endpoint(task: str) -> Any:
     async def endpoint(
         request: Request,
         plane: PlaneDep,
-        model: ModelQuery = None,
-        top_k: TopK = None,
-        score_threshold: ScoreThreshold = None,
-        max_detections: MaxDetections = None,
-        format: SegmentFormat = None,
+        query: Annotated[TaskQuery, Query()],
     ) -> Response:
         images = await read_images(request, plane)
-        params = {
-            "top_k": top_k,
-            "score_threshold": score_threshold,
-            "max_detections": max_detections,
-            "format": format,
-        }
         req = InferenceRequest(
             images=images,
-            model=model,
+            model=query.model,
             task=task,
-            params={k: v for k, v in params.items() if v is not None},
+            params=query.model_dump(exclude_none=True, exclude={"model"}),
             timeout_s=_timeout(request),
             request_id=request.state.request_id,
         )
@@ -342,20 +372,13 @@ INFER_ANSWERS = {
 }
 
 
-@router.post(
-    "/v2/models/{model_name}/infer",
-    tags=["v2"],
-    response_model=InferResponse,
-    responses=INFER_ANSWERS,
-    openapi_extra=INFER_BODY,
+INFER_ROUTE: dict[str, Any] = dict(
+    tags=["v2"], response_model=InferResponse, responses=INFER_ANSWERS, openapi_extra=INFER_BODY
 )
-@router.post(
-    "/v2/models/{model_name}/versions/{model_version}/infer",
-    tags=["v2"],
-    response_model=InferResponse,
-    responses=INFER_ANSWERS,
-    openapi_extra=INFER_BODY,
-)
+
+
+@router.post("/v2/models/{model_name}/infer", **INFER_ROUTE)
+@router.post("/v2/models/{model_name}/versions/{model_version}/infer", **INFER_ROUTE)
 async def model_infer(
     request: Request, plane: PlaneDep, model_name: ModelName, model_version: str | None = None
 ) -> Response:
@@ -377,7 +400,10 @@ async def model_infer(
     resp = await until_disconnect(request, plane.infer(req))
     if isinstance(resp, Response):
         return resp
-    content_, out_len = await asyncio.to_thread(rest_response, resp, binary, oip_id)
+    if small(resp):
+        content_, out_len = rest_response(resp, binary, oip_id)
+    else:
+        content_, out_len = await asyncio.to_thread(rest_response, resp, binary, oip_id)
     if out_len is None:
         return Response(content_, media_type="application/json")
     return Response(

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from handlers.decode import DECODE_BYTES_PER_PIXEL
-from handlers.params import Task
+from handlers.params import RuntimeName, Task
 
 __all__ = [
     "DEMO_MODELS",
@@ -48,7 +48,7 @@ class ModelSpec(BaseModel):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     checkpoint: Path
     task: Task | None = None  # None: from the checkpoint
-    runtime: Literal["eager", "onnxruntime", "tensorrt", "bf16", "int8", "auto"] | None = None
+    runtime: RuntimeName | None = None
     max_batch_size: int | None = Field(default=None, ge=1, le=256)
     max_delay_ms: float | None = Field(default=None, ge=0, le=10_000)
     adaptive_batching: bool | None = None  # None: the server's adaptive_batching

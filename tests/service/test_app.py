@@ -485,3 +485,21 @@ def test_pipelining_off_gives_the_same_answers(
     on = client.post("/classify?top_k=3", files=body)
     assert off.status_code == on.status_code == 200
     assert off.json()["results"] == on.json()["results"]
+
+
+def test_only_small_answers_are_rendered_on_the_event_loop() -> None:
+    from handlers.errors import PipelineError
+    from service.dataplane import InferenceResponse
+    from service.rest import ON_LOOP_ENTRIES, small
+
+    def resp(*results: Any) -> InferenceResponse:
+        return InferenceResponse("m", "classify", list(results))
+
+    top = {"top_k": [{"label": "a", "index": 0, "score": 0.5}] * 5}
+    rle = {"size": [4, 4], "counts": "x"}
+    assert small(resp(top, top, PipelineError("bad image")))
+    assert not small(resp({"top_k": top["top_k"] * (ON_LOOP_ENTRIES // 5 + 1)}))
+    assert small(resp({"detections": [{"label": "a", "box": [0, 0, 1, 1]}]}))
+    assert not small(resp({"detections": [{"label": "a", "box": [0, 0, 1, 1], "mask": rle}]}))
+    assert not small(resp({"segments": [{"label": "a", "area": 3, "rle": rle}]}))
+    assert not small(resp({"media_type": "image/png", "data": b"\x89PNG"}))
