@@ -9,16 +9,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
-OUT=service/oip
-$PY -m grpc_tools.protoc -Iproto --python_out=$OUT --pyi_out=$OUT --grpc_python_out=$OUT proto/grpc_service.proto
-sed -i 's/^import grpc_service_pb2 as grpc__service__pb2/from . import grpc_service_pb2 as grpc__service__pb2/' $OUT/grpc_service_pb2_grpc.py
-sed -i 's/_descriptor_pool.Default().AddSerializedFile/_descriptor_pool.DescriptorPool().AddSerializedFile/' $OUT/grpc_service_pb2.py
-grep -q "DescriptorPool().AddSerializedFile" $OUT/grpc_service_pb2.py
-grep -q "^from . import grpc_service_pb2" $OUT/grpc_service_pb2_grpc.py
+# generate <name> <package dir>: proto/<name>.proto -> <package dir>/<name>_pb2*.py
+generate() {
+  local name=$1 out=$2
+  $PY -m grpc_tools.protoc -Iproto --python_out="$out" --pyi_out="$out" --grpc_python_out="$out" "proto/$name.proto"
+  sed -i "s/^import ${name}_pb2 as/from . import ${name}_pb2 as/" "$out/${name}_pb2_grpc.py"
+  sed -i 's/_descriptor_pool.Default().AddSerializedFile/_descriptor_pool.DescriptorPool().AddSerializedFile/' "$out/${name}_pb2.py"
+  grep -q "DescriptorPool().AddSerializedFile" "$out/${name}_pb2.py"
+  grep -q "^from . import ${name}_pb2" "$out/${name}_pb2_grpc.py"
+}
 
-OUT=service/torchserve
-$PY -m grpc_tools.protoc -Iproto --python_out=$OUT --pyi_out=$OUT --grpc_python_out=$OUT proto/torchserve_inference.proto
-sed -i 's/^import torchserve_inference_pb2 as/from . import torchserve_inference_pb2 as/' $OUT/torchserve_inference_pb2_grpc.py
-sed -i 's/_descriptor_pool.Default().AddSerializedFile/_descriptor_pool.DescriptorPool().AddSerializedFile/' $OUT/torchserve_inference_pb2.py
-grep -q "DescriptorPool().AddSerializedFile" $OUT/torchserve_inference_pb2.py
-grep -q "^from . import torchserve_inference_pb2" $OUT/torchserve_inference_pb2_grpc.py
+generate grpc_service service/oip
+generate torchserve_inference service/torchserve

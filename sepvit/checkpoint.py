@@ -296,7 +296,8 @@ def load_official_into(
     classifier whose class count matches and non-strict otherwise. Returns a :class:`LoadReport`,
     which is also logged.
     """
-    from .backbones.sepvit import SepViT, _unwrap, checkpoint_filter_fn
+    from .backbones.base import unwrap_state
+    from .backbones.sepvit import SepViT, checkpoint_filter_fn
 
     target_name = "model"
     target: nn.Module = model
@@ -306,7 +307,7 @@ def load_official_into(
             raise CheckpointError("official SepViT weights need a SepViT model or backbone")
         target, target_name = backbone, "backbone"
     assert isinstance(target, SepViT)
-    source = _unwrap(state_dict)
+    source = unwrap_state(state_dict)
     filtered = checkpoint_filter_fn(state_dict, target)
     if strict is None:
         strict = target is model and not target.dense and len(filtered) == len(source)
@@ -323,9 +324,9 @@ def load_official_into(
 
 def openmmlab_state(obj: Mapping[str, Any]) -> dict[str, Tensor]:
     """The tensors of an mmdet/mmseg (or official SepViT) checkpoint, ``module.`` stripped."""
-    from .backbones.sepvit import _unwrap
+    from .backbones.base import unwrap_state
 
-    sd = _unwrap(obj)
+    sd = unwrap_state(obj)
     if sd and all(k.startswith("module.") for k in sd):
         sd = {k.removeprefix("module."): v for k, v in sd.items()}
     return sd

@@ -142,6 +142,17 @@ class Admission:
         self.metrics.in_flight.dec()
         elapsed = time.perf_counter() - call.started
         self.metrics.answered(route, status, elapsed)
+        if log.isEnabledFor(logging.INFO):  # below info (the access log off), nothing is built
+            self._log(call, status, elapsed)
+        # a stream may end in another context than it began in: then there is nothing to reset
+        with contextlib.suppress(ValueError):
+            if call._context is not None:
+                request_id_var.reset(call._context)
+            if call._call_context is not None:
+                current_call.reset(call._call_context)
+
+    @staticmethod
+    def _log(call: Call, status: str, elapsed: float) -> None:
         log.info(
             "%s %s %s %.1f ms",
             call.method,
@@ -156,12 +167,6 @@ class Admission:
                 "duration_ms": round(elapsed * 1000, 2),
             },
         )
-        # a stream may end in another context than it began in: then there is nothing to reset
-        with contextlib.suppress(ValueError):
-            if call._context is not None:
-                request_id_var.reset(call._context)
-            if call._call_context is not None:
-                current_call.reset(call._call_context)
 
     @asynccontextmanager
     async def message(self, stream: Call, request_id: str, route: str) -> AsyncIterator[Call]:

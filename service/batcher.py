@@ -170,9 +170,9 @@ class DynamicBatcher:
         self._depth.set(self._queued)
         entry.future.add_done_callback(lambda _f: self._forget(entry))
         self._wakeup.set()  # the worker re-checks: first arrival, batch full or target reached
-        timeout = deadline - loop.time()
-        try:
-            return await asyncio.wait_for(entry.future, max(timeout, 0.0))
+        try:  # past the deadline the scope cancels the wait, and with it the future
+            async with asyncio.timeout_at(deadline):
+                return await entry.future
         except TimeoutError:
             self.metrics.cancelled.labels(self.name, "deadline").inc()
             raise DeadlineExceededError(

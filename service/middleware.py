@@ -144,10 +144,9 @@ class GatewayMiddleware:
             nonlocal seen, done
             if done:  # the body is in: what follows is the disconnect, with no time limit
                 return await receive()
-            try:
-                message: dict[str, Any] = dict(
-                    await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
-                )
+            try:  # a timeout scope, not wait_for: no task per message
+                async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                    message: dict[str, Any] = dict(await receive())
             except TimeoutError:
                 raise RequestTimeoutError(
                     f"the request body did not arrive within {timeout:g} s"

@@ -372,20 +372,13 @@ INFER_ANSWERS = {
 }
 
 
-@router.post(
-    "/v2/models/{model_name}/infer",
-    tags=["v2"],
-    response_model=InferResponse,
-    responses=INFER_ANSWERS,
-    openapi_extra=INFER_BODY,
+INFER_ROUTE: dict[str, Any] = dict(
+    tags=["v2"], response_model=InferResponse, responses=INFER_ANSWERS, openapi_extra=INFER_BODY
 )
-@router.post(
-    "/v2/models/{model_name}/versions/{model_version}/infer",
-    tags=["v2"],
-    response_model=InferResponse,
-    responses=INFER_ANSWERS,
-    openapi_extra=INFER_BODY,
-)
+
+
+@router.post("/v2/models/{model_name}/infer", **INFER_ROUTE)
+@router.post("/v2/models/{model_name}/versions/{model_version}/infer", **INFER_ROUTE)
 async def model_infer(
     request: Request, plane: PlaneDep, model_name: ModelName, model_version: str | None = None
 ) -> Response:

@@ -52,6 +52,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .base import Backbone, backbone_state, check_batch
+
 __all__ = [
     "SEPVIT_VARIANTS",
     "SepViT",
@@ -342,7 +344,7 @@ def centre_on_edges(x: Tensor) -> Tensor:
     return x - edges.mean(dim=2)[:, :, None, None]
 
 
-class SepViT(nn.Module):
+class SepViT(Backbone):
     """SepViT backbone and classifier.
 
     Args:
@@ -391,23 +393,12 @@ class SepViT(nn.Module):
         for s, (d, stage_ws) in enumerate(zip(depths, window_sizes, strict=True)):
             if len(stage_ws) < d:
                 raise ValueError(f"stage {s}: {d} blocks but only {len(stage_ws)} window sizes")
-        img_hw = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
-        if len(img_hw) != 2 or min(img_hw) < 1:
-            raise ValueError(f"img_size must be an int or (H, W), got {img_size!r}")
 
         self.embed_dims = tuple(embed_dims)
         self.num_heads = tuple(num_heads)
         self.depths = tuple(depths)
         self.window_sizes = tuple(tuple(ws[:d]) for ws, d in zip(window_sizes, depths, strict=True))
-        self.dense = dense
-        self.img_size = (int(img_hw[0]), int(img_hw[1]))
-        self.num_classes = 0 if dense else num_classes
-        self.num_features = self.embed_dims[-1]
-        self.out_indices = tuple(out_indices)
-        self.feature_info = [
-            dict(num_chs=dim, reduction=4 * 2**i, module=f"blocks.{i}")
-            for i, dim in enumerate(self.embed_dims)
-        ]
+        self._init_layout(img_size, dense, num_classes, out_indices, "blocks")
 
         if dense:  # registered first, as in the official detection backbone
             self.norm_list = nn.ModuleList(
@@ -455,9 +446,7 @@ class SepViT(nn.Module):
 
         if not dense:
             self.norm = nn.LayerNorm(self.num_features, eps=_LN_EPS)
-            self.head: nn.Module = (
-                nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-            )
+            self.reset_classifier(num_classes)
         self.apply(self._init_weights)
 
     @staticmethod
@@ -501,11 +490,7 @@ class SepViT(nn.Module):
         In the dense layout each stage output passes through its ``norm_list`` LayerNorm, as in
         the official detection backbone. Any ``H x W`` is accepted.
         """
-        if x.ndim != 4:
-            raise ValueError(f"expected an image batch [B, C, H, W], got shape {tuple(x.shape)}")
-        wanted = tuple(self.out_indices if indices is None else indices)
-        if not wanted or min(wanted) < 0 or max(wanted) >= len(self.depths):
-            raise ValueError(f"stage indices {wanted} out of range for {len(self.depths)} stages")
+        wanted = self._wanted_stages(x, indices)
         outs: list[Tensor] = []
         last = max(wanted)
         for i in range(len(self.depths)):
@@ -523,8 +508,7 @@ class SepViT(nn.Module):
         """Last-stage tokens after the final norm, ``[B, H/32, W/32, C]`` (classifier layout)."""
         if self.dense:
             raise RuntimeError("the dense layout has no final norm; use forward_intermediates")
-        if x.ndim != 4:
-            raise ValueError(f"expected an image batch [B, C, H, W], got shape {tuple(x.shape)}")
+        check_batch(x)
         n = len(self.depths)
         for i in range(n):
             tokens = self._stage(i, x)
@@ -536,31 +520,10 @@ class SepViT(nn.Module):
         x = x.mean(dim=(1, 2))  # global average pooling
         return x if pre_logits else self.head(x)
 
-    def forward(self, x: Tensor) -> Tensor | list[Tensor]:
-        if self.dense:
-            return self.forward_intermediates(x)
-        return self.forward_head(self.forward_features(x))
-
-    def reset_classifier(self, num_classes: int) -> None:
-        if self.dense:
-            raise RuntimeError("the dense layout has no classifier")
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-
 
 # ---------------------------------------------------------------------------------------------
 # checkpoint filter
 # ---------------------------------------------------------------------------------------------
-def _unwrap(state_dict: Mapping[str, Any]) -> dict[str, Tensor]:
-    """Unwrap ``{'model': ...}`` / ``{'state_dict': ...}`` / ``{'module': ...}`` containers."""
-    sd: Any = state_dict
-    for key in ("model", "state_dict", "module", "model_ema"):
-        if isinstance(sd, Mapping) and key in sd and isinstance(sd[key], Mapping):
-            sd = sd[key]
-            break
-    return {k: v for k, v in sd.items() if isinstance(v, Tensor)}
-
-
 def checkpoint_filter_fn(
     state_dict: Mapping[str, Any],
     model: SepViT,
@@ -579,11 +542,7 @@ def checkpoint_filter_fn(
 
     Returns a dict ready for ``model.load_state_dict``; the caller reports what is missing.
     """
-    sd = _unwrap(state_dict)
-    if any(k.startswith("module.") for k in sd):
-        sd = {k.removeprefix("module."): v for k, v in sd.items()}
-    if any(k.startswith("backbone.") for k in sd):
-        sd = {k.removeprefix("backbone."): v for k, v in sd.items() if k.startswith("backbone.")}
+    sd = backbone_state(state_dict)
 
     own = model.state_dict()
     if all(k in own and own[k].shape == v.shape for k, v in sd.items()) and len(sd) == len(own):

@@ -102,7 +102,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .sepvit import DropPath, _unwrap, stage_resolution
+from .base import Backbone, backbone_state
+from .sepvit import DropPath, stage_resolution
 
 __all__ = [
     "SET_VARIANTS",
@@ -360,24 +361,28 @@ class PatchAttention(nn.Module):
 
 class SeparableAttention(nn.Module):
     """Pixel-wise attention, then (optionally) patch-wise attention, each with its residual:
-    ``h + Pixel(h)``, then ``h + Patch(BN(h))`` (module docstring, 4)."""
+    ``h + Pixel(h)``, then ``h + Patch(BN(h))`` (module docstring, 4).
+
+    Args:
+        dim, num_heads, patch_size, qkv_bias: as in :class:`PixelAttention` and
+            :class:`PatchAttention`.
+        patch_attn: add the patch-wise attention. pos_grid: its position-table grid.
+        pixel: the other options of :class:`PixelAttention` (``overlap``, ``rel_bias``,
+            ``kv_per_patch``), by name.
+    """
 
     def __init__(
         self,
         dim: int,
         num_heads: int,
         patch_size: int = 8,
-        overlap: int = 2,
         patch_attn: bool = False,
         pos_grid: tuple[int, int] = (1, 1),
         qkv_bias: bool = False,
-        rel_bias: bool = True,
-        kv_per_patch: bool = True,
+        **pixel: Any,
     ) -> None:
         super().__init__()
-        self.pixel = PixelAttention(
-            dim, num_heads, patch_size, overlap, qkv_bias, rel_bias, kv_per_patch
-        )
+        self.pixel = PixelAttention(dim, num_heads, patch_size, qkv_bias=qkv_bias, **pixel)
         self.patch_norm: nn.BatchNorm2d | None = None
         self.patch: PatchAttention | None = None
         if patch_attn:
@@ -403,9 +408,10 @@ class SeTBlock(nn.Module):
 
     Args:
         in_chs: input channels. out_chs: output channels ``C``. dim: attention channels ``D``.
-        num_heads, patch_size, overlap, patch_attn, pos_grid, qkv_bias, rel_bias, kv_per_patch:
-            see :class:`SeparableAttention`.
+        num_heads: attention heads.
         drop_path: stochastic depth rate of the residual branch.
+        attn: the other options of :class:`SeparableAttention` (``patch_size``, ``overlap``,
+            ``patch_attn``, ``pos_grid``, ``qkv_bias``, ``rel_bias``, ``kv_per_patch``), by name.
     """
 
     def __init__(
@@ -414,21 +420,12 @@ class SeTBlock(nn.Module):
         out_chs: int,
         dim: int,
         num_heads: int,
-        patch_size: int = 8,
-        overlap: int = 2,
-        patch_attn: bool = False,
-        pos_grid: tuple[int, int] = (1, 1),
-        qkv_bias: bool = False,
-        rel_bias: bool = True,
-        kv_per_patch: bool = True,
         drop_path: float = 0.0,
+        **attn: Any,
     ) -> None:
         super().__init__()
         self.reduce = _conv_bn(in_chs, dim)
-        self.attn = SeparableAttention(
-            dim, num_heads, patch_size, overlap, patch_attn, pos_grid, qkv_bias, rel_bias,
-            kv_per_patch,
-        )  # fmt: skip
+        self.attn = SeparableAttention(dim, num_heads, **attn)
         self.norm = nn.BatchNorm2d(dim)
         self.expand = _conv_bn(dim, out_chs, zero_init=True)  # each block starts as identity
         self.shortcut: nn.Module = _conv_bn(in_chs, out_chs) if in_chs != out_chs else nn.Identity()
@@ -445,7 +442,7 @@ class SeTBlock(nn.Module):
 # ---------------------------------------------------------------------------------------------
 # model
 # ---------------------------------------------------------------------------------------------
-class SeT(nn.Module):
+class SeT(Backbone):
     """SeT backbone and classifier.
 
     Args:
@@ -493,9 +490,6 @@ class SeT(nn.Module):
             raise ValueError(f"every stage needs at least one block, got depths {tuple(depths)}")
         if bottleneck < 1:
             raise ValueError(f"bottleneck must be >= 1, got {bottleneck}")
-        img_hw = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
-        if len(img_hw) != 2 or min(img_hw) < 1:
-            raise ValueError(f"img_size must be an int or (H, W), got {img_size!r}")
         self.depths = tuple(int(d) for d in depths)
         self.dims = tuple(int(d) for d in dims)
         self.num_heads = tuple(int(h) for h in num_heads)
@@ -504,15 +498,7 @@ class SeT(nn.Module):
         self.patch_size = patch_size
         self.overlap = overlap
         self.embed_dims = tuple(d * bottleneck for d in self.dims)  # stage output channels C
-        self.img_size = (int(img_hw[0]), int(img_hw[1]))
-        self.dense = dense
-        self.num_classes = 0 if dense else num_classes
-        self.num_features = self.embed_dims[-1]
-        self.out_indices = tuple(out_indices)
-        self.feature_info = [
-            dict(num_chs=c, reduction=4 * 2**i, module=f"stages.{i}")
-            for i, c in enumerate(self.embed_dims)
-        ]
+        self._init_layout(img_size, dense, num_classes, out_indices, "stages")
 
         self.stem = nn.Sequential(
             nn.Conv2d(in_chans, stem_chs, 7, 2, 3, bias=False),
@@ -553,9 +539,7 @@ class SeT(nn.Module):
 
         if not dense:
             self.head_drop = nn.Dropout(drop_rate)
-            self.head: nn.Module = (
-                nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-            )
+            self.reset_classifier(num_classes)
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -588,11 +572,7 @@ class SeT(nn.Module):
         """Multi-scale features ``[B, C_i, H/s_i, W/s_i]`` of stages ``indices`` (default
         ``out_indices``; strides 4, 8, 16, 32, sides rounded up as
         :func:`~sepvit.backbones.sepvit.stage_resolution`). Later stages are skipped."""
-        if x.ndim != 4:
-            raise ValueError(f"expected an image batch [B, C, H, W], got shape {tuple(x.shape)}")
-        wanted = tuple(self.out_indices if indices is None else indices)
-        if not wanted or min(wanted) < 0 or max(wanted) >= len(self.depths):
-            raise ValueError(f"stage indices {wanted} out of range for {len(self.depths)} stages")
+        wanted = self._wanted_stages(x, indices)
         outs: list[Tensor] = []
         x = self.stem(x)
         for i in range(max(wanted) + 1):
@@ -611,17 +591,6 @@ class SeT(nn.Module):
         x = self.head_drop(x.mean(dim=(2, 3)))  # global average pooling
         return x if pre_logits else self.head(x)
 
-    def forward(self, x: Tensor) -> Tensor | list[Tensor]:
-        if self.dense:
-            return self.forward_intermediates(x)
-        return self.forward_head(self.forward_features(x))
-
-    def reset_classifier(self, num_classes: int) -> None:
-        if self.dense:
-            raise RuntimeError("the dense layout has no classifier")
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-
 
 # ---------------------------------------------------------------------------------------------
 # checkpoint filter
@@ -637,11 +606,7 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: SeT) -> dict[str,
 
     Returns a dict ready for ``model.load_state_dict``; the caller reports what is missing.
     """
-    sd = _unwrap(state_dict)
-    if any(k.startswith("module.") for k in sd):
-        sd = {k.removeprefix("module."): v for k, v in sd.items()}
-    if any(k.startswith("backbone.") for k in sd):
-        sd = {k.removeprefix("backbone."): v for k, v in sd.items() if k.startswith("backbone.")}
+    sd = backbone_state(state_dict)
     own = model.state_dict()
     out: dict[str, Tensor] = {}
     for k, v in sd.items():

@@ -15,9 +15,12 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from ..backbones.base import Backbone
+
 __all__ = [
     "DEFAULT_HEADS",
     "HEADS",
+    "DenseModel",
     "HeadSpec",
     "count_modules",
     "get_head",
@@ -106,10 +109,20 @@ def norm_of(state: StateDict, prefix: str) -> str | None:
     return None
 
 
-def check_dense_model(name: str, backbone: Any, num_classes: int, min_classes: int) -> None:
-    """The checks every dense model makes of its arguments: a dense-layout backbone, and at least
-    ``min_classes`` classes (detectors 1; segmenters 2, background included)."""
-    if not getattr(backbone, "dense", False):
-        raise ValueError(f"{name} needs a dense-layout backbone (SepViT(dense=True))")
-    if num_classes < min_classes:
-        raise ValueError(f"num_classes must be >= {min_classes}, got {num_classes}")
+class DenseModel(nn.Module):
+    """Base of the detectors and segmenters: a dense-layout ``backbone`` and ``num_classes``.
+
+    Both are checked here, the way every dense model checks them: the backbone must have the
+    dense layout, and there must be at least ``min_classes`` classes (detectors 1; segmenters
+    2, background included).
+    """
+
+    def __init__(self, backbone: Backbone, num_classes: int, min_classes: int = 1) -> None:
+        super().__init__()
+        if not getattr(backbone, "dense", False):
+            name = type(self).__name__
+            raise ValueError(f"{name} needs a dense-layout backbone (SepViT(dense=True))")
+        if num_classes < min_classes:
+            raise ValueError(f"num_classes must be >= {min_classes}, got {num_classes}")
+        self.backbone = backbone
+        self.num_classes = num_classes

@@ -56,7 +56,7 @@ from ..ops import (
     smooth_l1_loss,
 )
 from ..ops.roi_align import mask_targets, roi_align
-from .base import HeadSpec, StateDict, check_dense_model, register_head
+from .base import DenseModel, HeadSpec, StateDict, register_head
 from .fpn import FPN, ConvModule
 
 __all__ = [
@@ -247,7 +247,7 @@ def paste_masks(
     return out
 
 
-class MaskRCNN(nn.Module):
+class MaskRCNN(DenseModel):
     """Mask R-CNN instance segmenter (mmdet 3.x inference).
 
     Args:
@@ -290,10 +290,7 @@ class MaskRCNN(nn.Module):
         roi_batch: int = 512,
         roi_pos_fraction: float = 0.25,
     ) -> None:
-        super().__init__()
-        check_dense_model("MaskRCNN", backbone, num_classes, 1)
-        self.backbone = backbone
-        self.num_classes = num_classes
+        super().__init__(backbone, num_classes)
         self.neck = FPN(backbone.embed_dims, fpn_channels, pool_levels=1)
         self.anchor_generator = AnchorGenerator(
             self.rpn_strides, octave_base_scale=anchor_scale, scales=(1.0,), center_offset=0.0

@@ -30,7 +30,7 @@ from ..ops import (
     sigmoid_focal_loss,
     smooth_l1_loss,
 )
-from .base import HeadSpec, StateDict, check_dense_model, count_modules, norm_of, register_head
+from .base import DenseModel, HeadSpec, StateDict, count_modules, norm_of, register_head
 from .fpn import FPN, ConvModule
 
 __all__ = ["RetinaHead", "RetinaNet"]
@@ -104,7 +104,7 @@ class RetinaHead(nn.Module):
         return torch.cat(cls_out, 1), torch.cat(reg_out, 1)
 
 
-class RetinaNet(nn.Module):
+class RetinaNet(DenseModel):
     """RetinaNet detector whose ``state_dict()`` is mmdet's (``backbone``, ``neck``,
     ``bbox_head``).
 
@@ -150,12 +150,9 @@ class RetinaNet(nn.Module):
         focal_alpha: float = 0.25,
         focal_gamma: float = 2.0,
     ) -> None:
-        super().__init__()
-        check_dense_model("RetinaNet", backbone, num_classes, 1)
+        super().__init__(backbone, num_classes)
         if box_loss not in ("smooth_l1", "giou"):
             raise ValueError(f"box_loss must be 'smooth_l1' or 'giou', got {box_loss!r}")
-        self.backbone = backbone
-        self.num_classes = num_classes
         self.neck = FPN(
             backbone.embed_dims,
             fpn_channels,

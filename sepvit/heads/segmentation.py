@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from ..backbones.sepvit import SepViT
 from ..backbones.set import SeT
-from .base import HeadSpec, StateDict, check_dense_model, norm_of, register_head
+from .base import DenseModel, HeadSpec, StateDict, norm_of, register_head
 from .fpn import FPN, ConvModule
 
 __all__ = ["FPNHead", "SemanticFPN", "Upsample"]
@@ -79,7 +79,7 @@ class FPNHead(nn.Module):
         return self.conv_seg(self.dropout(out))
 
 
-class SemanticFPN(nn.Module):
+class SemanticFPN(DenseModel):
     """Semantic FPN segmenter; ``forward`` returns logits ``[B, K, H, W]`` at input resolution.
 
     Defaults are the official ``fpn_sepvit_*`` configs (FPN 256, head 128 with BN).
@@ -103,10 +103,7 @@ class SemanticFPN(nn.Module):
         dropout: float = 0.1,
         ignore_index: int = 255,
     ) -> None:
-        super().__init__()
-        check_dense_model("SemanticFPN", backbone, num_classes, 2)
-        self.backbone = backbone
-        self.num_classes = num_classes
+        super().__init__(backbone, num_classes, min_classes=2)  # background included
         self.ignore_index = ignore_index
         self.neck = FPN(backbone.embed_dims, fpn_channels)
         self.decode_head = FPNHead(

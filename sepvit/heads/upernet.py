@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from ..backbones.sepvit import SepViT
 from ..backbones.set import SeT
-from .base import HeadSpec, StateDict, check_dense_model, register_head
+from .base import DenseModel, HeadSpec, StateDict, register_head
 from .fpn import ConvModule
 
 __all__ = ["UPerHead", "UperNet"]
@@ -90,15 +90,13 @@ class UPerHead(nn.Module):
         return self.conv_seg(self.dropout(self.forward_features(feats)))
 
 
-class UperNet(nn.Module):
+class UperNet(DenseModel):
     """UperNet segmenter; ``forward`` returns logits ``[B, K, H, W]`` at input resolution.
 
     Args:
-        backbone: a dense-layout :class:`SepViT` or :class:`~sepvit.backbones.set.SeT`.
-        num_classes: classes (ADE20K: 150).
+        backbone, num_classes (ADE20K: 150), dropout, ignore_index: as for
+            :class:`~sepvit.heads.segmentation.SemanticFPN`.
         channels: decoder width (paper: 512). pool_scales: PPM pooling sizes (1, 2, 3, 6).
-        dropout: dropout before ``conv_seg`` during training.
-        ignore_index: label ignored by the loss.
     """
 
     def __init__(
@@ -110,10 +108,7 @@ class UperNet(nn.Module):
         dropout: float = 0.1,
         ignore_index: int = 255,
     ) -> None:
-        super().__init__()
-        check_dense_model("UperNet", backbone, num_classes, 2)
-        self.backbone = backbone
-        self.num_classes = num_classes
+        super().__init__(backbone, num_classes, min_classes=2)  # background included
         self.ignore_index = ignore_index
         self.decode_head = UPerHead(
             backbone.embed_dims, num_classes, channels, tuple(pool_scales), dropout

@@ -14,6 +14,7 @@ from .boxes import (
 )
 from .losses import giou_loss, sigmoid_focal_loss, smooth_l1_loss
 
+# the public names of anchors.py, boxes.py and losses.py, listed here only
 __all__ = [
     "AnchorGenerator",
     "BoxCoder",

@@ -8,8 +8,6 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["AnchorGenerator"]
-
 
 class AnchorGenerator:
     """Anchors for pyramid levels with the given ``strides``.

@@ -10,18 +10,6 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = [
-    "BoxCoder",
-    "batched_nms",
-    "box_area",
-    "box_iou",
-    "clip_boxes",
-    "generalized_box_iou",
-    "match_anchors",
-    "nms",
-    "sample_pos_neg",
-]
-
 
 def box_area(boxes: Tensor) -> Tensor:
     """Area of ``[N, 4]`` boxes (zero for degenerate ones)."""

@@ -8,8 +8,6 @@ from torch import Tensor
 
 from .boxes import box_area
 
-__all__ = ["giou_loss", "sigmoid_focal_loss", "smooth_l1_loss"]
-
 
 def sigmoid_focal_loss(
     logits: Tensor, targets: Tensor, alpha: float = 0.25, gamma: float = 2.0

@@ -269,13 +269,52 @@ def load_official_backbone(path: Path) -> type[nn.Module]:
 # ---------------------------------------------------------------------------------------------
 # the official configs, in mmdet 3.x / mmseg 1.x syntax
 # ---------------------------------------------------------------------------------------------
-def retinanet_cfg() -> dict[str, Any]:
+def _detector(type_: str, **parts: Any) -> dict[str, Any]:
+    """An mmdet model of ``type_``: the official preprocessing and backbone, then ``parts``."""
+    preprocess = dict(
+        type="DetDataPreprocessor", mean=MEAN, std=STD, bgr_to_rgb=True, pad_size_divisor=32
+    )
+    backbone = dict(type="SepViT_Tiny", style="pytorch")
+    return dict(type=type_, data_preprocessor=preprocess, backbone=backbone, **parts)
+
+
+def _segmenter(**parts: Any) -> dict[str, Any]:
+    """An mmseg ``EncoderDecoder``: the official preprocessing and backbone, ``parts``, and
+    whole-image inference."""
+    preprocess = dict(type="SegDataPreProcessor", mean=MEAN, std=STD, bgr_to_rgb=True, pad_val=0)
+    backbone = dict(type="SepViT_Tiny", style="pytorch")
     return dict(
-        type="RetinaNet",
-        data_preprocessor=dict(
-            type="DetDataPreprocessor", mean=MEAN, std=STD, bgr_to_rgb=True, pad_size_divisor=32
-        ),
-        backbone=dict(type="SepViT_Tiny", style="pytorch"),
+        type="EncoderDecoder",
+        data_preprocessor=preprocess,
+        backbone=backbone,
+        **parts,
+        train_cfg=dict(),
+        test_cfg=dict(mode="whole"),
+    )
+
+
+def _decode_head(type_: str, channels: int, loss_weight: float = 1.0, **kw: Any) -> dict[str, Any]:
+    """An mmseg decode head as the official ADE20K configs set it: 150 classes, SyncBN, dropout
+    0.1, cross-entropy (weight ``loss_weight``); ``kw``: its own arguments."""
+    return dict(
+        type=type_,
+        **kw,
+        channels=channels,
+        dropout_ratio=0.1,
+        num_classes=150,
+        norm_cfg=dict(type="SyncBN", requires_grad=True),
+        align_corners=False,
+        loss_decode=dict(type="CrossEntropyLoss", use_sigmoid=False, loss_weight=loss_weight),
+    )
+
+
+def _delta_coder(stds: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0)) -> dict[str, Any]:
+    return dict(type="DeltaXYWHBBoxCoder", target_means=[0.0] * 4, target_stds=list(stds))
+
+
+def retinanet_cfg() -> dict[str, Any]:
+    return _detector(
+        "RetinaNet",
         neck=dict(
             type="FPN",
             in_channels=[96, 192, 384, 768],
@@ -297,9 +336,7 @@ def retinanet_cfg() -> dict[str, Any]:
                 ratios=[0.5, 1.0, 2.0],
                 strides=[8, 16, 32, 64, 128],
             ),
-            bbox_coder=dict(
-                type="DeltaXYWHBBoxCoder", target_means=[0.0] * 4, target_stds=[1.0] * 4
-            ),
+            bbox_coder=_delta_coder(),
             loss_cls=dict(type="FocalLoss", use_sigmoid=True, gamma=2.0, alpha=0.25),
             loss_bbox=dict(type="L1Loss", loss_weight=1.0),
         ),
@@ -314,28 +351,13 @@ def retinanet_cfg() -> dict[str, Any]:
 
 
 def semantic_fpn_cfg() -> dict[str, Any]:
-    return dict(
-        type="EncoderDecoder",
-        data_preprocessor=dict(
-            type="SegDataPreProcessor", mean=MEAN, std=STD, bgr_to_rgb=True, pad_val=0
-        ),
-        backbone=dict(type="SepViT_Tiny", style="pytorch"),
+    return _segmenter(
         neck=dict(type="FPN", in_channels=[96, 192, 384, 768], out_channels=256, num_outs=4),
-        decode_head=dict(
-            type="FPNHead",
-            in_channels=[256, 256, 256, 256],
-            in_index=[0, 1, 2, 3],
+        decode_head=_decode_head(
+            "FPNHead", 128, in_channels=[256] * 4, in_index=[0, 1, 2, 3],
             feature_strides=[4, 8, 16, 32],
-            channels=128,
-            dropout_ratio=0.1,
-            num_classes=150,
-            norm_cfg=dict(type="SyncBN", requires_grad=True),
-            align_corners=False,
-            loss_decode=dict(type="CrossEntropyLoss", use_sigmoid=False, loss_weight=1.0),
         ),
-        train_cfg=dict(),
-        test_cfg=dict(mode="whole"),
-    )
+    )  # fmt: skip
 
 
 def mask_rcnn_cfg() -> dict[str, Any]:
@@ -346,12 +368,8 @@ def mask_rcnn_cfg() -> dict[str, Any]:
         out_channels=256,
         featmap_strides=[4, 8, 16, 32],
     )
-    return dict(
-        type="MaskRCNN",
-        data_preprocessor=dict(
-            type="DetDataPreprocessor", mean=MEAN, std=STD, bgr_to_rgb=True, pad_size_divisor=32
-        ),
-        backbone=dict(type="SepViT_Tiny", style="pytorch"),
+    return _detector(
+        "MaskRCNN",
         neck=dict(type="FPN", in_channels=[96, 192, 384, 768], out_channels=256, num_outs=5),
         rpn_head=dict(
             type="RPNHead",
@@ -363,9 +381,7 @@ def mask_rcnn_cfg() -> dict[str, Any]:
                 ratios=[0.5, 1.0, 2.0],
                 strides=[4, 8, 16, 32, 64],
             ),
-            bbox_coder=dict(
-                type="DeltaXYWHBBoxCoder", target_means=[0.0] * 4, target_stds=[1.0] * 4
-            ),
+            bbox_coder=_delta_coder(),
             loss_cls=dict(type="CrossEntropyLoss", use_sigmoid=True, loss_weight=1.0),
             loss_bbox=dict(type="L1Loss", loss_weight=1.0),
         ),
@@ -378,11 +394,7 @@ def mask_rcnn_cfg() -> dict[str, Any]:
                 fc_out_channels=1024,
                 roi_feat_size=7,
                 num_classes=80,
-                bbox_coder=dict(
-                    type="DeltaXYWHBBoxCoder",
-                    target_means=[0.0] * 4,
-                    target_stds=[0.1, 0.1, 0.2, 0.2],
-                ),
+                bbox_coder=_delta_coder((0.1, 0.1, 0.2, 0.2)),
                 reg_class_agnostic=False,
                 loss_cls=dict(type="CrossEntropyLoss", use_sigmoid=False, loss_weight=1.0),
                 loss_bbox=dict(type="L1Loss", loss_weight=1.0),
@@ -420,41 +432,15 @@ def mask_rcnn_cfg() -> dict[str, Any]:
 
 def upernet_cfg() -> dict[str, Any]:
     """``upernet_r50`` with ``upernet_sepvit_t_*``'s overrides (ADE20K, 150 classes)."""
-    norm = dict(type="SyncBN", requires_grad=True)
-    return dict(
-        type="EncoderDecoder",
-        data_preprocessor=dict(
-            type="SegDataPreProcessor", mean=MEAN, std=STD, bgr_to_rgb=True, pad_val=0
-        ),
-        backbone=dict(type="SepViT_Tiny", style="pytorch"),
-        decode_head=dict(
-            type="UPerHead",
-            in_channels=[96, 192, 384, 768],
-            in_index=[0, 1, 2, 3],
+    return _segmenter(
+        decode_head=_decode_head(
+            "UPerHead", 512, in_channels=[96, 192, 384, 768], in_index=[0, 1, 2, 3],
             pool_scales=(1, 2, 3, 6),
-            channels=512,
-            dropout_ratio=0.1,
-            num_classes=150,
-            norm_cfg=norm,
-            align_corners=False,
-            loss_decode=dict(type="CrossEntropyLoss", use_sigmoid=False, loss_weight=1.0),
         ),
-        auxiliary_head=dict(
-            type="FCNHead",
-            in_channels=384,
-            in_index=2,
-            channels=256,
-            num_convs=1,
-            concat_input=False,
-            dropout_ratio=0.1,
-            num_classes=150,
-            norm_cfg=norm,
-            align_corners=False,
-            loss_decode=dict(type="CrossEntropyLoss", use_sigmoid=False, loss_weight=0.4),
+        auxiliary_head=_decode_head(
+            "FCNHead", 256, 0.4, in_channels=384, in_index=2, num_convs=1, concat_input=False
         ),
-        train_cfg=dict(),
-        test_cfg=dict(mode="whole"),
-    )
+    )  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------
