@@ -379,7 +379,9 @@ def overhead_section(doc: dict[str, Any] | None) -> list[str]:
         f"`{st['runtime']}` (served by `{pipe['runtime']}`), one intra-op thread, closed-loop "
         f"clients for {st['duration']} s per cell. Server CPU = user + system time of the "
         "server's process tree over the cell ÷ requests answered; the pipeline's CPU per image "
-        "is measured in-process at the same batch size.",
+        "is measured in-process at every batch size and weighted by the batch sizes each server "
+        "really ran (the gateway's statistics extension; TorchServe's `x-sepvit-batch-size` "
+        "header).",
         "",
         f"Machine: {_machine(doc)}.",
         "",

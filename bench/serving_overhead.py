@@ -103,7 +103,13 @@ def load(
     before = batch_images() if batch_images else {}
     cpu0 = tree_cpu_seconds(pid)
     result = asyncio.run(
-        run_closed_loop(url, make, concurrency=concurrency, duration_s=args.duration)
+        run_closed_loop(
+            url,
+            make,
+            concurrency=concurrency,
+            duration_s=args.duration,
+            keep_headers=("x-sepvit-batch-size",),
+        )
     )
     cpu = tree_cpu_seconds(pid) - cpu0
     if batch_images:
@@ -238,7 +244,10 @@ def overhead(doc: dict[str, Any]) -> dict[str, Any]:
             ref = pipe.get(f"b{c}") or pipe["b1"]
             if row.get("cpu_ms_per_request") is None:
                 continue
-            share = pipeline_share(pipe, row.get("images_by_batch_size") or {})
+            observed = row.get("images_by_batch_size") or {}
+            # not reported (an older handler): assume full batches, and say so
+            share = pipeline_share(pipe, observed or {c: 1})
+            out[f"{server}_c{c}_batch_sizes_observed"] = bool(observed)
             out[f"{server}_c{c}_mean_batch_size"] = share["mean_batch_size"]
             out[f"{server}_c{c}_cpu_ms_outside_pipeline"] = round(
                 row["cpu_ms_per_request"] - share["cpu_ms_per_image"], 2
