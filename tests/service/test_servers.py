@@ -182,7 +182,9 @@ def test_overload_is_refused_fast_and_nothing_else_breaks(gateway: GatewayProces
     burst, health = asyncio.run(scenario())
     codes = [s for s, _, _ in burst]
     assert set(codes) <= {200, 429}, codes
-    assert codes.count(429) >= 5 and codes.count(200) >= 3
+    # at least the queue's 2 places are served; more only if the worker takes one before the
+    # burst has fully arrived (timing: a fast admission path refuses all 30 others)
+    assert codes.count(429) >= 5 and codes.count(200) >= SLOW["max_queue"]
     for status, seconds, r in burst:
         if status == 429:
             assert r.headers["retry-after"].isdigit() and int(r.headers["retry-after"]) >= 1
