@@ -54,10 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     option(
         "style",
-        choices=(1, 2),
-        help="scene recipe: 1 the original, 2 domain-randomised (docs/shapes.md)",
+        choices=(1, 2, 3),
+        help="scene recipe: 1 the original, 2 domain-randomised, 3 style 2 with thin outlines, "
+        "hatch fills and text (docs/shapes.md)",
     )
-    option("replay", help="with --style 2: fraction of training scenes drawn from style 1 instead")
+    option(
+        "replay", help="with --style 2 or 3: fraction of training scenes drawn from style 1 instead"
+    )
     option(
         "stop_after",
         help="save the state at this step and exit (re-run without it to finish the run)",

@@ -19,6 +19,11 @@ everything a drawing program varies and keep only the shape classes fixed:
   the object;
 * **whole image**: optional Gaussian blur, pixel noise and JPEG compression (quality 25-95).
 
+Style 3 (``extended=True``) is style 2 with what drawing programs add on top: thin outlines
+(1-5 px at 224², whatever the object's size), hatch fills (fine line, cross-hatch and dot patterns
+of 4-12 px over a fill colour), short words of text behind or in front of the objects, and lines
+in front of them. Its scenes are seeded apart from style 2's, so style 2 stays as published.
+
 Labels follow style 1: masks are the object pixels at alpha >= 0.5, boxes and the segmentation map
 come from the visible masks.
 """
@@ -29,7 +34,7 @@ import io
 import math
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFilter
+from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from .shapes import Scene, _background, _clutter, _scene_from_masks, shape_polygon, visible_enough
 
@@ -155,6 +160,26 @@ def _contrasting(rng: np.random.Generator, ref: np.ndarray, min_dist: float = 90
     return 255.0 - ref  # the complement always contrasts
 
 
+def _hatch(rng: np.random.Generator, size: int) -> np.ndarray:
+    """A fine hatch pattern in [0, 1] ``[H, W]``: parallel lines, a cross-hatch grid or dots, with a
+    period of 4-12 px at 224² and lines of 1-2 px."""
+    scale = size / 224
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
+    period = max(3.0, rng.uniform(4, 12) * scale)
+    width = max(1.0, rng.uniform(1, 2.2) * scale)
+    theta = rng.choice([0.0, math.pi / 4, math.pi / 2, 3 * math.pi / 4]) + rng.normal(0, 0.05)
+    u = np.cos(theta) * xx + np.sin(theta) * yy
+    v = -np.sin(theta) * xx + np.cos(theta) * yy
+    du = np.abs((u % period) - period / 2)
+    dv = np.abs((v % period) - period / 2)
+    kind = rng.random()
+    if kind < 0.4:  # lines
+        return (du < width / 2).astype(np.float64)
+    if kind < 0.75:  # cross-hatch grid
+        return ((du < width / 2) | (dv < width / 2)).astype(np.float64)
+    return (np.hypot(du, dv) < max(1.0, rng.uniform(0.18, 0.35) * period)).astype(np.float64)
+
+
 def _paint(
     rng: np.random.Generator,
     size: int,
@@ -162,11 +187,25 @@ def _paint(
     poly: list[tuple[float, float]],
     diameter: float,
     smooth: bool,
+    extended: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """An object's coverage ``[H, W]`` and colour ``[H, W, 3]`` in a random fill style."""
+    """An object's coverage ``[H, W]`` and colour ``[H, W, 3]`` in a random fill style (style 3,
+    ``extended``: thin outlines and hatch fills too)."""
     yy, xx = np.mgrid[0:size, 0:size]
     c0 = _contrasting(rng, ref)
     style = rng.random()
+    if extended:
+        if style < 0.15:  # a thin outline, 1-5 px at 224² whatever the object's size
+            width = max(1, round(rng.uniform(1.0, 5.5) * size / 224))
+            return _alpha(poly, size, width, smooth), np.broadcast_to(c0, (size, size, 3))
+        if style < 0.3:  # a hatch fill, sometimes with an edge of the hatch colour
+            alpha = _alpha(poly, size, 0, smooth)
+            c1 = _contrasting(rng, c0, 60.0)
+            t = _hatch(rng, size)
+            if rng.random() < 0.5:
+                t = np.maximum(t, _alpha(poly, size, max(1, round(rng.uniform(1, 3))), smooth))
+            return alpha, _two_tone(t, c0, c1)
+        style = (style - 0.3) / 0.7  # the style-2 mix for the rest
     if style < 0.15:  # outline only
         width = max(2, round(rng.uniform(0.04, 0.15) * diameter))
         return _alpha(poly, size, width, smooth), np.broadcast_to(c0, (size, size, 3))
@@ -187,6 +226,34 @@ def _paint(
         alpha = np.maximum(alpha, edge)
     shade = rng.normal(0, rng.uniform(0, 8), (size, size, 1))
     return alpha, color + shade
+
+
+_WORD_CHARS = list("abcdefghijklmnopqrstuvwxyz0123456789")
+
+
+def _words(rng: np.random.Generator, canvas: Image.Image, size: int, front: bool) -> None:
+    """Style 3: 0-3 short words of text in random colours and sizes."""
+    draw = ImageDraw.Draw(canvas)
+    for _ in range(int(rng.integers(0, 4))):
+        if (rng.random() < 0.3) != front:
+            continue
+        word = "".join(rng.choice(_WORD_CHARS, int(rng.integers(2, 6))))
+        font = ImageFont.load_default(size=max(6, round(rng.uniform(0.04, 0.1) * size)))
+        xy = (float(rng.uniform(0, 0.85) * size), float(rng.uniform(0, 0.9) * size))
+        draw.text(xy, word, fill=tuple(int(v) for v in _random_color(rng)), font=font)
+
+
+def _front_lines(rng: np.random.Generator, img: np.ndarray, size: int) -> np.ndarray:
+    """Style 3: 0-4 thin lines over the objects (not part of any mask, like occluding clutter)."""
+    if rng.random() >= 0.35:
+        return img
+    canvas = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(canvas)
+    for _ in range(int(rng.integers(1, 5))):
+        x0, y0, x1, y1 = rng.uniform(-0.1, 1.1, 4) * size
+        color = tuple(int(v) for v in _random_color(rng))
+        draw.line([(x0, y0), (x1, y1)], fill=color, width=int(rng.integers(1, 3)))
+    return np.asarray(canvas).astype(np.float64)
 
 
 def _finish(rng: np.random.Generator, img: np.ndarray, size: int) -> np.ndarray:
@@ -211,10 +278,14 @@ def render_randomised(
     num_objects: int,
     size_range: tuple[float, float],
     min_visible: float = 0.6,
+    extended: bool = False,
 ) -> Scene:
-    """A style-2 scene with up to ``num_objects`` shapes (placement rules as style 1)."""
+    """A style-2 scene (style 3 with ``extended``) with up to ``num_objects`` shapes (placement
+    rules as style 1)."""
     canvas = Image.fromarray(_random_background(rng, size).astype(np.uint8))
     _random_clutter(rng, canvas, size)
+    if extended:
+        _words(rng, canvas, size, front=False)
     img = np.asarray(canvas).astype(np.float64)
     labels: list[int] = []
     full: list[np.ndarray] = []
@@ -240,11 +311,17 @@ def render_randomised(
         else:
             if k > 0:
                 continue
-        alpha, color = _paint(rng, size, img[under].mean(0), poly, diameter, rng.random() < 0.6)
+        smooth = rng.random() < 0.6
+        alpha, color = _paint(rng, size, img[under].mean(0), poly, diameter, smooth, extended)
         img = img * (1 - alpha[..., None]) + color * alpha[..., None]
         mask = alpha >= 0.5
         visible = [v & ~mask for v in visible]
         visible.append(mask.copy())
         full.append(mask)
         labels.append(cls)
+    if extended:
+        img = _front_lines(rng, img, size)
+        canvas = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
+        _words(rng, canvas, size, front=True)
+        img = np.asarray(canvas).astype(np.float64)
     return _scene_from_masks(_finish(rng, img, size), labels, visible)

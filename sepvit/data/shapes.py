@@ -56,8 +56,9 @@ CLASSES: tuple[str, ...] = (
 )
 SPLIT_SEEDS = {"train": 1_000, "val": 2_000, "test": 3_000}
 # scene recipes: 1 the original (near-mean backgrounds; the own splits' figures), 2 domain
-# randomisation (sepvit.data.randomised). A style never changes once published.
-STYLES = (1, 2)
+# randomisation (sepvit.data.randomised), 3 style 2 plus thin outlines, hatch fills, text and
+# lines in front. A style never changes once published.
+STYLES = (1, 2, 3)
 
 
 @dataclass
@@ -341,15 +342,16 @@ class ShapesDataset:
         if not 0 <= index < self.length:
             raise IndexError(index)
         rng = self.rng(index)
-        if self.style == 2:
+        if self.style in (2, 3):
             from .randomised import render_randomised
 
             if difficulty != 1.0:
                 raise ValueError("the curriculum (difficulty < 1) applies to style 1 only")
+            ext = self.style == 3
             if self.task == "classify":
-                return render_randomised(rng, self.size, 1, size_range=(0.2, 0.85))
+                return render_randomised(rng, self.size, 1, size_range=(0.2, 0.85), extended=ext)
             n = int(rng.integers(1, 7))
-            return render_randomised(rng, self.size, n, size_range=(0.1, 0.5))
+            return render_randomised(rng, self.size, n, size_range=(0.1, 0.5), extended=ext)
         if self.task == "classify":
             return render_scene(rng, self.size, 1, size_range=(0.20, 0.50), difficulty=difficulty)
         n = int(rng.integers(1, 7))

@@ -124,13 +124,15 @@ def test_style_one_is_the_default_and_keeps_its_seeding() -> None:
         assert np.array_equal(ds[i].image, ref.image) and ds[i].labels == ref.labels
         assert np.array_equal(same[i].image, ref.image)
     with pytest.raises(ValueError, match="style"):
-        ShapesDataset("test", style=3)
+        ShapesDataset("test", style=4)
 
 
-@pytest.mark.parametrize("task", ["classify", "detect"])
-def test_style_two_is_deterministic_varied_and_consistent(task: str) -> None:
-    ds = ShapesDataset("val", task, 96, length=24, style=2)
-    again = ShapesDataset("val", task, 96, length=24, style=2)
+@pytest.mark.parametrize(
+    ("task", "style"), [("classify", 2), ("detect", 2), ("classify", 3), ("detect", 3)]
+)
+def test_randomised_styles_are_deterministic_varied_and_consistent(task: str, style: int) -> None:
+    ds = ShapesDataset("val", task, 96, length=24, style=style)
+    again = ShapesDataset("val", task, 96, length=24, style=style)
     plain = ShapesDataset("val", task, 96, length=24)
     border_colours = []
     for i in range(24):
@@ -151,3 +153,27 @@ def test_style_two_is_deterministic_varied_and_consistent(task: str) -> None:
     assert (spread.max(1) - spread.min(1)).max() > 120 and spread.std(0).min() > 40
     with pytest.raises(ValueError, match="curriculum"):
         ds.get(0, difficulty=0.5)
+
+
+def test_style_three_adds_thin_outlines_and_hatch_fills_and_leaves_style_two_as_published() -> None:
+    """Style 3 is seeded apart from style 2 (whose scenes stay as published), and its extra fill
+    styles show up: objects whose mask is a thin ring (an outline of a few pixels) and objects
+    whose pixels alternate between two colours at a fine period (a hatch)."""
+    from sepvit.data.randomised import _hatch
+
+    s2 = ShapesDataset("val", "classify", 224, length=40, style=2)
+    s3 = ShapesDataset("val", "classify", 224, length=40, style=3)
+    assert all(not np.array_equal(s2[i].image, s3[i].image) for i in range(5))
+    thin = 0
+    for i in range(40):
+        sc = s3[i]
+        (mask,) = sc.masks
+        ys, xs = np.nonzero(mask)
+        box_area = (xs.max() - xs.min() + 1) * (ys.max() - ys.min() + 1)
+        thin += mask.sum() < 0.2 * box_area and box_area > 900
+    assert thin >= 2
+    rng = np.random.default_rng(0)
+    for _ in range(6):
+        t = _hatch(rng, 224)
+        assert 0.05 < t.mean() < 0.7  # a pattern, neither empty nor solid
+        assert np.abs(np.diff(t, axis=0)).sum() + np.abs(np.diff(t, axis=1)).sum() > 2000
