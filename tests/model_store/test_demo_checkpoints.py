@@ -58,7 +58,7 @@ SETS: dict[str, tuple[int, str, int, dict[str, dict[str, tuple[float, float]]]]]
         "eval_independent.json",
         400,
         {
-            "sepvit_lite_shapes_cls": {"top1": (0.75, 0.95)},
+            "sepvit_lite_shapes_cls": {"top1": (0.85, 0.95)},
             "sepvit_lite_shapes_det": {"recall50": (0.85, 0.85)},
             "sepvit_lite_shapes_seg": {"mIoU": (0.05, 0.75)},
             # the detector's robustness bar (issue 18), and the own split's mask bar
@@ -71,7 +71,7 @@ SETS: dict[str, tuple[int, str, int, dict[str, dict[str, tuple[float, float]]]]]
 }
 # (set, name, metric) whose JSON figure is still below the target
 BELOW_TARGET: set[tuple[str, str, str]] = {
-    ("independent", "sepvit_lite_shapes_cls", "top1"),  # 0.880 (plain half 0.990, varied 0.770)
+    ("independent", "sepvit_lite_shapes_cls", "top1"),  # 0.9025 (plain half 0.975, varied 0.830)
     # the previous segmenter: the fine-tuned ones miss the own-split target (docs/shapes.md)
     ("independent", "sepvit_lite_shapes_seg", "mIoU"),
 }
