@@ -82,8 +82,12 @@ TRAIN := $(VENV)/bin/sepvit-train --threads 1 --log-every 50 --save-every 100
 CLS := --task classify --img-size 64 --batch-size 32 --steps 12000 --lr 5e-4 \
 	--warmup-steps 100 --curriculum-steps 8000 --val-images 300
 CLS_MID := $(RUNS)/cls64_mid.safetensors
+# the demo detector's head as it was trained (conv biases beside GN, ReLU before the extra pyramid
+# convs, anchors at cell centres): the heads' defaults have since become mmdet's
+DET_ARGS := "fpn_channels": 96, "head_channels": 96, "head_convs": 2, "head_norm": "gn", \
+	"head_conv_bias": true, "relu_before_extra_convs": true, "anchor_center_offset": 0.5
 DET_MODEL := --task detect --img-size 128 --batch-size 16 --val-images 100 \
-	--model-args '{"fpn_channels": 96, "head_channels": 96, "head_convs": 2, "head_norm": "gn"}'
+	--model-args '{$(DET_ARGS)}'
 # head_norm gn: the demo segmenter's scale heads (mmseg's default, and the heads', is bn)
 SEG_MODEL := --task segment --img-size 128 --batch-size 16 --val-images 100 \
 	--model-args '{"fpn_channels": 64, "head_channels": 64, "head_norm": "gn"}'
@@ -120,8 +124,7 @@ CLS_DR3 := --task classify --img-size 224 --batch-size 16 --steps 1500 --lr 8e-5
 CLS_S3 := --task classify --img-size 224 --batch-size 16 --steps 2000 --lr 1e-4 --warmup-steps 20 \
 	--val-images 200 --style 3 --replay 0.3 --save-every 25 --model-args '{"center_input": true}'
 DET_DR := --task detect --img-size 128 --batch-size 16 --steps 0 --val-images 100 $(DR) \
-	--model-args '{"fpn_channels": 96, "head_channels": 96, "head_convs": 2, "head_norm": "gn", \
-	"center_input": true}'
+	--model-args '{$(DET_ARGS), "center_input": true}'
 # the segmenter's fine-tunes (make segmenter-dr), not shipped: all three miss its own-split target
 SEG_DR_ARGS := --task segment --img-size 128 --batch-size 16 --lr 1e-4 --warmup-steps 20 \
 	--val-images 100 --model-args '{"fpn_channels": 64, "head_channels": 64, "head_norm": "gn", \
