@@ -7,16 +7,28 @@ event loop (health, metrics, other models) stays responsive. A request never spl
 batches; one larger than ``max_batch_size`` runs alone.
 
 With ``adaptive`` (the default) the worker also stops waiting as soon as the queue holds as many
-images as the previous batch had. A lone client (previous batch: 1 image) is never delayed, while
-N clients whose answers went out together in one batch are waited for (up to ``max_delay_ms``)
-and run together again. The delay stays an upper bound; without ``adaptive`` every partial batch
-waits the full delay, as TorchServe's ``maxBatchDelay`` does.
+images as the previous batch had; or, when a batch was answered while requests waited for the
+worker, as many as were waiting plus that batch's images (its clients are about to come back).
+A lone client (previous batch: 1 image) is never delayed, while N clients whose answers went out
+together are waited for (up to ``max_delay_ms``) and run together again. The delay stays an upper
+bound; without ``adaptive`` every partial batch waits the full delay, as TorchServe's
+``maxBatchDelay`` does.
+
+The delay counts from the later of the oldest request's arrival and the moment the worker could
+run a batch (as TorchServe's ``maxBatchDelay`` counts from when its worker asks for a batch): a
+request that waited behind a running batch does not leave at once with whatever else is queued,
+but waits (within the delay) for the clients that batch just answered. Without that, N clients
+in a closed loop could settle into batches of 1 and N - 1 (or all of 1) for good, since each
+batch's size repeats the previous one's.
 
 With a ``prepare`` stage (the embedded backend's decode and preprocess), a batch is
 ``prepare(payloads, params)`` then ``run(prepared)``, and two batches may be in flight on two
 threads: while one is in ``run`` (inference), the next one is already taken and prepared, so
-decoding overlaps inference on another core. ``run`` calls happen one at a time, in the order the
-batches were taken. Each batch costs the event loop one thread hop, as without the stage.
+decoding overlaps inference on another core. The second batch is taken early only when it is
+full (``max_batch_size`` images waiting); a partial one waits for the batch in flight to answer,
+then forms as above (taking it early would fix its size before the answered clients are back).
+``run`` calls happen one at a time, in the order the batches were taken. Each batch costs the
+event loop one thread hop, as without the stage.
 
 Timing: each request's queue wait, and with a ``phases`` callable (read right after ``run`` on
 its thread) each batch's phase times, go to ``/metrics`` and to the statistics extension
@@ -118,6 +130,8 @@ class DynamicBatcher:
         self._turns = _Turns()  # run() in the order the batches were taken
         self._tickets = 0
         self._running: set[asyncio.Task[None]] = set()
+        self._in_flight = 0  # batches taken whose callers have not all been answered
+        self._answered = 0  # images answered so far (successes and failures)
         self._batch_seconds = 0.05  # running mean of a batch's duration (Retry-After hints)
         self.watchdog_margin_s = watchdog_margin_s
         self.on_hang = on_hang
@@ -209,12 +223,26 @@ class DynamicBatcher:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
+            answered = self._answered
             # a free slot first, so that requests keep gathering while every slot is busy
             await self._slots.acquire()
-            flush_at = self._queue[0].enqueued + self.max_delay if self._queue else loop.time()
+            # pipelined: a partial batch waits for the one in flight to answer (see above)
+            while (
+                self._in_flight
+                and self._queued < self.max_batch_size
+                and self._queue
+                and not self._closing
+            ):
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            now = loop.time()
+            flush_at = max(self._queue[0].enqueued, now) + self.max_delay if self._queue else now
             want = self.max_batch_size
             if self.adaptive:
-                want = min(want, self._last_batch)
+                # the images waiting already, plus the clients of a batch answered while they
+                # waited (they come back now); after an idle spell, as many as the last batch
+                back = self._answered - answered
+                want = min(want, self._queued + back if back else self._last_batch)
             while self._queued < want and not self._closing:
                 remaining = flush_at - loop.time()
                 if remaining <= 0 or not self._queue:
@@ -228,6 +256,7 @@ class DynamicBatcher:
             if not batch:
                 self._slots.release()
                 continue
+            self._in_flight += 1
             task = loop.create_task(self._run(batch))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
@@ -296,6 +325,14 @@ class DynamicBatcher:
         return results, (self._phases_fn() if self._phases_fn is not None else {})
 
     async def _run(self, batch: list[_Entry]) -> None:
+        try:
+            await self._run_batch(batch)
+        finally:
+            self._in_flight -= 1
+            self._answered += sum(len(e.payloads) for e in batch)
+            self._wakeup.set()  # the worker may be holding a partial batch for this one
+
+    async def _run_batch(self, batch: list[_Entry]) -> None:
         loop = asyncio.get_running_loop()
         try:
             start = loop.time()

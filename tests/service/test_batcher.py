@@ -337,3 +337,43 @@ def test_statistics_come_from_the_same_figures_as_the_metrics() -> None:
         # per request, each is charged its batch's time: 5 requests
         assert infer[name] == {"count": 5, "ns": round(phases[phase] * 1e9) * 5}
     assert sum(s["batch_size"] * s["compute_infer"]["count"] for s in stats["batch_stats"]) == 8
+
+
+@pytest.mark.parametrize("pipelined", [False, True])
+def test_closed_loop_clients_settle_into_full_batches(pipelined: bool) -> None:
+    """4 clients, each sending its next request when the last is answered, start out of step
+    (batches of 1). Batches then grow to all 4 and stay there: each batch's clients are waited
+    for, within the delay, from the moment the worker could run them (not from the oldest
+    arrival, which has always passed after waiting behind a batch), and a pipelined worker does
+    not take a partial batch while one is in flight. (Before, the sizes repeated themselves: 1,
+    1, 1, ... or 1, 3, 1, 3.)"""
+    sizes: list[int] = []
+
+    def run(payloads: list[bytes], params: list[Any]) -> list[Any]:
+        sizes.append(len(payloads))
+        time.sleep(0.02)  # inference: 20 ms a batch
+        return list(payloads)
+
+    async def main() -> None:
+        kw: dict[str, Any] = {"max_batch_size": 8, "max_delay_ms": 10.0, "max_queue": 64}
+        if pipelined:
+            b = DynamicBatcher("m", run, prepare=lambda p, q: p, metrics=Metrics(), **kw)
+        else:
+            b = DynamicBatcher("m", run, metrics=Metrics(), **kw)
+        b.start()
+
+        async def client(i: int) -> None:
+            await asyncio.sleep(0.007 * i)  # out of step: each arrives while another runs
+            for _ in range(12):
+                await b.submit([bytes([i])], [None], far())
+
+        await asyncio.gather(*(client(i) for i in range(4)))
+        await b.stop()
+
+    if pipelined:  # prepare returns the payloads; run gets them as one argument
+        run_one = run
+        run = lambda prepared: run_one(prepared, [None] * len(prepared))  # noqa: E731
+    asyncio.run(main())
+    assert sum(sizes) == 48
+    steady = sizes[2:-2]  # the first batches are out of step, the last ones as clients finish
+    assert len(steady) >= 8 and all(n == 4 for n in steady), sizes
