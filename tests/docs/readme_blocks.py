@@ -72,7 +72,12 @@ def section_block(section: str, lang: str = "bash", index: int = 0) -> Block:
 def clean_copy(dest: Path) -> Path:
     """The files a checkout of this tree would have (tracked, and new files git does not ignore;
     none of the ignored build outputs), with this checkout's ``.venv`` linked in. Modification
-    times are kept, so make sees the venv as up to date."""
+    times are kept, so make sees the venv as up to date. A venv older than ``pyproject.toml``
+    is refused: make would reinstall it from the copy, pointing the shared editable install at
+    a temporary directory."""
+    stamp, project = ROOT / ".venv" / ".installed", ROOT / "pyproject.toml"
+    if not stamp.is_file() or stamp.stat().st_mtime < project.stat().st_mtime:
+        raise RuntimeError(".venv is older than pyproject.toml: run `make venv` first")
     names = subprocess.run(
         ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
         cwd=ROOT,

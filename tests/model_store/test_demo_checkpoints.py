@@ -60,7 +60,7 @@ SETS: dict[str, tuple[int, str, int, dict[str, dict[str, tuple[float, float]]]]]
         {
             "sepvit_lite_shapes_cls": {"top1": (0.85, 0.95)},
             "sepvit_lite_shapes_det": {"recall50": (0.85, 0.85)},
-            "sepvit_lite_shapes_seg": {"mIoU": (0.05, 0.75)},
+            "sepvit_lite_shapes_seg": {"mIoU": (0.70, 0.75)},
             # the detector's robustness bar (issue 18), and the own split's mask bar
             "sepvit_lite_shapes_inst": {
                 "recall50": (INST_IND_RECALL_FLOOR, 0.85),
@@ -72,8 +72,10 @@ SETS: dict[str, tuple[int, str, int, dict[str, dict[str, tuple[float, float]]]]]
 # (set, name, metric) whose JSON figure is still below the target
 BELOW_TARGET: set[tuple[str, str, str]] = {
     ("independent", "sepvit_lite_shapes_cls", "top1"),  # 0.9025 (plain half 0.975, varied 0.830)
-    # the previous segmenter: the fine-tuned ones miss the own-split target (docs/shapes.md)
+    # the segmenter fine-tuned on styles 2 and 3: 0.742 (plain 0.805, varied 0.676); the one
+    # before them had 0.801 on the own split and 0.096 here (training_state/seg128_p3)
     ("independent", "sepvit_lite_shapes_seg", "mIoU"),
+    ("test", "sepvit_lite_shapes_seg", "mIoU"),  # 0.783 (issue 3's 0.80; docs/shapes.md)
 }
 
 
@@ -133,10 +135,11 @@ def test_demo_checkpoint_evaluation_file_meets_target(split: str, name: str, key
 
 
 def test_version_1_demo_checkpoints_answer_as_before_the_openmmlab_layout() -> None:
-    """The shipped detector and segmenter were written before the heads took OpenMMLab's module
-    layout; converted at load (each head's ``legacy`` rule), they answer exactly as the old
-    modules did. ``tests/data/demo_v1_answers.safetensors`` holds the old code's answers on four
-    Shapes scenes, for the weights whose digest it records (the shipped detector has since gained
+    """The shipped detector and the previous segmenter (``training_state/seg128_p3``) were
+    written before the heads took OpenMMLab's module layout; converted at load (each head's
+    ``legacy`` rule), they answer exactly as the old modules did.
+    ``tests/data/demo_v1_answers.safetensors`` holds the old code's answers on four Shapes
+    scenes, for the weights whose digest it records (the shipped detector has since gained
     ``center_input`` in its metadata, with the same weights: it is built here without it)."""
     import hashlib
 
@@ -149,8 +152,13 @@ def test_version_1_demo_checkpoints_answer_as_before_the_openmmlab_layout() -> N
         meta = json.loads((f.metadata() or {})["demo"])
     golden = load_file(str(golden_path))
     models = {}
+    # the version-1 segmenter shipped until the eighth session: kept in training_state/
+    v1 = {
+        "det": _checkpoint("sepvit_lite_shapes_det"),
+        "seg": STORE.parent / "training_state" / "seg128_p3" / "model.safetensors",
+    }
     for key, task in (("det", "detect"), ("seg", "segment")):
-        path = _checkpoint(f"sepvit_lite_shapes_{key}")
+        path = v1[key]
         weights, digest = load_file(str(path)), hashlib.sha256()
         for name in sorted(weights):
             digest.update(name.encode())
@@ -189,7 +197,7 @@ def test_version_1_demo_checkpoints_answer_as_before_the_openmmlab_layout() -> N
 RECIPES = {
     "sepvit_lite_shapes_cls": "CLS_S3",
     "sepvit_lite_shapes_det": "DET_DR",
-    "sepvit_lite_shapes_seg": "SEG",
+    "sepvit_lite_shapes_seg": "SEG_S3B",
     "sepvit_lite_shapes_inst": "INST",
 }
 
