@@ -68,9 +68,12 @@ def read_models_file(path: Path) -> list[ModelSpec]:
 
 
 def read_model_config(spec: ModelSpec) -> ModelConfigFile:
-    """The ``model-config.yaml`` beside the checkpoint (or the one the entry names), if any."""
+    """The ``model-config.yaml`` beside the checkpoint, if any, or the one the entry names (which
+    must exist: a misspelt path would otherwise serve with defaults, unnoticed)."""
     path = spec.model_config_file or spec.checkpoint.parent / "model-config.yaml"
     if not path.is_file():
+        if spec.model_config_file is not None:
+            raise ValueError(f"model {spec.name!r}: model_config_file {path} is not a file")
         return ModelConfigFile()
     data = _read_yaml(path) or {}
     if not isinstance(data, dict):

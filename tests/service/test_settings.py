@@ -91,6 +91,18 @@ def test_a_zero_batch_size_in_model_config_is_refused(tmp_path: Path) -> None:
         _batching(tmp_path, {}, "batchSize: 0\n")
 
 
+def test_a_model_config_file_that_is_named_must_exist(tmp_path: Path) -> None:
+    """Without the entry's model_config_file, a missing model-config.yaml means defaults; a
+    named one that is not there (a typo) is an error naming it, on both backends."""
+    checkpoint = tmp_path / "model.safetensors"
+    entry = {"name": "m", "checkpoint": str(checkpoint)}
+    for backend in (EmbeddedBackend, TorchServeBackend):
+        backend(load_settings(models=[entry]), Metrics())  # type: ignore[abstract]
+        named = {**entry, "model_config_file": str(tmp_path / "model-confg.yaml")}
+        with pytest.raises(ValueError, match=r"model 'm': model_config_file .*model-confg\.yaml"):
+            backend(load_settings(models=[named]), Metrics())  # type: ignore[abstract]
+
+
 def test_handler_options_entry_over_model_config(tmp_path: Path) -> None:
     checkpoint = tmp_path / "model.safetensors"
     (tmp_path / "model-config.yaml").write_text(
