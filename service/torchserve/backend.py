@@ -99,6 +99,9 @@ def parse_prediction(body: bytes) -> dict[str, Any] | PipelineError:
     return doc
 
 
+AUTH_CODES = frozenset({grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED})
+
+
 class TokenSource:
     """The TorchServe inference key: a fixed one, or the one in a file, re-read on change."""
 
@@ -124,6 +127,11 @@ class TokenSource:
                 return self._value or self.fixed
             self._stamp, self._value = stamp, value
         return self._value or self.fixed
+
+    def invalidate(self) -> None:
+        """Read the file again at the next ``get``: TorchServe refused the key. (A key rewritten
+        with the same size within the file system's time granularity keeps its stamp.)"""
+        self._stamp = None
 
     @staticmethod
     def _read(text: str) -> str:
@@ -297,7 +305,8 @@ class TorchServeBackend(Backend[_Remote]):
         """A clear sentence for a failed call (the readiness reason and 503 message)."""
         code, details = exc.code(), (exc.details() or "").splitlines()
         detail = (details[0] if details else code.name)[:300]
-        if code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
+        if code in AUTH_CODES:
+            self.tokens.invalidate()
             source = self.settings.torchserve_token_file or "torchserve_token"
             return self._unavailable(
                 f"it refused the inference key from {source} (TorchServe writes new keys at "
@@ -351,8 +360,24 @@ class TorchServeBackend(Backend[_Remote]):
         inputs = {"data": payload}
         inputs.update({k: str(v).encode() for k, v in params.items() if v is not None})
         req = pb.PredictionsRequest(model_name=m.ts_name, input=inputs)
+        metadata = self._metadata()
         try:
-            reply = await self._stub.Predictions(req, metadata=self._metadata(), timeout=timeout)
+            try:
+                reply = await self._stub.Predictions(req, metadata=metadata, timeout=timeout)
+            except grpc.aio.AioRpcError as exc:
+                # a refused key: once more if the key file now holds another one (TorchServe
+                # restarted and wrote a new key); nothing ran, so nothing runs twice
+                if exc.code() not in AUTH_CODES:
+                    raise
+                self.tokens.invalidate()
+                if self._metadata() == metadata:
+                    raise
+                remaining = min(timeout, deadline - loop.time())
+                if remaining <= 0:
+                    raise
+                reply = await self._stub.Predictions(
+                    req, metadata=self._metadata(), timeout=remaining
+                )
         except grpc.aio.AioRpcError as exc:
             raise self._call_error(exc, m, timeout) from None
         return parse_prediction(reply.prediction)

@@ -5,6 +5,7 @@ Fast and Java-free; ``tests/integration/test_gateway_torchserve.py`` runs the re
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -162,6 +163,14 @@ def test_forwards_images_and_parameters_with_the_key_from_key_file(
         # TorchServe writes a new key (restart, or a key regenerated after it expired)
         servicer.key = "k2"
         key_file.write_text(json.dumps({"inference": {"key": "k2"}}))
+        r = _post(client, "/classify", image)
+        assert r.status_code == 200, r.text
+        # a new key of the same size whose file keeps its time stamp (coarse file-system
+        # times): the refused call reads the file again and is sent once more
+        stamp = key_file.stat()
+        servicer.key = "k3"
+        key_file.write_text(json.dumps({"inference": {"key": "k3"}}))
+        os.utime(key_file, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
         r = _post(client, "/classify", image)
         assert r.status_code == 200, r.text
 
