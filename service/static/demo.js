@@ -132,6 +132,15 @@
 
   function drawDetect(result, ctx) {
     const w = ctx.canvas.width;
+    // a Mask R-CNN's instance masks first (putImageData replaces pixels), the boxes over them
+    let maskPixels = 0;
+    const withMasks = result.detections.filter((d) => d.mask);
+    if (withMasks.length) {
+      const pixels = ctx.createImageData(w, ctx.canvas.height);
+      for (const d of withMasks) maskPixels += paintRle(pixels, d.mask, colour(d.index), 120);
+      ctx.putImageData(pixels, 0, 0);
+    }
+    ctx.canvas.dataset.masked = String(maskPixels);
     const line = Math.max(2, Math.round(w / 200));
     ctx.font = `${Math.max(12, Math.round(w / 28))}px system-ui, sans-serif`;
     ctx.textBaseline = "bottom";
@@ -183,29 +192,35 @@
     return out;
   }
 
+  // the pixels of one RLE mask in ``pixels`` (ImageData), in colour ``hex`` at ``alpha``;
+  // returns how many were painted
+  function paintRle(pixels, rle, hex, alpha) {
+    const { width, height } = pixels;
+    const h = rle.size[0];
+    const rgba = [...hex.match(/\w\w/g).map((v) => parseInt(v, 16)), alpha];
+    let pos = 0;
+    let painted = 0;
+    rleCounts(rle.counts).forEach((run, i) => {
+      if (i % 2 === 1) {
+        for (let q = pos; q < pos + run; q += 1) {
+          const y = q % h;
+          const x = Math.floor(q / h);
+          if (x < width && y < height) {
+            pixels.data.set(rgba, (y * width + x) * 4);
+            painted += 1;
+          }
+        }
+      }
+      pos += run;
+    });
+    return painted;
+  }
+
   function drawSegment(result, ctx) {
     const { width, height } = ctx.canvas;
     const pixels = ctx.createImageData(width, height);
     let drawn = 0;
-    for (const s of result.segments) {
-      const h = s.rle.size[0];
-      const rgb = colour(s.index).match(/\w\w/g).map((v) => parseInt(v, 16));
-      let pos = 0;
-      rleCounts(s.rle.counts).forEach((run, i) => {
-        if (i % 2 === 1) {
-          for (let q = pos; q < pos + run; q += 1) {
-            const y = q % h;
-            const x = Math.floor(q / h);
-            if (x < width && y < height) {
-              const o = (y * width + x) * 4;
-              pixels.data.set([...rgb, 150], o);
-              drawn += 1;
-            }
-          }
-        }
-        pos += run;
-      });
-    }
+    for (const s of result.segments) drawn += paintRle(pixels, s.rle, colour(s.index), 150);
     ctx.putImageData(pixels, 0, 0);
     ctx.canvas.dataset.drawn = String(drawn);
     return result.segments.map((s) => item(s.label, `${s.area} px`, s.index));

@@ -181,6 +181,27 @@ def test_detect_draws_boxes_on_a_dropped_image(page: Any) -> None:
         page.screenshot(path=shot, full_page=True)
 
 
+def test_instance_masks_are_drawn_under_the_boxes(page: Any) -> None:
+    """The Mask R-CNN's answer: each detection's RLE mask painted (every pixel of it), then the
+    boxes over them."""
+    from handlers.outputs import rle_decode
+
+    choose(page, "sepvit_lite_shapes_inst")
+    scene = encode(first_scene("detect", 256), "PNG")
+    page.set_input_files(
+        "#file", files=[{"name": "s.png", "mimeType": "image/png", "buffer": scene}]
+    )
+    got = wait_done(page)
+    detections = json.loads(got["raw"])["results"][0]["detections"]
+    assert detections and all("mask" in d for d in detections)
+    masks = [rle_decode(d["mask"]) for d in detections]
+    painted = page.evaluate("Number(document.getElementById('overlay').dataset.masked)")
+    assert painted == sum(int(m.sum()) for m in masks) > 0
+    union = int(np.logical_or.reduce(masks).sum())
+    assert got["opaque"] >= union and got["drawn"] == len(detections)
+    assert {"cross", "square"} <= set(got["labels"]), got["labels"]
+
+
 def test_segment_draws_masks_on_a_pasted_image(page: Any) -> None:
     choose(page, "sepvit_lite_shapes_seg")
     scene = encode(first_scene("segment", 256), "PNG")
