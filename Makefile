@@ -123,6 +123,8 @@ CLS_DR3 := --task classify --img-size 224 --batch-size 16 --steps 1500 --lr 8e-5
 # from cls224_dr3; scenes from index 0 of style 3, which no earlier phase drew
 CLS_S3 := --task classify --img-size 224 --batch-size 16 --steps 2000 --lr 1e-4 --warmup-steps 20 \
 	--val-images 200 --style 3 --replay 0.3 --save-every 25 --model-args '{"center_input": true}'
+# and a second style-3 phase on unseen scenes, with less replay (the own split had room)
+CLS_S3B := $(CLS_S3) --steps 2500 --lr 8e-5 --replay 0.15 --first-image 32000
 DET_DR := --task detect --img-size 128 --batch-size 16 --steps 0 --val-images 100 $(DR) \
 	--model-args '{$(DET_ARGS), "center_input": true}'
 # the segmenter's fine-tunes (make segmenter-dr, part of make models): three on style 2, then three
@@ -150,7 +152,7 @@ INST := --task detect --head mask_rcnn --img-size 128 --batch-size 8 --val-image
 	--model-args '{"fpn_channels": 96, "fc_channels": 256, "anchor_scale": 4.0, "roi_batch": 128, \
 	"rpn_train_nms_pre": 1000, "center_input": true}'
 INST_STOP := 600
-DEMOS := cls:cls224_s3 det:det128_dr seg:seg128_s3b inst:inst128_s$(INST_STOP)
+DEMOS := cls:cls224_s3b det:det128_dr seg:seg128_s3c inst:inst128_s$(INST_STOP)
 
 models: $(STAMP)
 	# the classifier trains at 64x64 with the easy-to-full curriculum; the detector starts from its
@@ -174,6 +176,7 @@ models: $(STAMP)
 	$(TRAIN) $(CLS_DR2) --init-from $(RUNS)/cls224_dr/model.safetensors --output $(RUNS)/cls224_dr2
 	$(TRAIN) $(CLS_DR3) --init-from $(RUNS)/cls224_dr2/model.safetensors --output $(RUNS)/cls224_dr3
 	$(TRAIN) $(CLS_S3) --init-from $(RUNS)/cls224_dr3/model.safetensors --output $(RUNS)/cls224_s3
+	$(TRAIN) $(CLS_S3B) --init-from $(RUNS)/cls224_s3/model.safetensors --output $(RUNS)/cls224_s3b
 	$(TRAIN) $(DET_DR) --init-from $(RUNS)/det128_full/model.safetensors --output $(RUNS)/det128_dr
 	$(TRAIN) $(INST) --init-from $(RUNS)/det128_dr/model.safetensors --output $(RUNS)/inst128 \
 	  --stop-after $(INST_STOP)
