@@ -69,7 +69,10 @@ def test_roi_align_chunking_does_not_change_results() -> None:
     rois[:, 0] = 0
     small = roi_align(feats, rois, 7, 0.5, max_elements=1)
     large = roi_align(feats, rois, 7, 0.5, max_elements=1 << 30)
-    assert torch.equal(small, large)
+    # the same sums; only the BLAS kernel may change with the batch count (on an Intel host
+    # with AMX, bmm of one RoI and of all of them differ by 1 ulp)
+    assert torch.allclose(small, large, rtol=0, atol=1e-6)
+    assert small.abs().max() > 0.1
 
 
 def test_roi_align_rejects_bad_rois() -> None:
