@@ -124,14 +124,19 @@ def _blob(rng: np.random.Generator, size: int) -> list[tuple[float, float]]:
     ]
 
 
+def _lines(rng: np.random.Generator, draw: ImageDraw.ImageDraw, size: int, n: int) -> None:
+    """``n`` thin lines of any colour across the image."""
+    for _ in range(n):
+        x0, y0, x1, y1 = rng.uniform(-0.1, 1.1, 4) * size
+        color = tuple(int(v) for v in _random_color(rng))
+        draw.line([(x0, y0), (x1, y1)], fill=color, width=int(rng.integers(1, 3)))
+
+
 def _random_clutter(rng: np.random.Generator, canvas: Image.Image, size: int) -> None:
     draw = ImageDraw.Draw(canvas)
     if rng.random() < 0.3:  # style 1's arcs, segments and specks
         _clutter(rng, draw, size)
-    for _ in range(int(rng.integers(0, 13)) if rng.random() < 0.6 else 0):  # thin lines
-        x0, y0, x1, y1 = rng.uniform(-0.1, 1.1, 4) * size
-        color = tuple(int(v) for v in _random_color(rng))
-        draw.line([(x0, y0), (x1, y1)], fill=color, width=int(rng.integers(1, 3)))
+    _lines(rng, draw, size, int(rng.integers(0, 13)) if rng.random() < 0.6 else 0)
     for _ in range(int(rng.integers(1, 4)) if rng.random() < 0.25 else 0):  # blobs
         draw.polygon(_blob(rng, size), fill=tuple(int(v) for v in _random_color(rng)))
 
@@ -243,19 +248,6 @@ def _words(rng: np.random.Generator, canvas: Image.Image, size: int, front: bool
         draw.text(xy, word, fill=tuple(int(v) for v in _random_color(rng)), font=font)
 
 
-def _front_lines(rng: np.random.Generator, img: np.ndarray, size: int) -> np.ndarray:
-    """Style 3: 0-4 thin lines over the objects (not part of any mask, like occluding clutter)."""
-    if rng.random() >= 0.35:
-        return img
-    canvas = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
-    draw = ImageDraw.Draw(canvas)
-    for _ in range(int(rng.integers(1, 5))):
-        x0, y0, x1, y1 = rng.uniform(-0.1, 1.1, 4) * size
-        color = tuple(int(v) for v in _random_color(rng))
-        draw.line([(x0, y0), (x1, y1)], fill=color, width=int(rng.integers(1, 3)))
-    return np.asarray(canvas).astype(np.float64)
-
-
 def _finish(rng: np.random.Generator, img: np.ndarray, size: int) -> np.ndarray:
     """Whole-image degradations: blur, pixel noise, JPEG."""
     out = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
@@ -319,9 +311,10 @@ def render_randomised(
         visible.append(mask.copy())
         full.append(mask)
         labels.append(cls)
-    if extended:
-        img = _front_lines(rng, img, size)
+    if extended:  # lines (in 35 % of scenes) and words over the objects, not in any mask
         canvas = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
+        if rng.random() < 0.35:
+            _lines(rng, ImageDraw.Draw(canvas), size, int(rng.integers(1, 5)))
         _words(rng, canvas, size, front=True)
         img = np.asarray(canvas).astype(np.float64)
     return _scene_from_masks(_finish(rng, img, size), labels, visible)
