@@ -57,7 +57,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-TASKS = ("classify", "detect", "segment")
+TASKS = ("classify", "detect", "segment")  # handlers.params.Task (torch-free) spells them too
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT_NUM_CLASSES = {"classify": 1000, "detect": 80, "segment": 150}

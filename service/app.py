@@ -37,8 +37,8 @@ from .dataplane import DataPlane
 from .errors import ServiceError, describe_http
 from .loader import load_settings, read_tokens
 from .metrics import Metrics
-from .middleware import GatewayMiddleware, error_response
-from .pages import add_pages
+from .middleware import AUTH_EXEMPT, GatewayMiddleware, error_response
+from .pages import add_pages, is_public
 from .rest import router
 from .schemas import openapi
 from .settings import Settings
@@ -153,7 +153,8 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
     backend = backend or create_backend(settings, metrics)
     watch = LoopWatch(metrics, settings.liveness_stall_s)
     plane = DataPlane(settings, backend, metrics.stats, watch)
-    admission = Admission(settings, metrics, TokenChecker(read_tokens(settings)), plane)
+    tokens = read_tokens(settings)
+    admission = Admission(settings, metrics, TokenChecker(tokens), plane)
     drain = Drain(plane, admission, settings)
 
     @asynccontextmanager
@@ -192,7 +193,9 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
     app.state.grpc_port = None
     app.state.limit = app.state.admission = admission
     app.include_router(router)
-    app.openapi = lambda: openapi(app)  # type: ignore[method-assign]
+    app.openapi = lambda: openapi(  # type: ignore[method-assign]
+        app, auth=bool(tokens), exempt=lambda path: path in AUTH_EXEMPT or is_public(path)
+    )
     add_pages(app)
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(PipelineError, _service_error)

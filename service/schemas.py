@@ -9,6 +9,7 @@ through :func:`request_body` and :func:`openapi`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Literal
 
 from fastapi import FastAPI
@@ -289,9 +290,22 @@ def request_body(*contents: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def openapi(app: FastAPI) -> dict[str, Any]:
+BEARER = {
+    "type": "http",
+    "scheme": "bearer",
+    "description": "One of the gateway's tokens (auth_tokens / auth_token_file); without any "
+    "configured tokens every route is open.",
+}
+
+
+def openapi(
+    app: FastAPI, auth: bool = False, exempt: Callable[[str], bool] = lambda path: False
+) -> dict[str, Any]:
     """The app's OpenAPI document: FastAPI's, with the request bodies' nested models moved to
-    the components, and without the 422 answers FastAPI assumes (this app answers 400)."""
+    the components, and without the 422 answers FastAPI assumes (this app answers 400).
+
+    It declares the bearer scheme; with ``auth`` on, every operation but the ``exempt`` paths'
+    requires it, which the docs page's *Authorize* button then sends."""
     if app.openapi_schema is None:
         doc = get_openapi(
             title=app.title, version=app.version, description=app.description, routes=app.routes
@@ -305,5 +319,12 @@ def openapi(app: FastAPI) -> dict[str, Any]:
                     components.update(media.get("schema", {}).pop("$defs", {}))
         for unused in ("HTTPValidationError", "ValidationError"):
             components.pop(unused, None)
+        doc["components"]["securitySchemes"] = {"bearer": BEARER}
+        if auth:
+            doc["security"] = [{"bearer": []}]
+            for path, item in doc["paths"].items():
+                if exempt(path):
+                    for op in item.values():
+                        op["security"] = []
         app.openapi_schema = doc
     return app.openapi_schema

@@ -78,3 +78,13 @@ def test_torchserve_side_loads_without_the_gateway() -> None:
     loaded = out.stdout.split()
     assert [m for m in loaded if within(m, GATEWAY_STACK)] == []
     assert [m for m in loaded if within(m, ("service",)) and m not in own + SHIPPED] == []
+
+
+def test_the_task_names_agree_across_the_torch_free_boundary() -> None:
+    """``handlers.params`` must stay torch-free (the gateway's settings import it before torch),
+    so it cannot import ``sepvit.registry``: the two spellings of the task names are checked
+    equal here instead."""
+    from handlers.params import TASKS as SERVED
+    from sepvit.registry import TASKS as BUILT
+
+    assert SERVED == BUILT

@@ -274,6 +274,7 @@ class TorchServeBackend(Backend[_Remote]):
                 pb.Empty(), metadata=self._metadata(), timeout=PING_TIMEOUT_S
             )
         except grpc.aio.AioRpcError as exc:
+            self._forget_refused_key(exc)
             reason = self._rpc_reason(exc)
             for m in self._models.values():
                 self._set(m, ModelState.UNAVAILABLE, reason)
@@ -296,17 +297,22 @@ class TorchServeBackend(Backend[_Remote]):
                 req, metadata=self._metadata(), timeout=self.settings.torchserve_timeout_s
             )
         except grpc.aio.AioRpcError as exc:
+            self._forget_refused_key(exc)
             self._set(m, ModelState.UNAVAILABLE, self._rpc_reason(exc, m))
             return
         m.probed = True
         self._set(m, ModelState.READY)
 
+    def _forget_refused_key(self, exc: grpc.aio.AioRpcError) -> None:
+        """TorchServe refused the key: re-read the key file before the next call."""
+        if exc.code() in AUTH_CODES:
+            self.tokens.invalidate()
+
     def _rpc_reason(self, exc: grpc.aio.AioRpcError, m: _Remote | None = None) -> str:
-        """A clear sentence for a failed call (the readiness reason and 503 message)."""
+        """A clear sentence for a failed call (the readiness reason and 503 message); no effects."""
         code, details = exc.code(), (exc.details() or "").splitlines()
         detail = (details[0] if details else code.name)[:300]
         if code in AUTH_CODES:
-            self.tokens.invalidate()
             source = self.settings.torchserve_token_file or "torchserve_token"
             return self._unavailable(
                 f"it refused the inference key from {source} (TorchServe writes new keys at "
@@ -402,6 +408,7 @@ class TorchServeBackend(Backend[_Remote]):
             and ("Model not found" in detail or "no worker" in detail)
         ):
             # TorchServe is down, restarting, or lost the model: unready until a check passes
+            self._forget_refused_key(exc)
             reason = self._rpc_reason(exc, m)
             self._set(m, ModelState.UNAVAILABLE, reason)
             self._wake.set()

@@ -75,3 +75,17 @@ def test_pages_are_public_with_auth_on_and_the_api_is_not(checkpoints: dict[str,
         assert c.get("/models").status_code == 401
         r = c.post("/classify", content=b"x", headers={"content-type": "image/png"})
         assert r.status_code == 401
+        # the OpenAPI document says so: the bearer scheme, required but for the open paths
+        # (the docs page's Authorize button then sends the token)
+        doc = c.get("/openapi.json").json()
+        assert doc["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+        assert doc["security"] == [{"bearer": []}]
+        assert doc["paths"]["/v2/health/live"]["get"]["security"] == []
+        assert "security" not in doc["paths"]["/classify"]["post"]
+
+
+def test_openapi_requires_no_token_with_auth_off(checkpoints: dict[str, Path]) -> None:
+    with make_client(checkpoints) as c:
+        doc = c.get("/openapi.json").json()
+        assert "bearer" in doc["components"]["securitySchemes"]
+        assert "security" not in doc
