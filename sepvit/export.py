@@ -42,6 +42,7 @@ __all__ = [
     "export_outputs",
     "exportable",
     "onnx_parity",
+    "require_tensorrt",
     "tensorrt_cache_key",
 ]
 
@@ -201,7 +202,8 @@ def export_onnx(
 # ---------------------------------------------------------------------------------------------
 # TensorRT
 # ---------------------------------------------------------------------------------------------
-def _require_tensorrt() -> Any:
+def require_tensorrt() -> Any:
+    """The ``tensorrt`` module; :class:`TensorRTUnavailable` without a CUDA GPU or TensorRT."""
     if not torch.cuda.is_available():
         raise TensorRTUnavailable(
             "TensorRT engines need a CUDA GPU, and torch.cuda.is_available() is False on this "
@@ -263,7 +265,7 @@ def build_tensorrt_engine(
         raise ValueError(f"precision must be fp32, fp16 or bf16, got {precision!r}")
     if not (1 <= profile[0] <= profile[1] <= profile[2]):
         raise ValueError(f"profile must satisfy 1 <= min <= opt <= max, got {profile}")
-    trt = _require_tensorrt()
+    trt = require_tensorrt()
     props = torch.cuda.get_device_properties(0)
     key = tensorrt_cache_key(
         onnx_path,

@@ -37,6 +37,9 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(doc, default=str)
 
 
+QUIET = ("onnxscript", "onnx_ir")
+
+
 def configure_logging(level: str = "info", json_logs: bool = True) -> None:
     """Route the root logger (and uvicorn's) to stderr in the chosen format."""
     handler = logging.StreamHandler()
@@ -51,3 +54,7 @@ def configure_logging(level: str = "info", json_logs: bool = True) -> None:
         lg = logging.getLogger(name)
         lg.handlers[:] = []
         lg.propagate = True
+    # the ONNX exporter's optimiser narrates every rewrite at INFO (hundreds of lines per model
+    # when a runtime exports at load): its warnings still come through
+    for name in QUIET:
+        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))

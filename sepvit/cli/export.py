@@ -15,6 +15,7 @@ from ..export import (
     TensorRTUnavailable,
     build_tensorrt_engine,
     export_onnx,
+    require_tensorrt,
 )
 from ..registry import TASKS, UnknownModelError, create_model, load_model
 
@@ -63,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     try:
+        if args.format == "tensorrt":
+            require_tensorrt()  # before the export: no CUDA or TensorRT fails at once
         if args.checkpoint is not None:
             model = load_model(args.checkpoint)  # native, or an mmdet/mmseg .pth
         else:

@@ -62,6 +62,13 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+def image_cache(workdir: Path) -> Path:
+    """The images' ``SEPVIT_CACHE_DIR`` (``/tmp/sepvit-cache``, set in both Dockerfiles), shared
+    by this module's pods: entries are keyed by content, so the TorchServe pod's auto decisions
+    serve the gateway pod's same models and threads, and each runtime search runs once."""
+    return workdir.parent / f"{workdir.name}-sepvit-cache"
+
+
 def mount_configmap(data: dict[str, str], etc: Path) -> None:
     etc.mkdir(parents=True, exist_ok=True)
     for key, text in data.items():
@@ -120,7 +127,7 @@ def torchserve_pod(
     argv = dockerfile_entrypoint("torchserve")[3:] + c["args"]  # tini -g -- is the group kill
     argv = [str(conf) if a == "/etc/torchserve/config.properties" else a for a in argv]
     argv[0] = str(BIN / argv[0])
-    env = child_env(OMP_NUM_THREADS="1")
+    env = child_env(OMP_NUM_THREADS="1", SEPVIT_CACHE_DIR=str(image_cache(workdir)))
     env.update(TEMP=str(tmp), LOG_LOCATION=str(logs), METRICS_LOCATION=str(logs))
     cwd = tmp / "home"
     cwd.mkdir()
@@ -170,7 +177,7 @@ def start_gateway_pod(
     etc = tmp / "etc-sepvit"
     mount_configmap(r.configmap_data("-models"), etc)
     argv, ports = gateway_argv(c, etc)
-    env = child_env(OMP_NUM_THREADS="1")
+    env = child_env(OMP_NUM_THREADS="1", SEPVIT_CACHE_DIR=str(image_cache(workdir)))
     rendered_env = env_of(c)
     for var, value in rendered_env.items():
         if var == "SEPVIT_AUTH_TOKEN_FILE":

@@ -12,6 +12,7 @@ import torch
 import handlers.runtime as rt
 import sepvit.export as ex
 from sepvit import create_model
+from tests.models import SHALLOW
 
 
 @pytest.fixture()
@@ -30,7 +31,7 @@ def exports(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
 
 def _model(seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
-    return create_model("sepvit_lite", num_classes=3, img_size=64).eval()
+    return create_model("sepvit_lite", num_classes=3, img_size=64, **SHALLOW).eval()
 
 
 def test_onnx_export_is_cached_by_content(tmp_path: Path, exports: list[Path]) -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import shutil
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -118,12 +117,15 @@ def _checkpoints(d: Path) -> dict[str, Path]:
         (d / name).mkdir(parents=True)
         # the model-config.yaml beside the checkpoint: the embedded backend reads its handler:
         # section, the archive carries it to TorchServe
+        # runtime eager in both servers: this compares transports, and auto's choice is timed
+        # (each process could pick another gated runtime, and the search costs a minute here)
+        cfg = yaml.safe_load(
+            (STORE / (DET if name == MASK else name) / "model-config.yaml").read_text()
+        )
+        cfg["handler"]["runtime"] = "eager"
         if name == MASK:  # the detector's, with thresholds that let random weights answer
-            cfg = yaml.safe_load((STORE / DET / "model-config.yaml").read_text())
-            cfg["handler"].update(runtime="eager", score_threshold=0.05, max_detections=4)
-            (d / name / "model-config.yaml").write_text(yaml.safe_dump(cfg))
-        else:
-            shutil.copy(STORE / name / "model-config.yaml", d / name / "model-config.yaml")
+            cfg["handler"].update(score_threshold=0.05, max_detections=4)
+        (d / name / "model-config.yaml").write_text(yaml.safe_dump(cfg))
         out[name] = save_checkpoint(model, d / name / "model.safetensors")
     return out
 

@@ -17,6 +17,7 @@ from sepvit.export import (
     onnx_parity,
     tensorrt_cache_key,
 )
+from tests.models import SHALLOW
 
 pytest.importorskip("onnxruntime")
 pytestmark = pytest.mark.filterwarnings("ignore")
@@ -30,8 +31,9 @@ TASK_ARGS = {
 
 @pytest.mark.parametrize("task", list(TASK_ARGS))
 def test_onnx_export_parity_and_dynamic_batch(tmp_path: Path, task: str) -> None:
+    depth = {} if task == "classify" else SHALLOW  # the dense heads on a one-block backbone
     model = create_model(
-        "sepvit_lite", task=task, num_classes=4, img_size=(97, 131), **TASK_ARGS[task]
+        "sepvit_lite", task=task, num_classes=4, img_size=(97, 131), **depth, **TASK_ARGS[task]
     )
     result = export_onnx(model, tmp_path / f"{task}.onnx")
     assert result.ok and result.max_abs_diff
@@ -42,7 +44,7 @@ def test_onnx_export_parity_and_dynamic_batch(tmp_path: Path, task: str) -> None
 
 
 def test_parity_failure_is_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    model = create_model("sepvit_lite", num_classes=4, img_size=64)
+    model = create_model("sepvit_lite", num_classes=4, img_size=64, **SHALLOW)
     import sepvit.export as ex
 
     monkeypatch.setattr(ex, "onnx_parity", lambda *a, **k: {"logits": 0.5})
@@ -121,7 +123,7 @@ def test_tensorrt_engine_build_on_gpu(tmp_path: Path) -> None:  # pragma: no cov
 
 
 def test_export_leaves_the_callers_model_alone(tmp_path: Path) -> None:
-    model = create_model("sepvit_lite", num_classes=4, img_size=64).train()
+    model = create_model("sepvit_lite", num_classes=4, img_size=64, **SHALLOW).train()
     export_onnx(model, tmp_path / "m.onnx")
     assert model.training
     with pytest.raises(ValueError, match="check_batch"):
@@ -135,6 +137,7 @@ def test_onnx_export_of_a_model_that_centres_its_input(tmp_path: Path) -> None:
         num_classes=4,
         img_size=64,
         center_input=True,
+        **SHALLOW,
         **TASK_ARGS["segment"],
     )
     result = export_onnx(model, tmp_path / "centred.onnx")
