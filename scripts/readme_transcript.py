@@ -235,6 +235,10 @@ class Runner:
                 time.sleep(1)
         else:
             proc.wait(900)
+            # what the block started in the background and its stop left running (a gateway
+            # whose parent shell was killed) is still in the block's process group
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
         dt = time.monotonic() - t0
         text = log_path.read_text(errors="replace")
         if plan.keep and ready:
