@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -171,9 +172,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=float, default=3.0)
     p.add_argument("--no-torchserve", dest="torchserve", action="store_false")
     p.add_argument(
+        "--gateway-setting",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a gateway setting (YAML value), e.g. pipelining=false; repeatable",
+    )
+    p.add_argument(
         "--output", type=Path, default=ROOT / "bench" / "results" / "serving_overhead.json"
     )
     args = p.parse_args(argv)
+    extra: dict[str, Any] = {}
+    for item in args.gateway_setting:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            p.error(f"--gateway-setting {item!r}: expected KEY=VALUE")
+        extra[key] = yaml.safe_load(value)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     # one cache for the three: the in-process pipeline decides (auto), the gateway (whose
     # default is .cache in the repository) and TorchServe's worker reuse that decision
@@ -198,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     jpeg = (("Content-Type", "image/jpeg"),)
     entry = {"name": "cls", "checkpoint": str(ckpt), "model_config_file": str(cfg)}
     print("gateway", flush=True)
-    with gateway(work, [entry], torch_threads=1, max_queue=1024) as gw:
+    with gateway(work, [entry], **{"torch_threads": 1, "max_queue": 1024, **extra}) as gw:
 
         def make_gw(i: int) -> Request:
             return Request("POST", "/classify?model=cls", payloads[i % len(payloads)], jpeg)
