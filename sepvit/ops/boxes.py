@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import Tensor
+
+NMS_CHUNK = 512  # rows of the overlap matrix computed at once
 
 
 def box_area(boxes: Tensor) -> Tensor:
@@ -107,25 +110,36 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
 
     Same contract as ``torchvision.ops.nms``: returns the indices of kept boxes in decreasing score
     order; a box is suppressed when its IoU with a higher-scoring kept box is ``> iou_threshold``.
-    The boolean overlap matrix is computed once, in row chunks (so 5000 candidates cost 25 MB,
-    not the float intermediates of a full pairwise IoU); the greedy pass only walks over survivors.
+    Only a box's overlaps with lower-scoring boxes matter, so the boolean overlap matrix is
+    computed above the diagonal only, in row chunks (5000 candidates cost at most 25 MB, not the
+    float intermediates of a full pairwise IoU); the greedy pass walks the survivors in numpy.
+    The IoU is :func:`box_iou`'s arithmetic (``inter / union``, 0 for an empty union), so the
+    kept set is the same to the last bit.
     """
     if boxes.numel() == 0:
         return torch.empty(0, dtype=torch.long, device=boxes.device)
     order = torch.argsort(scores, descending=True, stable=True)
     b = boxes[order].float()
-    over = torch.cat(
-        [(box_iou(b[i : i + 512], b) > iou_threshold).cpu() for i in range(0, b.shape[0], 512)]
-    )
     n = b.shape[0]
-    removed = torch.zeros(n, dtype=torch.bool)
+    x1, y1, x2, y2 = b.unbind(1)
+    area = box_area(b)
+    over = np.zeros((n, n), dtype=np.bool_)
+    for i in range(0, n, NMS_CHUNK):
+        j = slice(i, min(i + NMS_CHUNK, n))
+        w = torch.minimum(x2[j, None], x2[None, i:]).sub_(torch.maximum(x1[j, None], x1[None, i:]))
+        h = torch.minimum(y2[j, None], y2[None, i:]).sub_(torch.maximum(y1[j, None], y1[None, i:]))
+        inter = w.clamp_(min=0).mul_(h.clamp_(min=0))
+        union = (area[j, None] + area[None, i:]).sub_(inter)
+        iou = inter.div_(union.clamp(min=1e-12)).masked_fill_(union <= 0, 0.0)
+        over[j, i:] = (iou > iou_threshold).cpu().numpy()
+    removed = np.zeros(n, dtype=np.bool_)
     keep: list[int] = []
     for i in range(n):
         if removed[i]:
             continue
         keep.append(i)
-        removed |= over[i]
-    return order[torch.tensor(keep, dtype=torch.long, device=boxes.device)]
+        removed[i:] |= over[i, i:]
+    return order[torch.tensor(keep, dtype=torch.long, device=order.device)]
 
 
 def batched_nms(

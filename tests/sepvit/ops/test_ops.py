@@ -26,6 +26,7 @@ from sepvit.ops import (
     sigmoid_focal_loss,
     smooth_l1_loss,
 )
+from sepvit.ops import boxes as boxes_mod
 
 
 def _t(rows: list[list[float]]) -> torch.Tensor:
@@ -633,3 +634,26 @@ def test_batched_nms_split_path_keeps_the_same_boxes() -> None:
     one = batched_nms(boxes, scores, idxs, 0.5)
     per_class = batched_nms(boxes, scores, idxs, 0.5, split=10)
     assert torch.equal(one, per_class) and 20 < len(one) < 300
+
+
+def test_nms_across_row_chunks_matches_the_full_iou_matrix() -> None:
+    """More boxes than one chunk of the overlap matrix (NMS_CHUNK rows), degenerate boxes among
+    them: the same kept list as a greedy pass over the full ``box_iou`` matrix."""
+    g = torch.Generator().manual_seed(4)
+    n = 2 * boxes_mod.NMS_CHUNK + 277
+    xy = torch.rand(n, 2, generator=g) * 120
+    wh = torch.rand(n, 2, generator=g) * 30
+    wh[::17] = 0.0  # empty boxes: IoU 0 with everything, never suppressed
+    boxes = torch.cat((xy, xy + wh), dim=1)
+    scores = torch.rand(n, generator=g)
+    for thr in (0.3, 0.7):
+        order = torch.argsort(scores, descending=True, stable=True)
+        over = box_iou(boxes[order], boxes[order]) > thr
+        removed = torch.zeros(n, dtype=torch.bool)
+        want = []
+        for i in range(n):
+            if not removed[i]:
+                want.append(int(order[i]))
+                removed |= over[i] & (torch.arange(n) > i)
+        got = nms(boxes, scores, thr).tolist()
+        assert got == want and n // 4 < len(got) < n
