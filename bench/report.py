@@ -362,8 +362,13 @@ closed-loop clients at concurrency 1 and 4, the CPU time of each of its threads 
   the pipeline. The likely cause is the pipeline itself running slower with both cores busy at
   once (inference of one batch beside the next batch's decoding and the load generator), which
   the in-process reference, measured alone on one thread, does not see; TorchServe's worker
-  runs its batches on one thread and is spared it. Not yet confirmed on the quiet host: compare
-  `pipelining: false` at concurrency 4 there.
+  runs its batches on one thread and is spared it. A first check on the Intel host
+  (`bench/results/hosts/intel-xeon-amx/pipelining_ab/`, two interleaved pairs) found
+  `pipelining: false` as good or slightly better at concurrency 4 (0.94-1.07 against 1.20-1.58
+  CPU-ms outside the pipeline), too few runs to change the default. With 4 closed-loop clients
+  and batches of 4 nothing waits to be decoded while a batch infers, so the overlap has nothing
+  to hide; what separates the gateway from the in-process pipeline there is the gap between
+  batches (the answers' writes, the clients' next requests and their parsing).
 """
 
 
