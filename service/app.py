@@ -37,8 +37,8 @@ from .dataplane import DataPlane
 from .errors import ServiceError, describe_http
 from .loader import load_settings, read_tokens
 from .metrics import Metrics
-from .middleware import AUTH_EXEMPT, GatewayMiddleware, error_response
-from .pages import add_pages, is_public
+from .middleware import GatewayMiddleware, error_response, needs_token
+from .pages import add_pages
 from .rest import router
 from .schemas import openapi
 from .settings import Settings
@@ -193,9 +193,7 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
     app.state.grpc_port = None
     app.state.limit = app.state.admission = admission
     app.include_router(router)
-    app.openapi = lambda: openapi(  # type: ignore[method-assign]
-        app, auth=bool(tokens), exempt=lambda path: path in AUTH_EXEMPT or is_public(path)
-    )
+    app.openapi = lambda: openapi(app, bool(tokens), needs_token)  # type: ignore[method-assign]
     add_pages(app)
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(PipelineError, _service_error)

@@ -31,10 +31,16 @@ from .errors import (
 from .pages import is_public
 from .settings import Settings
 
-__all__ = ["AUTH_EXEMPT", "GatewayMiddleware", "error_response", "is_oip"]
+__all__ = ["AUTH_EXEMPT", "GatewayMiddleware", "error_response", "is_oip", "needs_token"]
 
 AUTH_EXEMPT = frozenset({"/v2/health/live"})
 LIMIT_EXEMPT = frozenset({"/v2/health/live", "/v2/health/ready", "/metrics"})
+
+
+def needs_token(path: str) -> bool:
+    """Whether a request to ``path`` must carry a bearer token when auth is on (also what the
+    OpenAPI document declares)."""
+    return path not in AUTH_EXEMPT and not is_public(path)
 
 
 def is_oip(path: str) -> bool:
@@ -84,9 +90,7 @@ class GatewayMiddleware:
         limited = path not in LIMIT_EXEMPT
         try:
             try:
-                self.admission.check(
-                    call, auth=path not in AUTH_EXEMPT and not is_public(path), limited=limited
-                )
+                self.admission.check(call, auth=needs_token(path), limited=limited)
                 receive = self._limit_body(headers, receive)
             except ServiceError as exc:
                 await self._answer(exc, call, scope, receive, send_wrapper)

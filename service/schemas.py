@@ -299,13 +299,13 @@ BEARER = {
 
 
 def openapi(
-    app: FastAPI, auth: bool = False, exempt: Callable[[str], bool] = lambda path: False
+    app: FastAPI, auth: bool = False, needs_token: Callable[[str], bool] = lambda path: True
 ) -> dict[str, Any]:
     """The app's OpenAPI document: FastAPI's, with the request bodies' nested models moved to
     the components, and without the 422 answers FastAPI assumes (this app answers 400).
 
-    It declares the bearer scheme; with ``auth`` on, every operation but the ``exempt`` paths'
-    requires it, which the docs page's *Authorize* button then sends."""
+    It declares the bearer scheme; with ``auth`` on, it requires it of the paths that
+    ``needs_token``, which the docs page's *Authorize* button then sends."""
     if app.openapi_schema is None:
         doc = get_openapi(
             title=app.title, version=app.version, description=app.description, routes=app.routes
@@ -323,7 +323,7 @@ def openapi(
         if auth:
             doc["security"] = [{"bearer": []}]
             for path, item in doc["paths"].items():
-                if exempt(path):
+                if not needs_token(path):
                     for op in item.values():
                         op["security"] = []
         app.openapi_schema = doc

@@ -20,10 +20,11 @@ def box_area(boxes: Tensor) -> Tensor:
 
 
 def _inter_union(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
-    lt = torch.max(a[:, None, :2], b[None, :, :2])  # [N, M, 2]
-    rb = torch.min(a[:, None, 2:], b[None, :, 2:])
-    wh = (rb - lt).clamp(min=0)
-    inter = wh[..., 0] * wh[..., 1]
+    """Pairwise intersection and union areas ``[N, M]``, one coordinate at a time (no
+    ``[N, M, 2]`` intermediates)."""
+    w = torch.minimum(a[:, None, 2], b[None, :, 2]) - torch.maximum(a[:, None, 0], b[None, :, 0])
+    h = torch.minimum(a[:, None, 3], b[None, :, 3]) - torch.maximum(a[:, None, 1], b[None, :, 1])
+    inter = w.clamp(min=0) * h.clamp(min=0)
     union = box_area(a)[:, None] + box_area(b)[None, :] - inter
     return inter, union
 
@@ -113,25 +114,17 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     Only a box's overlaps with lower-scoring boxes matter, so the boolean overlap matrix is
     computed above the diagonal only, in row chunks (5000 candidates cost at most 25 MB, not the
     float intermediates of a full pairwise IoU); the greedy pass walks the survivors in numpy.
-    The IoU is :func:`box_iou`'s arithmetic (``inter / union``, 0 for an empty union), so the
-    kept set is the same to the last bit.
+    The IoU is :func:`box_iou`'s.
     """
     if boxes.numel() == 0:
         return torch.empty(0, dtype=torch.long, device=boxes.device)
     order = torch.argsort(scores, descending=True, stable=True)
     b = boxes[order].float()
     n = b.shape[0]
-    x1, y1, x2, y2 = b.unbind(1)
-    area = box_area(b)
     over = np.zeros((n, n), dtype=np.bool_)
     for i in range(0, n, NMS_CHUNK):
         j = slice(i, min(i + NMS_CHUNK, n))
-        w = torch.minimum(x2[j, None], x2[None, i:]).sub_(torch.maximum(x1[j, None], x1[None, i:]))
-        h = torch.minimum(y2[j, None], y2[None, i:]).sub_(torch.maximum(y1[j, None], y1[None, i:]))
-        inter = w.clamp_(min=0).mul_(h.clamp_(min=0))
-        union = (area[j, None] + area[None, i:]).sub_(inter)
-        iou = inter.div_(union.clamp(min=1e-12)).masked_fill_(union <= 0, 0.0)
-        over[j, i:] = (iou > iou_threshold).cpu().numpy()
+        over[j, i:] = (box_iou(b[j], b[i:]) > iou_threshold).cpu().numpy()
     removed = np.zeros(n, dtype=np.bool_)
     keep: list[int] = []
     for i in range(n):
