@@ -30,6 +30,8 @@ KUST = ["kustomize-base", "kustomize-cpu", "kustomize-gpu"]
 ALL = HELM + KUST
 WITH_TORCHSERVE = [n for n in ALL if n != "helm-embedded"]
 MODEL_STORE = ROOT / "model_store"
+# read by the handlers themselves (also inside TorchServe's workers), not gateway settings
+HANDLER_VARS = {"SEPVIT_CACHE_DIR"}
 # config.properties keys that the container/cluster version changes on purpose
 CONTAINER_KEYS = {
     "inference_address",
@@ -76,6 +78,8 @@ def test_gateway_command_flags_and_env_exist(renders: dict[str, Rendered], name:
     fields = set(Settings.model_fields)
     for var in env_of(c):
         assert var.startswith("SEPVIT_"), var
+        if var in HANDLER_VARS:
+            continue
         assert var.removeprefix("SEPVIT_").lower() in fields, f"{var} is not a gateway setting"
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     assert ports["http"] == args.port
@@ -325,6 +329,31 @@ def test_own_checkpoints_come_from_volumes(renders: dict[str, Rendered]) -> None
     assert not {m["name"] for m in ts["volumeMounts"]} & {"model-files", "team-checkpoints"}
 
 
+def test_runtime_cache_claim_outlives_pods(renders: dict[str, Rendered]) -> None:
+    """runtimeCache.existingClaim (ci/own-checkpoints-values.yaml): the gateway and TorchServe
+    containers mount it read-write and point SEPVIT_CACHE_DIR at it, so a new pod reuses `auto`'s
+    decisions and exports; by default neither mounts one, and the images' cache lies in /tmp."""
+    r = renders["helm-own-checkpoints"]
+    for deployment in (gateway(r), torchserve(r)):
+        spec = pod_spec(deployment)
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        claim = volumes["runtime-cache"]["persistentVolumeClaim"]
+        assert claim == {"claimName": "sepvit-runtime-cache"}
+        c = spec["containers"][0]
+        (mount,) = [m for m in c["volumeMounts"] if m["name"] == "runtime-cache"]
+        assert mount["mountPath"] == "/var/cache/sepvit" and not mount.get("readOnly")
+        assert env_of(c)["SEPVIT_CACHE_DIR"] == "/var/cache/sepvit"
+    default = renders["helm-default"]
+    for deployment in (gateway(default), torchserve(default)):
+        spec = pod_spec(deployment)
+        assert "runtime-cache" not in {v["name"] for v in spec["volumes"]}
+        assert "SEPVIT_CACHE_DIR" not in env_of(spec["containers"][0])
+        assert "/tmp" in {m["mountPath"] for m in spec["containers"][0]["volumeMounts"]}
+    for image in ("gateway", "torchserve"):
+        text = (ROOT / "docker" / f"{image}.Dockerfile").read_text()
+        assert "SEPVIT_CACHE_DIR=/tmp/sepvit-cache" in text, image
+
+
 @pytest.mark.parametrize("name", ["helm-gpu", "kustomize-gpu"])
 def test_gpu_flavour(renders: dict[str, Rendered], name: str) -> None:
     r = renders[name]
@@ -458,11 +487,9 @@ def test_gateway_image_env_names_are_settings() -> None:
     text = (ROOT / "docker" / "gateway.Dockerfile").read_text()
     names = set(re.findall(r"^\s*(SEPVIT_[A-Z0-9_]+)=", text, flags=re.MULTILINE))
     assert names, "the gateway image sets its listen address by SEPVIT_* variables"
-    # read by the handlers themselves (also inside TorchServe workers), not gateway settings
-    handler_vars = {"SEPVIT_CACHE_DIR"}
     runtime_src = (ROOT / "handlers" / "runtime.py").read_text()
     for n in names:
-        if n in handler_vars:
+        if n in HANDLER_VARS:
             assert f'"{n}"' in runtime_src, n
             continue
         assert n.removeprefix("SEPVIT_").lower() in Settings.model_fields, n

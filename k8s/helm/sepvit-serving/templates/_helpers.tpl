@@ -180,3 +180,33 @@ read checkpoints: the gateway (embedded backend) and TorchServe's archive init c
 {{ toYaml . }}
 {{- end }}
 {{- end }}
+
+{{/*
+The runtime cache claim (values runtimeCache), mounted read-write in the gateway and TorchServe
+containers with SEPVIT_CACHE_DIR pointing at it; nothing without a claim (the image's
+/tmp/sepvit-cache in the pod's emptyDir).
+*/}}
+{{- define "sepvit-serving.runtimeCacheEnv" -}}
+{{- if .Values.runtimeCache.existingClaim }}
+- name: SEPVIT_CACHE_DIR
+  value: {{ .Values.runtimeCache.mountPath | quote }}
+{{- end }}
+{{- end }}
+
+{{- define "sepvit-serving.runtimeCacheMount" -}}
+{{- if .Values.runtimeCache.existingClaim }}
+- name: runtime-cache
+  mountPath: {{ .Values.runtimeCache.mountPath }}
+  {{- with .Values.runtimeCache.subPath }}
+  subPath: {{ . }}
+  {{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "sepvit-serving.runtimeCacheVolume" -}}
+{{- with .Values.runtimeCache.existingClaim }}
+- name: runtime-cache
+  persistentVolumeClaim:
+    claimName: {{ . }}
+{{- end }}
+{{- end }}
