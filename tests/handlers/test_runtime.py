@@ -64,6 +64,15 @@ def test_digest_tracks_weights_size_and_buffers() -> None:
     assert rt.model_digest(a, (64, 64)) != rt.model_digest(b, (64, 64))
 
 
+def test_digest_covers_zero_dim_buffers() -> None:
+    """BatchNorm's ``num_batches_tracked`` is a 0-dim integer buffer (SeT has them): it is hashed
+    like any other tensor, where a byte view of it used to raise."""
+    m = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4)).eval()
+    digest = rt.model_digest(m, (8, 8))
+    m.get_buffer("1.num_batches_tracked").add_(1)
+    assert rt.model_digest(m, (8, 8)) != digest
+
+
 def test_unwritable_cache_still_serves(
     tmp_path: Path, exports: list[Path], caplog: pytest.LogCaptureFixture
 ) -> None:
