@@ -11,9 +11,12 @@ Same contract as ``mmcv.ops.roi_align(..., pool_mode="avg")`` (and detectron2's 
 * A sample farther than one pixel outside the map contributes 0; one within it is clamped to the
   border, as mmcv's kernels do.
 
-Bilinear weights factor into a row part and a column part, so the samples of a chunk of RoIs are
-gathered at once from a channels-last copy of the map. RoIs are sorted by grid size so a chunk
-pads little, and chunks are sized to bound memory (``max_elements``).
+Bilinear weights factor into a row part and a column part. For a chunk of RoIs the samples of
+each axis become a matrix over the window of the map they touch, the windows are gathered once
+from a channels-last copy of the map, and each RoI pools as ``rows @ window @ columns^T`` (two
+batched matmuls). Where the samples are sparse in a large window (a fixed ``sampling_ratio`` on
+a large RoI) the samples themselves are gathered instead. RoIs are sorted by grid size so a
+chunk pads little, and chunks are sized to bound memory (``max_elements``).
 """
 
 from __future__ import annotations
@@ -52,6 +55,24 @@ def _axis_samples(
     index = torch.stack((low, high), dim=-1)
     weight = torch.stack(((1.0 - frac) * w, frac * w), dim=-1)
     return index, weight
+
+
+def _axis_matrix(index: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:
+    """One axis's samples (:func:`_axis_samples`) as a matrix over a window of the map.
+
+    Returns ``start [n]`` and ``matrix [n, bins, span]``: ``matrix[i, p, j]`` sums the bilinear
+    weights that bin ``p`` of RoI ``i`` gives row (or column) ``start[i] + j``; the window spans
+    every sample of positive weight (one row, all zeros, where a RoI has none).
+    """
+    n, bins = index.shape[:2]
+    used = weight > 0
+    lo = torch.where(used, index, torch.iinfo(index.dtype).max).flatten(1).amin(1)
+    hi = torch.where(used, index, -1).flatten(1).amax(1)
+    lo = torch.where(hi >= 0, lo, torch.zeros_like(lo))
+    span = int((hi - lo).max().clamp(min=0)) + 1
+    rel = (index - lo.view(n, 1, 1, 1)).clamp(0, span - 1).reshape(n, bins, -1)
+    matrix = weight.new_zeros((n, bins, span)).scatter_add(2, rel, weight.reshape(n, bins, -1))
+    return lo, matrix
 
 
 def roi_align(
@@ -131,16 +152,31 @@ def roi_align(
         ry, wy = _axis_samples(y1[idx], bin_h[idx], grid_h[idx], ph, gh, h)  # [m, ph, gh, 2]
         rx, wx = _axis_samples(x1[idx], bin_w[idx], grid_w[idx], pw, gw, w)  # [m, pw, gw, 2]
         m = idx.shape[0]
-        base = (batch[idx] * (h * w)).view(m, 1, 1, 1, 1, 1, 1)
-        # flat pixel index of every (row sample, column sample): [m, ph, gh, 2, pw, gw, 2]
-        pix = base + ry.view(m, ph, gh, 2, 1, 1, 1) * w + rx.view(m, 1, 1, 1, pw, gw, 2)
-        vals = flat.index_select(0, pix.reshape(-1)).to(torch.float32)
-        # weighted sum over the row samples, then over the column samples (batched matmuls)
-        vals = vals.view(m * ph, gh * 2, pw * gw * 2 * c)
-        rows = torch.bmm(wy.reshape(m * ph, 1, gh * 2), vals)  # [m*ph, 1, pw*gw*2*c]
-        rows = rows.view(m, ph, pw, gw * 2, c).reshape(m * ph * pw, gw * 2, c)
-        wxs = wx.reshape(m, 1, pw, gw * 2).expand(m, ph, pw, gw * 2).reshape(-1, 1, gw * 2)
-        pooled = torch.bmm(wxs, rows).view(m, ph, pw, c).permute(0, 3, 1, 2)
+        y0, my = _axis_matrix(ry, wy)  # [m], [m, ph, sh]
+        x0, mx = _axis_matrix(rx, wx)  # [m], [m, pw, sw]
+        sh, sw = my.shape[2], mx.shape[2]
+        if sh * sw <= ph * gh * 2 * pw * gw * 2:
+            # the window of the map the RoIs cover, gathered once (each pixel once, not once per
+            # sample that touches it), then pooled as my @ window @ mx^T
+            rows = (y0[:, None] + torch.arange(sh, device=y0.device)).clamp(max=h - 1)
+            cols = (x0[:, None] + torch.arange(sw, device=x0.device)).clamp(max=w - 1)
+            base = (batch[idx] * (h * w)).view(m, 1, 1)
+            pix = base + rows.view(m, sh, 1) * w + cols.view(m, 1, sw)
+            vals = flat.index_select(0, pix.reshape(-1)).to(torch.float32).view(m, sh, sw * c)
+            t = torch.bmm(my, vals).view(m, ph, sw, c).transpose(1, 2).reshape(m, sw, ph * c)
+            pooled = torch.bmm(mx, t).view(m, pw, ph, c).permute(0, 3, 2, 1)
+        else:
+            # sparse samples over a large window (a fixed sampling_ratio): gather the samples
+            base = (batch[idx] * (h * w)).view(m, 1, 1, 1, 1, 1, 1)
+            # flat pixel index of every (row sample, column sample): [m, ph, gh, 2, pw, gw, 2]
+            pix = base + ry.view(m, ph, gh, 2, 1, 1, 1) * w + rx.view(m, 1, 1, 1, pw, gw, 2)
+            vals = flat.index_select(0, pix.reshape(-1)).to(torch.float32)
+            # weighted sum over the row samples, then over the column samples (batched matmuls)
+            vals = vals.view(m * ph, gh * 2, pw * gw * 2 * c)
+            rows = torch.bmm(wy.reshape(m * ph, 1, gh * 2), vals)  # [m*ph, 1, pw*gw*2*c]
+            rows = rows.view(m, ph, pw, gw * 2, c).reshape(m * ph * pw, gw * 2, c)
+            wxs = wx.reshape(m, 1, pw, gw * 2).expand(m, ph, pw, gw * 2).reshape(-1, 1, gw * 2)
+            pooled = torch.bmm(wxs, rows).view(m, ph, pw, c).permute(0, 3, 1, 2)
         pieces.append((pooled / count[idx].view(m, 1, 1, 1)).to(out.dtype))
         start = stop
     # one gather back to the RoIs' order (chunk-wise index_put would copy the whole output's

@@ -63,6 +63,20 @@ def test_roi_align_matches_mmcv_kernel(
     assert ref.abs().max() > 1.0  # the comparison is not between zeros
 
 
+@pytest.mark.parametrize("sampling", [0, 1])
+def test_roi_align_window_and_sample_gathers_match_the_kernel(
+    reference: ModuleType, sampling: int
+) -> None:
+    """Large RoIs on a large map: the adaptive grid pools a gathered window of the map, a fixed
+    one-sample grid gathers its 4 x 49 samples instead (the window would be 60 x 60)."""
+    feats = torch.randn(1, 2, 64, 64, generator=torch.Generator().manual_seed(2))
+    rois = torch.tensor([[0, 2.0, 3.0, 61.5, 62.0], [0, 10.0, 0.0, 40.0, 63.0]])
+    ours = roi_align(feats, rois, 7, 1.0, sampling)
+    ref = reference.roi_align_reference(feats, rois, (7, 7), 1.0, sampling, True)
+    assert (ours - ref).abs().max() <= 1e-5
+    assert ref.abs().max() > 0.1
+
+
 def test_roi_align_chunking_does_not_change_results() -> None:
     feats = torch.randn(1, 4, 20, 20, generator=torch.Generator().manual_seed(2))
     rois = _rois()
