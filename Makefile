@@ -62,7 +62,7 @@ serve: $(STAMP)
 protos: $(STAMP)
 	PY=$(PY) bash proto/generate.sh
 
-# Benchmarks (about 2 h on 2 cores; run on a quiet machine): model throughput matrix, serving
+# Benchmarks (about 70 min on 2 cores; run on a quiet machine): model throughput matrix, serving
 # load (embedded vs TorchServe, batching on/off, detect/segment), serving CPU overhead, the fast
 # CPU runtimes (bf16/int8/auto), then docs/performance.md + plots. Every JSON records its host.
 bench: $(STAMP)

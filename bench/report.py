@@ -356,19 +356,22 @@ closed-loop clients at concurrency 1 and 4, the CPU time of each of its threads 
   interleaved runs on that host the gateway's CPU outside the pipeline went from about 1.0 to
   0.8 ms per request at concurrency 4 (medians of five runs each), and its event-loop thread's
   from 0.6-0.85 to 0.5-0.7; at concurrency 1 the change was within the host's noise.
-- **What the profile does not show.** On the quiet host the published run measures more CPU
-  outside the pipeline at concurrency 4 than at 1, while on the loaded host the gateway's
-  extra CPU per request falls from concurrency 1 to 4, and its batch threads cost no more than
-  the pipeline. The likely cause is the pipeline itself running slower with both cores busy at
-  once (inference of one batch beside the next batch's decoding and the load generator), which
-  the in-process reference, measured alone on one thread, does not see; TorchServe's worker
-  runs its batches on one thread and is spared it. A first check on the Intel host
-  (`bench/results/hosts/intel-xeon-amx/pipelining_ab/`, two interleaved pairs) found
-  `pipelining: false` as good or slightly better at concurrency 4 (0.94-1.07 against 1.20-1.58
-  CPU-ms outside the pipeline), too few runs to change the default. With 4 closed-loop clients
-  and batches of 4 nothing waits to be decoded while a batch infers, so the overlap has nothing
-  to hide; what separates the gateway from the in-process pipeline there is the gap between
-  batches (the answers' writes, the clients' next requests and their parsing).
+- **Noise, and what it is not.** CPU outside the pipeline is the difference of two figures near
+  10 CPU-ms per image, and the in-process reference moves by 0.5-1 ms between measurements
+  minutes apart, so single runs disagreed widely (one gave the gateway 1.18 times TorchServe's
+  overhead at concurrency 4, the next 0.22). The bench therefore runs interleaved rounds and
+  reports medians with their ranges. An earlier guess, that inference slows when the other core
+  decodes the next batch (so the one-thread reference undercounts the gateway's pipeline), did
+  not hold: the pipeline at batch 4 cost 10.8-11.4 CPU-ms per image alone, 11.0 beside a
+  busy-looping process and 10.7-11.1 beside one decoding JPEGs (Intel host, two rounds).
+  Pipelining on or off made no difference beyond noise in the serving-load run (a gain of
+  0.99 with `auto`, 1.07 with eager). With 4 closed-loop clients and batches of 4 nothing waits
+  to be decoded while a batch infers, so the overlap has nothing to hide; what separates the gateway
+  from the in-process pipeline there is the gap between batches (the answers' writes, the
+  clients' next requests and their parsing). At concurrency 16 (batches of 8) TorchServe spends
+  less CPU outside the model per request than the gateway (about 0.5 against 1.1 ms): its Java
+  front end costs less per request than the gateway's Python event loop (FastAPI and Starlette
+  about half of the loop's busy time, h11 and the socket writes a fifth, above).
 """
 
 
@@ -460,15 +463,15 @@ machine's idleness). Methodology:
 The full run, step by step (`make bench` does the same):
 
 ```
-OMP_WAIT_POLICY=PASSIVE .venv/bin/python bench/model_throughput.py   # ~60 min: 6 variants x
-    # eager/compile/onnxruntime/auto (TensorRT on a GPU) x batch 1/8/32 x threads 1/2
-OMP_WAIT_POLICY=PASSIVE .venv/bin/python bench/serving_load.py       # ~30 min: raw, embedded
-    # batching on/off x onnxruntime/eager, TorchServe direct and behind the gateway, detect/segment
-OMP_WAIT_POLICY=PASSIVE .venv/bin/python bench/serving_overhead.py   # ~5 min: CPU per request
-    # outside the pipeline, gateway vs TorchServe, concurrency 1 and 4
+OMP_WAIT_POLICY=PASSIVE .venv/bin/python bench/model_throughput.py   # ~22 min: 6 variants x
+    # eager/compile/onnxruntime/auto (TensorRT on a GPU) x batch 1/8 x threads 1/2
+OMP_WAIT_POLICY=PASSIVE .venv/bin/python bench/serving_load.py       # ~35 min: raw, embedded
+    # batching on/off x auto/eager, TorchServe direct and behind the gateway, detect/segment
+OMP_WAIT_POLICY=PASSIVE .venv/bin/python bench/serving_overhead.py   # ~8 min: CPU per request
+    # outside the pipeline, gateway vs TorchServe, concurrency 1, 4 and 16, 3 rounds
 OMP_WAIT_POLICY=PASSIVE .venv/bin/python bench/model_throughput.py --variants sepvit_tiny \\
     sepvit_lite --batches 8 --threads 2 --runtimes eager auto auto-nobf16 bf16 bf16-torch \\
-    int8 int8-static onnxruntime --output bench/results/cpu_runtimes.json    # ~15 min
+    int8 int8-static onnxruntime --output bench/results/cpu_runtimes.json    # ~4 min
 .venv/bin/python bench/report.py                                    # this page and docs/img/
 ```
 

@@ -3,7 +3,8 @@
 Scenarios, all in one run so that their ratios are taken on the same machine state:
 
 * ``raw``: the model's runtime and the whole handler pipeline in this process, no HTTP (the
-  reference for the gateway's overhead);
+  reference for the gateway's overhead); runtimes ``auto`` (the demo models', its decision
+  shared with every server through ``SEPVIT_CACHE_DIR``) and ``eager``;
 * ``embedded-<runtime>-batch``: ``sepvit-serve`` with the embedded backend and dynamic batching
   (``batchSize``/``maxBatchDelay`` of the model's ``model-config.yaml``);
 * ``embedded-<runtime>-batch-nodelay``: the same batch size with ``max_delay_ms: 0`` (a batch is
@@ -22,7 +23,7 @@ TorchServe's ``x-sepvit-batch-size`` response header. The demo checkpoints of ``
 are used when they exist, else random-weight models of the same architecture (speed does not
 depend on the weights); the JSON says which.
 
-    python bench/serving_load.py                                    # the full run (~25 min)
+    python bench/serving_load.py                                    # the full run (~35 min)
     python bench/serving_load.py --duration 1 --warmup 0.5 --repeats 1 --concurrency 1 4 \\
         --runtimes eager --output /tmp/serving_smoke.json            # a smoke test
 
@@ -492,7 +493,8 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--concurrency", nargs="+", type=int, default=[1, 4, 16, 64])
-    p.add_argument("--runtimes", nargs="+", default=["onnxruntime", "eager"])
+    # auto: the demo models' runtime (what `make serve` runs); eager: the baseline
+    p.add_argument("--runtimes", nargs="+", default=["auto", "eager"])
     p.add_argument(
         "--scenarios",
         nargs="+",
@@ -508,6 +510,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1, help="intra-op threads of the server")
     p.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "serving_load.json")
     args = p.parse_args(argv)
+    # one cache for every process: the in-process reference decides `auto`, and the gateways and
+    # TorchServe's workers serve that same decision (their own default would be their cwd)
+    os.environ.setdefault("SEPVIT_CACHE_DIR", str(ROOT / ".cache"))
     doc = run(args)
     print(json.dumps(doc["ratios"], indent=2))
     write_results(doc, args.output)

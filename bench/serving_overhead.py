@@ -6,27 +6,35 @@ the cache; one intra-op thread) to closed-loop clients. For each server and conc
 measures the server processes' CPU time (the whole process tree: the gateway; TorchServe's Java
 frontend and its Python worker) across a fixed-length load, divided by the requests answered.
 The in-process pipeline (decode, preprocess, runtime, postprocess; no HTTP) is measured the same
-way at every batch size from 1 to the largest concurrency. Each server reports the batches it
+way at the batch sizes the servers run. Both servers stay up for the whole run, and ``--rounds``
+(3) interleaved rounds each measure the in-process reference, then every cell of each server
+(the first server alternates), so that a load change hits the reference and the servers alike;
+the tables show each figure's median over the rounds, and every ratio is the median of the
+rounds' ratios, with its range. Each server reports the batches it
 really ran (the gateway its statistics extension, TorchServe's worker the
 ``x-sepvit-batch-size`` header on each answer), so the pipeline's share of a request is the
 in-process CPU per image at the batch sizes that server ran, weighted by images. Overhead per
 request = server CPU per request - that share. (The naive figure, which assumes every batch is
-as large as the concurrency, is kept as ``..._assuming_full_batches``.) Latency percentiles
-come from the same runs; the raw runtime's and the gateway's throughput give the ``>= 0.95``
-ratio.
+as large as the concurrency, up to the model's ``batchSize``, is kept as
+``..._assuming_full_batches``.) Latency percentiles come from the same runs. The ``>= 0.95``
+ratio is the gateway's requests/s over the in-process pipeline's images/s on the same mix of
+batch sizes. Concurrency 16 is past the largest batch (8): there a batch waits while one runs,
+so the server is saturated; at concurrency = batch size every client waits on the running
+batch, and the gap between batches (answers written, the next requests read) is idle time.
 
 Targets (issue 21): gateway overhead <= 1/3 of TorchServe's; gateway throughput >= 0.95 of the
 raw runtime (in-process pipeline) with ``auto``.
 
-    python bench/serving_overhead.py                       # ~5 min
-    python bench/serving_overhead.py --duration 2 --concurrency 1 --no-torchserve \\
-        --output /tmp/overhead_smoke.json                  # a smoke test
+    python bench/serving_overhead.py                       # ~10 min
+    python bench/serving_overhead.py --duration 2 --concurrency 1 --rounds 1 \\
+        --no-torchserve --output /tmp/overhead_smoke.json  # a smoke test
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import statistics
@@ -133,19 +141,22 @@ def load(
     return row
 
 
-def pipeline_cpu(
-    ckpt: Path, runtime: str, payloads: list[bytes], batches: list[int], args: argparse.Namespace
-) -> dict[str, Any]:
-    """The in-process pipeline: CPU-ms per image and images/s at each batch size."""
+def build_pipeline(ckpt: Path, runtime: str) -> Any:
+    """The in-process pipeline (decode, preprocess, runtime, postprocess) on one thread."""
     from handlers.pipeline import Pipeline, PipelineConfig
     from sepvit import create_model, read_metadata
 
     torch.set_num_threads(1)
     meta = read_metadata(ckpt)
     model = create_model(meta["variant"], task=meta["task"], checkpoint=ckpt)
-    cfg = PipelineConfig(runtime=runtime, threads=1, max_images=64)
-    pipe = Pipeline(model, cfg)
-    out: dict[str, Any] = {"runtime": pipe.runtime.name, "runtime_info": pipe.runtime_info}
+    return Pipeline(model, PipelineConfig(runtime=runtime, threads=1, max_images=64))
+
+
+def pipeline_cpu(
+    pipe: Any, payloads: list[bytes], batches: list[int], args: argparse.Namespace
+) -> dict[str, Any]:
+    """The in-process pipeline: CPU-ms per image and images/s at each batch size."""
+    out: dict[str, Any] = {}
     for b in sorted(set(batches)):
         chunk = [payloads[i % len(payloads)] for i in range(b)]
         pipe.handle(chunk)
@@ -162,14 +173,35 @@ def pipeline_cpu(
     return out
 
 
+def median_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """One cell over the rounds: the median of each figure, the batch sizes summed."""
+    out: dict[str, Any] = {"rounds": len(rows)}
+    for key in ("throughput_rps", "cpu_ms_per_request", "server_cpu_s", "requests", "ok"):
+        vals = [r[key] for r in rows if r.get(key) is not None]
+        out[key] = round(statistics.median(vals), 2) if vals else None
+    out["latency_ms"] = {
+        q: round(statistics.median(r["latency_ms"][q] for r in rows), 2) for q in ("p50", "p99")
+    }
+    sizes: dict[str, int] = {}
+    for r in rows:
+        for k, n in r["images_by_batch_size"].items():
+            sizes[k] = sizes.get(k, 0) + n
+    out["images_by_batch_size"] = dict(sorted(sizes.items(), key=lambda kv: int(kv[0])))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--runtime", default="auto")
-    p.add_argument("--concurrency", nargs="+", type=int, default=[1, 4])
+    # 16: more clients than the largest batch (8), so a batch waits while one runs (saturation)
+    p.add_argument("--concurrency", nargs="+", type=int, default=[1, 4, 16])
     p.add_argument("--duration", type=float, default=15.0, help="measured seconds per cell")
     p.add_argument("--warmup", type=float, default=3.0)
+    p.add_argument(
+        "--rounds", type=int, default=3, help="interleaved repeats of the reference and servers"
+    )
     p.add_argument("--no-torchserve", dest="torchserve", action="store_false")
     p.add_argument(
         "--gateway-setting",
@@ -206,31 +238,37 @@ def main(argv: list[str] | None = None) -> int:
     cfg = write_config(base_cfg, args.runtime, work / "model-config.yaml")
     doc["settings"]["weights"] = weights
     payloads = images("classify", 224)
-    print("in-process pipeline", flush=True)
-    sizes = list(range(1, max(args.concurrency) + 1))
-    doc["pipeline"] = pipeline_cpu(ckpt, args.runtime, payloads, sizes, args)
+    # every batch size a server can run is 1..min(concurrency, batchSize); closed-loop clients
+    # make them run exactly min(c, batchSize), and those sizes are measured in-process (others
+    # count as the nearest measured one)
+    max_batch = int((yaml.safe_load(cfg.read_text()) or {}).get("batchSize", 8))
+    sizes = sorted({min(c, max_batch) for c in args.concurrency})
+    pipe = build_pipeline(ckpt, args.runtime)
+    doc["pipeline_runtime"] = {"runtime": pipe.runtime.name, "runtime_info": pipe.runtime_info}
     jpeg = (("Content-Type", "image/jpeg"),)
     entry = {"name": "cls", "checkpoint": str(ckpt), "model_config_file": str(cfg)}
-    print("gateway", flush=True)
-    with gateway(work, [entry], **{"torch_threads": 1, "max_queue": 1024, **extra}) as gw:
-
-        def make_gw(i: int) -> Request:
-            return Request("POST", "/classify?model=cls", payloads[i % len(payloads)], jpeg)
-
-        doc["servers"]["gateway"] = {
-            str(c): load(gw.url, make_gw, gw.proc.pid, c, args, gateway_batch_images(gw.url, "cls"))
-            for c in args.concurrency
-        }
     why = None if args.torchserve else "disabled (--no-torchserve)"
     why = why or missing()
     if why:
         doc["skipped"]["torchserve"] = why
-    else:
-        print("torchserve", flush=True)
-        store = build_archives({"cls": (ckpt, cfg)}, work / "store")
-        ts = TorchServeProcess(work / "ts", store, ["cls"])
-        ts.start()
-        try:
+    with contextlib.ExitStack() as stack:
+        gw = stack.enter_context(
+            gateway(work, [entry], **{"torch_threads": 1, "max_queue": 1024, **extra})
+        )
+
+        def make_gw(i: int) -> Request:
+            return Request("POST", "/classify?model=cls", payloads[i % len(payloads)], jpeg)
+
+        servers: dict[str, Callable[[int], dict[str, Any]]] = {
+            "gateway": lambda c: load(
+                gw.url, make_gw, gw.proc.pid, c, args, gateway_batch_images(gw.url, "cls")
+            )
+        }
+        if not why:
+            store = build_archives({"cls": (ckpt, cfg)}, work / "store")
+            ts = TorchServeProcess(work / "ts", store, ["cls"])
+            ts.start()
+            stack.callback(ts.stop)
             auth = ("Authorization", f"Bearer {ts.token}")
 
             def make_ts(i: int) -> Request:
@@ -238,12 +276,41 @@ def main(argv: list[str] | None = None) -> int:
                 return Request("POST", "/predictions/cls", body, (auth, *jpeg))
 
             assert ts.proc is not None
-            doc["servers"]["torchserve"] = {
-                str(c): load(ts.inference, make_ts, ts.proc.pid, c, args) for c in args.concurrency
+            ts_pid = ts.proc.pid
+            servers["torchserve"] = lambda c: load(ts.inference, make_ts, ts_pid, c, args)
+        # rounds: the in-process reference, then each server (in turn first), every cell again,
+        # so that a load change on a shared host hits the reference and the servers alike
+        doc["rounds"] = []
+        for r in range(args.rounds):
+            print(f"round {r + 1}/{args.rounds}: in-process pipeline", flush=True)
+            rnd: dict[str, Any] = {"pipeline": pipeline_cpu(pipe, payloads, sizes, args)}
+            rnd["servers"] = {}
+            names = list(servers)
+            for name in names[r % len(names) :] + names[: r % len(names)]:
+                print(f"round {r + 1}/{args.rounds}: {name}", flush=True)
+                rnd["servers"][name] = {str(c): servers[name](c) for c in args.concurrency}
+            rnd["overhead"] = overhead(rnd)
+            doc["rounds"].append(rnd)
+    # the tables: medians over the rounds
+    rounds = doc["rounds"]
+    doc["pipeline"] = {
+        **doc.pop("pipeline_runtime"),
+        **{
+            b: {
+                key: round(statistics.median(rd["pipeline"][b][key] for rd in rounds), 2)
+                for key in ("cpu_ms_per_image", "img_per_s")
             }
-        finally:
-            ts.stop()
-    doc["overhead"] = overhead(doc)
+            for b in rounds[0]["pipeline"]
+        },
+    }
+    doc["servers"] = {
+        name: {
+            c: median_row([rd["servers"][name][c] for rd in rounds])
+            for c in rounds[0]["servers"][name]
+        }
+        for name in rounds[0]["servers"]
+    }
+    doc["overhead"] = median_overhead([rd["overhead"] for rd in doc["rounds"]])
     print(json.dumps(doc["overhead"], indent=2))
     write_results(doc, args.output)
     return 0
@@ -255,7 +322,8 @@ def overhead(doc: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for server, cells in doc["servers"].items():
         for c, row in cells.items():
-            ref = pipe.get(f"b{c}") or pipe["b1"]
+            largest = max(int(k[1:]) for k in pipe if k[:1] == "b" and k[1:].isdigit())
+            ref = pipeline_share(pipe, {str(min(int(c), largest)): 1})
             if row.get("cpu_ms_per_request") is None:
                 continue
             observed = row.get("images_by_batch_size") or {}
@@ -270,8 +338,9 @@ def overhead(doc: dict[str, Any]) -> dict[str, Any]:
                 row["cpu_ms_per_request"] - ref["cpu_ms_per_image"], 2
             )
             if server == "gateway":
+                # against the pipeline's speed at the batch sizes the gateway really ran
                 out[f"gateway_c{c}_vs_pipeline_throughput"] = round(
-                    row["throughput_rps"] / ref["img_per_s"], 3
+                    row["throughput_rps"] / share["img_per_s"], 3
                 )
     for c in doc["servers"].get("gateway", {}):
         g = out.get(f"gateway_c{c}_cpu_ms_outside_pipeline")
@@ -288,18 +357,37 @@ def overhead(doc: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def median_overhead(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each ratio's median over the rounds, with its range (``..._range``: min, max)."""
+    out: dict[str, Any] = {}
+    for key in rounds[0]:
+        vals = [r[key] for r in rounds if key in r]
+        if all(isinstance(v, bool) for v in vals):
+            out[key] = all(vals)
+        else:
+            out[key] = round(statistics.median(vals), 3)
+            if len(vals) > 1 and key.endswith(("_overhead", "_pipeline", "_throughput")):
+                out[f"{key}_range"] = [round(min(vals), 3), round(max(vals), 3)]
+    return out
+
+
 def pipeline_share(pipe: dict[str, Any], images_by_size: dict[str, int]) -> dict[str, float]:
     """In-process pipeline CPU-ms per image at the batch sizes a server ran, weighted by images
     (a size that was not measured counts as the nearest measured one); batch 1 when unknown."""
     measured = sorted(int(k[1:]) for k in pipe if k.startswith("b") and k[1:].isdigit())
     counts = {int(k): n for k, n in images_by_size.items() if n > 0} or {1: 1}
     images = sum(counts.values())
-    cpu = 0.0
+    cpu = seconds = 0.0
     for size, n in counts.items():
-        nearest = min(measured, key=lambda m: (abs(m - size), m))
-        cpu += n * pipe[f"b{nearest}"]["cpu_ms_per_image"]
+        nearest = pipe[f"b{min(measured, key=lambda m: (abs(m - size), m))}"]
+        cpu += n * nearest["cpu_ms_per_image"]
+        seconds += n / nearest["img_per_s"]
     batches = sum(n / size for size, n in counts.items())
-    return {"cpu_ms_per_image": cpu / images, "mean_batch_size": round(images / batches, 2)}
+    return {
+        "cpu_ms_per_image": cpu / images,
+        "img_per_s": images / seconds,  # the pipeline's throughput on the same batch mix
+        "mean_batch_size": round(images / batches, 2),
+    }
 
 
 if __name__ == "__main__":

@@ -56,3 +56,36 @@ def test_every_bench_script_imports(name: str) -> None:
     """A helper moved between bench modules breaks a script only when it runs (hours later, on
     a quiet machine): importing each one here catches it."""
     importlib.import_module(f"bench.{name}")
+
+
+def test_serving_overhead_ratios_use_the_batches_each_server_ran() -> None:
+    """CPU outside the pipeline = server CPU per request - the in-process CPU per image at the
+    batch sizes the server ran; throughput is held to the pipeline on the same batch mix; the
+    rounds' ratios give a median and a range."""
+    from bench.serving_overhead import median_overhead, overhead, pipeline_share
+
+    pipe = {"b1": {"cpu_ms_per_image": 10.0, "img_per_s": 100.0},
+            "b4": {"cpu_ms_per_image": 8.0, "img_per_s": 125.0}}  # fmt: skip
+    share = pipeline_share(pipe, {"1": 100, "4": 300})  # 100 batches of 1, 75 of 4
+    assert share["cpu_ms_per_image"] == pytest.approx(8.5)
+    assert share["img_per_s"] == pytest.approx(400 / (100 / 100 + 300 / 125))
+    assert share["mean_batch_size"] == pytest.approx(400 / 175, abs=0.01)
+    assert pipeline_share(pipe, {"3": 10})["cpu_ms_per_image"] == 8.0  # the nearest size
+
+    def cell(cpu: float, rps: float, sizes: dict[str, int]) -> dict[str, object]:
+        return {"cpu_ms_per_request": cpu, "throughput_rps": rps, "images_by_batch_size": sizes}
+
+    rounds = []
+    for ts_cpu in (9.0, 10.0, 12.0):
+        servers = {
+            "gateway": {"4": cell(8.5, 120.0, {"4": 400})},
+            "torchserve": {"4": cell(ts_cpu, 90.0, {"4": 400})},
+        }
+        rounds.append(overhead({"pipeline": pipe, "servers": servers}))
+    assert rounds[0]["gateway_c4_cpu_ms_outside_pipeline"] == 0.5
+    assert rounds[0]["gateway_c4_vs_pipeline_throughput"] == 0.96
+    assert [r["c4_gateway_over_torchserve_overhead"] for r in rounds] == [0.5, 0.25, 0.125]
+    med = median_overhead(rounds)
+    assert med["c4_gateway_over_torchserve_overhead"] == 0.25
+    assert med["c4_gateway_over_torchserve_overhead_range"] == [0.125, 0.5]
+    assert med["gateway_c4_batch_sizes_observed"] is True
